@@ -1,0 +1,217 @@
+"""Keramos configuration: oslo.config options in named groups, and how a process builds its own.
+
+Every process (worker, CLI, test) builds a private :class:`oslo_config.cfg.ConfigOpts` with
+:func:`make_conf` and passes it to what it constructs; nothing reads a global ``CONF``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from oslo_messaging import opts as messaging_opts
+from oslo_config import cfg
+from oslo_log import log as logging
+
+PROJECT = "keramos"
+
+_default_state_path = os.path.join(
+    os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"),
+    PROJECT,
+)
+
+default_opts = [
+    cfg.StrOpt(
+        "host",
+        default=socket.gethostname(),
+        sample_default="<hostname>",
+        help="Name of this host: the owner recorded on the flows a worker runs, so that a "
+        "restarted worker resumes its own unfinished flows.",
+    ),
+    cfg.StrOpt(
+        "state_path",
+        default=_default_state_path,
+        sample_default="$XDG_STATE_HOME/keramos",
+        help="Directory where Keramos keeps its SQLite databases and driver files.",
+    ),
+]
+
+worker_opts = [
+    cfg.StrOpt("topic", default="keramos-worker", help="RPC topic the worker consumes casts from."),
+    cfg.IntOpt(
+        "workers",
+        default=1,
+        min=1,
+        help="Worker processes to start; each consumes from the same topic.",
+    ),
+    cfg.IntOpt(
+        "executor_threads",
+        default=16,
+        min=1,
+        help="Threads per worker process that run flows; also the number of casts one process "
+        "runs at once.",
+    ),
+    cfg.StrOpt(
+        "engine",
+        default="serial",
+        choices=[
+            ("serial", "run the tasks of a flow one after another in the calling thread"),
+            ("parallel", "run independent tasks of a flow at once on a shared thread pool"),
+        ],
+        help="taskflow engine that runs flows.",
+    ),
+    cfg.IntOpt(
+        "max_parallel_tasks",
+        default=8,
+        min=1,
+        help="Size of the thread pool shared by all flows when engine = parallel.",
+    ),
+    cfg.IntOpt(
+        "graceful_shutdown_timeout",
+        default=60,
+        min=0,
+        help="Seconds a worker given SIGTERM waits for running flows to finish; flows still "
+        "running then are left in the persistence backend and resumed by the next start.",
+    ),
+    cfg.BoolOpt(
+        "resume_on_start",
+        default=True,
+        help="Resume, at start-up, the unfinished flows this host owned when it stopped.",
+    ),
+]
+
+drivers_opts = [
+    cfg.StrOpt("state_store", default="sqlalchemy", help="Entry point in keramos.state_store."),
+    cfg.StrOpt("compute", default="noop", help="Entry point in keramos.compute."),
+    cfg.StrOpt("network", default="noop", help="Entry point in keramos.network."),
+    cfg.StrOpt("cert_generator", default="noop", help="Entry point in keramos.cert_generator."),
+    cfg.StrOpt("cert_manager", default="noop", help="Entry point in keramos.cert_manager."),
+    cfg.StrOpt("key_manager", default="noop", help="Entry point in keramos.key_manager."),
+    cfg.StrOpt("image_store", default="noop", help="Entry point in keramos.image_store."),
+    cfg.StrOpt("amphora", default="noop", help="Entry point in keramos.amphora."),
+    cfg.ListOpt(
+        "flows",
+        default=[],
+        help="Entry points in keramos.flows this worker serves; empty means every installed one.",
+    ),
+]
+
+state_store_opts = [
+    cfg.StrOpt(
+        "connection",
+        default="sqlite:///$state_path/keramos.sqlite",
+        secret=True,
+        help="SQLAlchemy URL of the state store database (SQLite, PostgreSQL, MySQL).",
+    ),
+]
+
+persistence_opts = [
+    cfg.BoolOpt(
+        "enabled",
+        default=True,
+        help="Record every flow's progress durably, so that a flow interrupted by a crash "
+        "resumes from its last completed task.",
+    ),
+    cfg.StrOpt(
+        "connection",
+        default="sqlite:///$state_path/flows.sqlite",
+        secret=True,
+        help="SQLAlchemy URL of the flow persistence database.",
+    ),
+    cfg.StrOpt(
+        "synchronous",
+        default="normal",
+        choices=[
+            ("normal", "SQLite WAL with synchronous=NORMAL: survives a crash of the worker"),
+            ("full", "SQLite synchronous=FULL: survives a power loss too, at some speed"),
+        ],
+        help="Durability of SQLite persistence (ignored by other databases).",
+    ),
+    cfg.BoolOpt(
+        "keep_completed",
+        default=False,
+        help="Keep the progress records of flows that finished (for auditing); by default they "
+        "are deleted once the outcome is in the state store.",
+    ),
+]
+
+amphora_opts = [
+    cfg.FloatOpt(
+        "active_timeout",
+        default=300.0,
+        min=0,
+        help="Seconds to wait for the compute driver to report a new amphora ACTIVE.",
+    ),
+    cfg.FloatOpt(
+        "poll_interval",
+        default=0.5,
+        min=0.01,
+        help="First interval between status polls; it doubles up to 5 seconds.",
+    ),
+    cfg.FloatOpt(
+        "agent_timeout",
+        default=120.0,
+        min=0,
+        help="Seconds to wait for a new amphora's agent to answer over mutual TLS.",
+    ),
+]
+
+GROUPS: dict[str | None, list[cfg.Opt]] = {
+    None: default_opts,
+    "worker": worker_opts,
+    "drivers": drivers_opts,
+    "state_store": state_store_opts,
+    "persistence": persistence_opts,
+    "amphora": amphora_opts,
+}
+
+
+def list_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
+    """The ``oslo.config.opts`` entry point: every Keramos option, for the sample config."""
+    return [(group, list(opts)) for group, opts in GROUPS.items()]
+
+
+def _register_messaging_opts(conf: cfg.ConfigOpts) -> None:
+    for group, opts in messaging_opts.list_opts():
+        conf.register_opts(opts, group=group)
+    # oslo.messaging >= 18.3 reads [oslo_messaging_tracing] on every cast but registers those
+    # options on the global CONF only, and leaves them out of its list_opts().
+    try:
+        tracing = importlib.import_module("oslo_messaging._tracing.client")
+    except ImportError:
+        return
+    conf.register_opts(getattr(tracing, "oslo_messaging_tracing", []), group="oslo_messaging_tracing")
+
+
+def make_conf(
+    args: Sequence[str] = (),
+    *,
+    config_files: Iterable[str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> cfg.ConfigOpts:
+    """Build and parse a private configuration.
+
+    ``args`` are oslo.config command-line arguments (``--config-file``, ``--config-dir``).
+    ``config_files`` replaces the default search (``/etc/keramos/keramos.conf`` and friends).
+    ``overrides`` maps group (``"DEFAULT"`` for the default group) to option values set on top
+    of the files, which is how the demo and the testing kit configure a worker.
+    """
+    conf = cfg.ConfigOpts()
+    for group, opts in GROUPS.items():
+        conf.register_opts(opts, group=group)
+    _register_messaging_opts(conf)
+    logging.register_options(conf)
+    conf.set_default("control_exchange", PROJECT)
+    conf.set_default("driver", ["messagingv2"], group="oslo_messaging_notifications")
+    conf.set_default("topics", ["keramos_notifications"], group="oslo_messaging_notifications")
+    default_files = (
+        list(config_files) if config_files is not None else cfg.find_config_files(project=PROJECT)
+    )
+    conf(list(args), project=PROJECT, default_config_files=default_files)
+    for group, values in (overrides or {}).items():
+        for name, value in values.items():
+            conf.set_override(name, value, group=None if group == "DEFAULT" else group)
+    return conf

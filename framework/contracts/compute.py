@@ -1,0 +1,74 @@
+"""Contract for compute drivers: where amphorae run (``keramos.compute``)."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Mapping
+
+from keramos.framework.contracts.base import Driver
+
+
+class InstanceStatus:
+    """What a compute driver reports about an instance."""
+
+    BUILDING = "BUILDING"
+    ACTIVE = "ACTIVE"
+    ERROR = "ERROR"
+    DELETED = "DELETED"
+
+
+@dataclasses.dataclass(frozen=True)
+class Instance:
+    """An instance as the compute driver sees it.
+
+    ``address`` and ``port`` are where the amphora agent listens once the instance is ACTIVE
+    (``port`` may be ``None`` when the agent uses the default).
+    """
+
+    compute_id: str
+    status: str
+    address: str | None = None
+    port: int | None = None
+    fault: str | None = None
+
+
+class ComputeDriver(Driver):
+    """Boots, inspects and deletes the instances amphorae run in.
+
+    Every method may raise :class:`keramos.framework.errors.DriverError` (with
+    ``retryable=True`` when trying again may help).
+    """
+
+    kind = "compute"
+
+    @abc.abstractmethod
+    def build(
+        self,
+        amphora_id: str,
+        image_id: str,
+        config_drive: Mapping[str, bytes],
+        *,
+        flavor: str | None = None,
+    ) -> str:
+        """Start booting an instance for ``amphora_id`` and return its compute id.
+
+        ``config_drive`` maps file names to their contents (server certificate, client CA,
+        agent configuration); the driver must hand them to the instance read-only and, for files
+        named ``*.key`` or ``*key.pem``, readable by the agent alone.
+        Must not wait for the instance to be active. Undone by :meth:`delete`.
+        """
+
+    @abc.abstractmethod
+    def get(self, compute_id: str) -> Instance:
+        """Return the instance's current status and address.
+
+        Raises :class:`keramos.framework.errors.NotFound` if there is no such instance.
+        """
+
+    @abc.abstractmethod
+    def delete(self, compute_id: str) -> None:
+        """Delete the instance and everything the driver made for it.
+
+        Idempotent: deleting an instance that does not exist (any more) is not an error.
+        """

@@ -1,0 +1,69 @@
+"""Contract for flows (``keramos.flows``): what a third party implements to ship a flow.
+
+A flow factory names an event, declares the payload that event carries, and builds a taskflow
+flow from the drivers the worker loaded. The worker validates every cast against ``payload``
+before anything runs, so tasks can trust their inputs.
+
+Example::
+
+    class Hello(FlowFactory):
+        name = "hello"
+        payload = {"who": Field(str)}
+        result_keys = ("greeting",)
+
+        def build(self):
+            return linear_flow.Flow(self.name).add(Greet(provides="greeting"))
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
+
+from oslo_config import cfg
+from taskflow import flow as tf_flow
+
+from keramos.framework.schema import Field
+
+if TYPE_CHECKING:
+    from keramos.framework.drivers import Drivers
+
+
+class FlowFactory(abc.ABC):
+    """Builds the taskflow flow that runs for one event.
+
+    Class attributes:
+
+    ``name``
+        The event name; must equal the entry point's name in ``keramos.flows``.
+    ``version``
+        ``"MAJOR.MINOR"``. A cast asking for the same major and a minor up to this one is served;
+        anything else is refused as incompatible. Add optional payload fields in a minor,
+        anything else in a major.
+    ``payload``
+        Field name to :class:`~keramos.framework.schema.Field`. Unknown fields are refused.
+        The validated payload, plus ``request_id``, is the flow's initial store.
+    ``resource_field``
+        The payload field naming the resource the flow acts on (reported with every event).
+    ``result_keys``
+        The names, among what the flow's tasks provide, returned to the caller as the result.
+
+    The factory is built once per worker with the drivers and the configuration; ``build`` is
+    called for every run and must return a fresh flow whose tasks receive the drivers they need
+    as constructor arguments (never loading drivers themselves).
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "1.0"
+    payload: ClassVar[Mapping[str, Field]] = {}
+    resource_field: ClassVar[str | None] = None
+    result_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, drivers: Drivers, conf: cfg.ConfigOpts) -> None:
+        self.drivers = drivers
+        self.conf = conf
+
+    @abc.abstractmethod
+    def build(self) -> tf_flow.Flow:
+        """Return a new taskflow flow for one run."""

@@ -1,0 +1,46 @@
+"""Contract for state stores: what the flows manage, and every task's outcome
+(``keramos.state_store``)."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, TypeVar
+
+from keramos.framework.contracts.base import Driver
+from keramos.framework.records import Record
+
+R = TypeVar("R", bound=Record)
+
+
+class StateStore(Driver):
+    """Keeps records (:mod:`keramos.framework.records`) by type and key.
+
+    Implementations must be safe to call from many threads at once, and every method is a
+    transaction of its own: a record is either written whole or not at all.
+    """
+
+    kind = "state_store"
+
+    @abc.abstractmethod
+    def save(self, record: R) -> R:
+        """Insert ``record`` or replace the stored record with the same key; return it."""
+
+    @abc.abstractmethod
+    def get(self, record_type: type[R], key: str) -> R | None:
+        """Return the record of ``record_type`` with ``key``, or ``None``."""
+
+    @abc.abstractmethod
+    def update(self, record_type: type[R], key: str, **changes: Any) -> R:
+        """Change some fields of a stored record, set ``updated_at``, and return the record.
+
+        Raises :class:`~keramos.framework.errors.NotFound` if there is no such record and
+        :class:`TypeError` for a field the record type does not have.
+        """
+
+    @abc.abstractmethod
+    def delete(self, record_type: type[R], key: str) -> None:
+        """Delete the record. Idempotent: a missing record is not an error."""
+
+    @abc.abstractmethod
+    def find(self, record_type: type[R], **equals: Any) -> list[R]:
+        """Return the records whose fields equal the given values, oldest first."""

@@ -1,0 +1,116 @@
+"""The errors Keramos raises: one root, a few categories that carry data.
+
+Only :class:`KeramosError` subclasses cross the queue in a readable form: the worker records
+``type(error).__name__`` and ``str(error)`` in the state store and in the ``.error`` notification.
+Any other exception raised inside a flow arrives at the caller as :class:`FlowFailed` carrying
+that exception's type name and message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KeramosError(Exception):
+    """Root of every error Keramos raises on purpose."""
+
+    def to_dict(self) -> dict[str, str]:
+        """The form in which this error is recorded and sent to callers."""
+        return {"type": type(self).__name__, "message": str(self)}
+
+
+class ConfigError(KeramosError):
+    """The configuration is missing something or holds a value that cannot work."""
+
+
+class PluginLoadError(KeramosError):
+    """An entry point could not be loaded or does not honour its contract.
+
+    The message names the entry-point group, the entry point and the cause on one line, so that
+    an operator reading the start-up log knows which package to fix.
+    """
+
+    def __init__(self, group: str, name: str, cause: str) -> None:
+        self.group = group
+        self.name = name
+        self.cause = cause
+        super().__init__(f"{group}: entry point {name!r}: {cause}")
+
+
+class InvalidEvent(KeramosError):
+    """A cast that cannot be run: unknown event, incompatible version or bad payload.
+
+    ``request_id`` is the id the caller gave the cast (or ``None`` if it gave none), so that the
+    rejection can be reported back against it.
+    """
+
+    def __init__(self, message: str, *, request_id: str | None = None, event: str | None = None):
+        self.request_id = request_id
+        self.event = event
+        super().__init__(message)
+
+
+class UnknownEvent(InvalidEvent):
+    """No flow is registered under the event's name."""
+
+
+class IncompatibleVersion(InvalidEvent):
+    """The caller speaks a version of the event this worker cannot serve."""
+
+
+class PayloadError(InvalidEvent):
+    """The payload does not match the event's schema (missing, unknown or mistyped fields)."""
+
+
+class DriverError(KeramosError):
+    """A driver failed to do what a task asked.
+
+    ``retryable`` tells the task whether trying again may help (a timeout, a 503) or not
+    (a refusal, a 4xx).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        self.retryable = retryable
+        super().__init__(message)
+
+
+class NotFound(KeramosError):
+    """A resource asked for by id does not exist."""
+
+
+class Timeout(KeramosError):
+    """Something did not happen within the time it was given."""
+
+
+class FlowFailed(KeramosError):
+    """A flow ended in failure and was reverted.
+
+    ``error_type`` and ``error_message`` describe the error the flow failed on, also when that
+    error was raised in another process and only its description crossed the queue.
+    """
+
+    def __init__(
+        self,
+        flow: str,
+        request_id: str,
+        error_type: str,
+        error_message: str,
+        *,
+        cause: BaseException | None = None,
+    ) -> None:
+        self.flow = flow
+        self.request_id = request_id
+        self.error_type = error_type
+        self.error_message = error_message
+        self.cause = cause
+        super().__init__(f"flow {flow} ({request_id}) failed: {error_type}: {error_message}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.error_type, "message": self.error_message}
+
+
+def describe(error: BaseException) -> dict[str, str]:
+    """Return the ``{"type", "message"}`` description of any exception."""
+    if isinstance(error, KeramosError):
+        return error.to_dict()
+    return {"type": type(error).__name__, "message": str(error) or repr(error)}

@@ -1,0 +1,483 @@
+"""A lean, durable taskflow persistence backend on SQLAlchemy.
+
+taskflow saves an atom detail on every state change and opens a backend
+connection for each save, so the per-save cost decides how fast a persisted
+flow runs. :class:`LeanSQLBackend` keeps that cost low:
+
+* the tables are defined once, at import time, and every statement is built
+  once per backend, so SQLAlchemy's compiled-statement cache always hits;
+* :meth:`LeanSQLBackend.get_connection` returns a light object over one shared
+  :class:`sqlalchemy.engine.Engine` with a connection pool;
+* saves write through (one ``UPDATE`` or upsert) instead of reading and
+  merging the stored copy first. The caller's detail is stored as given:
+  the last writer wins;
+* each detail is one JSON document (``to_dict()``/``from_dict()`` of the
+  taskflow models) next to the keys needed for lookups.
+
+On SQLite the database runs in WAL mode with pooled connections.
+``synchronous="normal"`` (the default) makes every committed save survive a
+crash of the process (``kill -9``); a power loss or an operating system crash
+may lose the last commits. ``synchronous="full"`` syncs the WAL on every
+commit, so commits also survive a power loss, at the price of one fsync per
+save. Other databases use their own durability settings.
+
+Usage::
+
+    backend = get_backend("sqlite:////var/lib/keramos/flows.db")
+    engine = taskflow.engines.load(flow, book=book, backend=backend)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from oslo_serialization import jsonutils
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import pool as sa_pool
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from taskflow import exceptions as exc
+from taskflow.persistence import base, models
+
+__all__ = [
+    "ATOMDETAILS",
+    "Connection",
+    "FLOWDETAILS",
+    "LOGBOOKS",
+    "LeanSQLBackend",
+    "METADATA",
+    "SYNCHRONOUS_MODES",
+    "get_backend",
+]
+
+#: Accepted values of the SQLite ``synchronous`` option.
+SYNCHRONOUS_MODES: tuple[str, ...] = ("normal", "full")
+
+_UUID = sa.String(64)
+
+#: Schema of the backend; created by :meth:`Connection.upgrade`.
+METADATA = sa.MetaData()
+
+#: Logbooks: ``data`` holds ``LogBook.to_dict(marshal_time=True)``.
+LOGBOOKS = sa.Table(
+    "keramos_logbooks",
+    METADATA,
+    sa.Column("uuid", _UUID, primary_key=True),
+    sa.Column("data", sa.JSON, nullable=False),
+)
+
+#: Flow details: ``data`` holds ``FlowDetail.to_dict()``.
+FLOWDETAILS = sa.Table(
+    "keramos_flowdetails",
+    METADATA,
+    sa.Column("uuid", _UUID, primary_key=True),
+    sa.Column(
+        "parent_uuid",
+        _UUID,
+        sa.ForeignKey("keramos_logbooks.uuid", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("data", sa.JSON, nullable=False),
+)
+
+#: Atom details: ``data`` holds ``AtomDetail.to_dict()``, ``atom_type`` the
+#: name from ``models.atom_detail_type``.
+ATOMDETAILS = sa.Table(
+    "keramos_atomdetails",
+    METADATA,
+    sa.Column("uuid", _UUID, primary_key=True),
+    sa.Column(
+        "parent_uuid",
+        _UUID,
+        sa.ForeignKey("keramos_flowdetails.uuid", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("atom_type", sa.String(32), nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+)
+
+_KEY = sa.bindparam("key")
+# "uuid" is reserved for the SET clause of an UPDATE, hence "key" above.
+_UPDATE_ATOM = ATOMDETAILS.update().where(ATOMDETAILS.c.uuid == _KEY)
+_UPDATE_FLOW = FLOWDETAILS.update().where(FLOWDETAILS.c.uuid == _KEY)
+_DELETE_BOOK = LOGBOOKS.delete().where(LOGBOOKS.c.uuid == _KEY)
+_SELECT_BOOK = sa.select(LOGBOOKS.c.data).where(LOGBOOKS.c.uuid == _KEY)
+_SELECT_BOOKS = sa.select(LOGBOOKS.c.data)
+_SELECT_FLOW = sa.select(FLOWDETAILS.c.data).where(FLOWDETAILS.c.uuid == _KEY)
+_SELECT_FLOWS = sa.select(FLOWDETAILS.c.parent_uuid, FLOWDETAILS.c.data)
+_SELECT_FLOWS_OF_BOOK = _SELECT_FLOWS.where(FLOWDETAILS.c.parent_uuid == _KEY)
+_SELECT_ATOM = sa.select(ATOMDETAILS.c.atom_type, ATOMDETAILS.c.data).where(
+    ATOMDETAILS.c.uuid == _KEY
+)
+_SELECT_ATOMS = sa.select(
+    ATOMDETAILS.c.parent_uuid, ATOMDETAILS.c.atom_type, ATOMDETAILS.c.data
+)
+_SELECT_ATOMS_OF_FLOW = _SELECT_ATOMS.where(ATOMDETAILS.c.parent_uuid == _KEY)
+_SELECT_ATOMS_OF_BOOK = _SELECT_ATOMS.join(FLOWDETAILS).where(
+    FLOWDETAILS.c.parent_uuid == _KEY
+)
+_CLEAR = tuple(table.delete() for table in reversed(METADATA.sorted_tables))
+
+
+def _upsert(table: sa.Table, dialect: str) -> sa.Executable | None:
+    """Return an insert-or-update of ``table`` keyed on uuid, if supported."""
+    if dialect == "sqlite":
+        insert = sqlite_dialect.insert(table)
+    elif dialect == "postgresql":
+        insert = pg_dialect.insert(table)
+    else:
+        return None
+    columns = [c.name for c in table.columns if not c.primary_key]
+    return insert.on_conflict_do_update(
+        index_elements=[table.c.uuid],
+        set_={name: insert.excluded[name] for name in columns},
+    )
+
+
+def _atom_row(ad: models.AtomDetail, parent_uuid: str) -> dict[str, Any]:
+    return {
+        "uuid": ad.uuid,
+        "parent_uuid": parent_uuid,
+        "atom_type": models.atom_detail_type(ad),
+        "data": ad.to_dict(),
+    }
+
+
+def _to_atom(atom_type: str, data: dict[str, Any]) -> models.AtomDetail:
+    return models.atom_detail_class(atom_type).from_dict(data)
+
+
+def _to_book(data: dict[str, Any]) -> models.LogBook:
+    return models.LogBook.from_dict(data, unmarshal_time=True)
+
+
+def _is_sqlite_memory(url: sa.engine.URL) -> bool:
+    database = url.database or ""
+    return database in ("", ":memory:") or url.query.get("mode") == "memory"
+
+
+class LeanSQLBackend(base.Backend):
+    """Durable taskflow persistence backend on any SQLAlchemy database.
+
+    ``conf`` keys: ``connection`` (SQLAlchemy URL, required), ``synchronous``
+    (SQLite only, one of :data:`SYNCHRONOUS_MODES`, default ``"normal"``) and
+    ``busy_timeout`` (SQLite only, seconds to wait for a lock, default 30).
+    Prefer :func:`get_backend`, which also creates the tables.
+    """
+
+    def __init__(self, conf: dict[str, Any] | None = None) -> None:
+        super().__init__(conf)
+        connection = self._conf.get("connection")
+        if not isinstance(connection, str) or not connection.strip():
+            raise ValueError(f"connection must be a SQLAlchemy URL, got {connection!r}")
+        try:
+            url = sa.engine.make_url(connection)
+        except sa_exc.ArgumentError as err:
+            raise ValueError(f"invalid connection URL {connection!r}: {err}") from None
+        synchronous = self._conf.get("synchronous", "normal")
+        if not isinstance(synchronous, str) or synchronous.lower() not in SYNCHRONOUS_MODES:
+            raise ValueError(
+                f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, got {synchronous!r}"
+            )
+        busy_timeout = self._conf.get("busy_timeout", 30.0)
+        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float)) or busy_timeout < 0:
+            raise ValueError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
+        self._synchronous = synchronous.upper()
+        self._guard: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        self._upgrade_lock = threading.Lock()
+        self._engine = self._create_engine(url, float(busy_timeout))
+        dialect = self._engine.dialect.name
+        self._upserts = {table: _upsert(table, dialect) for table in METADATA.sorted_tables}
+
+    def _create_engine(self, url: sa.engine.URL, busy_timeout: float) -> sa.engine.Engine:
+        kwargs: dict[str, Any] = {"json_serializer": jsonutils.dumps}
+        if url.get_backend_name() == "sqlite":
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout}
+            if _is_sqlite_memory(url):
+                # Every connection to ":memory:" opens a new, empty database:
+                # share one connection and serialise its use between threads.
+                kwargs["poolclass"] = sa_pool.StaticPool
+                self._guard = threading.RLock()
+            else:
+                kwargs["poolclass"] = sa_pool.QueuePool
+        else:
+            kwargs["pool_pre_ping"] = True
+            if url.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None:
+                # SQLAlchemy 2.1 maps a bare "postgresql://" to psycopg 3;
+                # fall back to psycopg2 when that is what is installed.
+                if importlib.util.find_spec("psycopg2") is not None:
+                    url = url.set(drivername="postgresql+psycopg2")
+        try:
+            engine = sa.create_engine(url, **kwargs)
+        except TypeError:
+            # Dialects without a JSON serializer hook reject the argument.
+            del kwargs["json_serializer"]
+            engine = sa.create_engine(url, **kwargs)
+        if engine.dialect.name == "sqlite":
+            sa.event.listen(engine, "connect", self._on_sqlite_connect)
+            sa.event.listen(engine, "begin", self._on_sqlite_begin)
+        return engine
+
+    def _on_sqlite_connect(self, dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy emit BEGIN itself (see _on_sqlite_begin), so that
+        # multi-statement reads see one snapshot.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={self._synchronous}")
+        finally:
+            cursor.close()
+
+    @staticmethod
+    def _on_sqlite_begin(conn: sa.engine.Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    @property
+    def engine(self) -> sa.engine.Engine:
+        """The shared SQLAlchemy engine of this backend."""
+        return self._engine
+
+    @contextlib.contextmanager
+    def transaction(self, what: str) -> Iterator[sa.engine.Connection]:
+        """Run a block in one database transaction.
+
+        SQLAlchemy errors are re-raised as :class:`taskflow.exceptions.StorageFailure`
+        with ``what`` in the message; taskflow's own errors pass through.
+        """
+        try:
+            with self._guard, self._engine.begin() as conn:
+                yield conn
+        except sa_exc.SQLAlchemyError:
+            exc.raise_with_cause(exc.StorageFailure, f"Failed {what}")
+
+    def upsert(self, conn: sa.engine.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows`` into ``table``, replacing rows with the same uuid."""
+        if not rows:
+            return
+        stmt = self._upserts[table]
+        if stmt is not None:
+            conn.execute(stmt, rows)
+            return
+        for row in rows:
+            values = {k: v for k, v in row.items() if k != "uuid"}
+            updated = conn.execute(
+                table.update().where(table.c.uuid == _KEY), {"key": row["uuid"], **values}
+            )
+            if updated.rowcount == 0:
+                conn.execute(table.insert(), row)
+
+    def upgrade(self) -> None:
+        """Create the tables that do not exist yet (idempotent)."""
+        with self._upgrade_lock, self.transaction("creating the tables") as conn:
+            METADATA.create_all(conn, checkfirst=True)
+
+    def get_connection(self) -> Connection:
+        """Return a cheap connection object over the shared engine."""
+        return Connection(self)
+
+    def close(self) -> None:
+        """Close all pooled database connections."""
+        self._engine.dispose()
+
+
+class Connection(base.Connection):
+    """taskflow persistence connection of a :class:`LeanSQLBackend`.
+
+    Each call runs in its own transaction on a pooled database connection, so
+    the object itself holds no resources and may be shared between threads.
+    """
+
+    def __init__(self, backend: LeanSQLBackend) -> None:
+        self._backend = backend
+
+    @property
+    def backend(self) -> LeanSQLBackend:
+        """The backend this connection belongs to."""
+        return self._backend
+
+    def close(self) -> None:
+        """Nothing to release: database connections go back to the pool per call."""
+
+    def validate(self) -> None:
+        """Check that the database answers; raise ``StorageFailure`` if not."""
+        with self._backend.transaction("validating the connection") as conn:
+            conn.execute(sa.select(sa.literal(1)))
+
+    def upgrade(self) -> None:
+        """Create the backend's tables if they do not exist yet."""
+        self._backend.upgrade()
+
+    def clear_all(self) -> None:
+        """Delete every logbook, flow detail and atom detail."""
+        with self._backend.transaction("clearing all entries") as conn:
+            for stmt in _CLEAR:
+                conn.execute(stmt)
+
+    def update_atom_details(self, atom_detail: models.AtomDetail) -> models.AtomDetail:
+        """Store an existing atom detail as given and return it.
+
+        :raises taskflow.exceptions.NotFound: no atom detail has its uuid.
+        """
+        params = {
+            "key": atom_detail.uuid,
+            "atom_type": models.atom_detail_type(atom_detail),
+            "data": atom_detail.to_dict(),
+        }
+        with self._backend.transaction(f"updating atom details '{atom_detail.uuid}'") as conn:
+            if conn.execute(_UPDATE_ATOM, params).rowcount == 0:
+                raise exc.NotFound(f"No atom details found with uuid '{atom_detail.uuid}'")
+        return atom_detail
+
+    def update_flow_details(self, flow_detail: models.FlowDetail) -> models.FlowDetail:
+        """Store an existing flow detail and all its atom details; return it.
+
+        :raises taskflow.exceptions.NotFound: no flow detail has its uuid.
+        """
+        rows = [_atom_row(ad, flow_detail.uuid) for ad in flow_detail]
+        params = {"key": flow_detail.uuid, "data": flow_detail.to_dict()}
+        with self._backend.transaction(f"updating flow details '{flow_detail.uuid}'") as conn:
+            if conn.execute(_UPDATE_FLOW, params).rowcount == 0:
+                raise exc.NotFound(f"No flow details found with uuid '{flow_detail.uuid}'")
+            self._backend.upsert(conn, ATOMDETAILS, rows)
+        return flow_detail
+
+    def save_logbook(self, book: models.LogBook) -> models.LogBook:
+        """Create or replace a logbook with its flow and atom details; return it.
+
+        Flow and atom details stored earlier but absent from ``book`` are kept.
+        """
+        flows = [{"uuid": fd.uuid, "parent_uuid": book.uuid, "data": fd.to_dict()} for fd in book]
+        atoms = [_atom_row(ad, fd.uuid) for fd in book for ad in fd]
+        book_row = {"uuid": book.uuid, "data": book.to_dict(marshal_time=True)}
+        with self._backend.transaction(f"saving logbook '{book.uuid}'") as conn:
+            self._backend.upsert(conn, LOGBOOKS, [book_row])
+            self._backend.upsert(conn, FLOWDETAILS, flows)
+            self._backend.upsert(conn, ATOMDETAILS, atoms)
+        return book
+
+    def destroy_logbook(self, book_uuid: str) -> None:
+        """Delete a logbook and, by cascade, its flow and atom details.
+
+        :raises taskflow.exceptions.NotFound: no logbook has this uuid.
+        """
+        with self._backend.transaction(f"destroying logbook '{book_uuid}'") as conn:
+            if conn.execute(_DELETE_BOOK, {"key": book_uuid}).rowcount == 0:
+                raise exc.NotFound(f"No logbook found with uuid '{book_uuid}'")
+
+    def get_logbook(self, book_uuid: str, lazy: bool = False) -> models.LogBook:
+        """Return a logbook; unless ``lazy``, with its flow and atom details.
+
+        :raises taskflow.exceptions.NotFound: no logbook has this uuid.
+        """
+        with self._backend.transaction(f"getting logbook '{book_uuid}'") as conn:
+            data = conn.execute(_SELECT_BOOK, {"key": book_uuid}).scalar()
+            if data is None:
+                raise exc.NotFound(f"No logbook found with uuid '{book_uuid}'")
+            book = _to_book(data)
+            if not lazy:
+                flows = conn.execute(_SELECT_FLOWS_OF_BOOK, {"key": book_uuid}).all()
+                atoms = conn.execute(_SELECT_ATOMS_OF_BOOK, {"key": book_uuid}).all()
+                self._populate([book], flows, atoms)
+        return book
+
+    def get_logbooks(self, lazy: bool = False) -> Iterator[models.LogBook]:
+        """Return an iterator over all logbooks (read at call time)."""
+        with self._backend.transaction("getting logbooks") as conn:
+            books = [_to_book(data) for data in conn.execute(_SELECT_BOOKS).scalars()]
+            if not lazy and books:
+                flows = conn.execute(_SELECT_FLOWS).all()
+                atoms = conn.execute(_SELECT_ATOMS).all()
+                self._populate(books, flows, atoms)
+        return iter(books)
+
+    def get_flows_for_book(self, book_uuid: str, lazy: bool = False) -> Iterator[models.FlowDetail]:
+        """Return an iterator over the flow details of a logbook.
+
+        Unless ``lazy``, each flow detail holds its atom details. An unknown
+        logbook has no flow details.
+        """
+        with self._backend.transaction(f"getting flow details of logbook '{book_uuid}'") as conn:
+            flows = conn.execute(_SELECT_FLOWS_OF_BOOK, {"key": book_uuid}).all()
+            atoms = [] if lazy else conn.execute(_SELECT_ATOMS_OF_BOOK, {"key": book_uuid}).all()
+        return iter(self._flows(flows, atoms))
+
+    def get_flow_details(self, fd_uuid: str, lazy: bool = False) -> models.FlowDetail:
+        """Return a flow detail; unless ``lazy``, with its atom details.
+
+        :raises taskflow.exceptions.NotFound: no flow detail has this uuid.
+        """
+        with self._backend.transaction(f"getting flow details '{fd_uuid}'") as conn:
+            data = conn.execute(_SELECT_FLOW, {"key": fd_uuid}).scalar()
+            if data is None:
+                raise exc.NotFound(f"No flow details found with uuid '{fd_uuid}'")
+            flow_detail = models.FlowDetail.from_dict(data)
+            if not lazy:
+                for _parent, atom_type, ad_data in conn.execute(_SELECT_ATOMS_OF_FLOW, {"key": fd_uuid}):
+                    flow_detail.add(_to_atom(atom_type, ad_data))
+        return flow_detail
+
+    def get_atom_details(self, ad_uuid: str) -> models.AtomDetail:
+        """Return an atom detail.
+
+        :raises taskflow.exceptions.NotFound: no atom detail has this uuid.
+        """
+        with self._backend.transaction(f"getting atom details '{ad_uuid}'") as conn:
+            row = conn.execute(_SELECT_ATOM, {"key": ad_uuid}).first()
+        if row is None:
+            raise exc.NotFound(f"No atom details found with uuid '{ad_uuid}'")
+        return _to_atom(row.atom_type, row.data)
+
+    def get_atoms_for_flow(self, fd_uuid: str) -> Iterator[models.AtomDetail]:
+        """Return an iterator over the atom details of a flow detail.
+
+        An unknown flow detail has no atom details.
+        """
+        with self._backend.transaction(f"getting atom details of flow '{fd_uuid}'") as conn:
+            rows = conn.execute(_SELECT_ATOMS_OF_FLOW, {"key": fd_uuid}).all()
+        return iter([_to_atom(atom_type, data) for _parent, atom_type, data in rows])
+
+    @staticmethod
+    def _flows(flows: list[sa.Row], atoms: list[sa.Row]) -> list[models.FlowDetail]:
+        by_uuid: dict[str, models.FlowDetail] = {}
+        for _parent, data in flows:
+            flow_detail = models.FlowDetail.from_dict(data)
+            by_uuid[flow_detail.uuid] = flow_detail
+        for parent, atom_type, data in atoms:
+            if parent in by_uuid:
+                by_uuid[parent].add(_to_atom(atom_type, data))
+        return list(by_uuid.values())
+
+    def _populate(self, books: list[models.LogBook], flows: list[sa.Row], atoms: list[sa.Row]) -> None:
+        by_uuid = {book.uuid: book for book in books}
+        parents = {data["uuid"]: parent for parent, data in flows}
+        for flow_detail in self._flows(flows, atoms):
+            book = by_uuid.get(parents[flow_detail.uuid])
+            if book is not None:
+                book.add(flow_detail)
+
+
+def get_backend(connection: str, synchronous: str = "normal") -> LeanSQLBackend:
+    """Return a :class:`LeanSQLBackend` for a SQLAlchemy URL, tables created.
+
+    ``synchronous`` applies to SQLite: ``"normal"`` survives process crashes,
+    ``"full"`` also survives power loss (one fsync per save).
+
+    :raises ValueError: ``connection`` or ``synchronous`` is invalid.
+    :raises taskflow.exceptions.StorageFailure: the tables cannot be created.
+    """
+    backend = LeanSQLBackend({"connection": connection, "synchronous": synchronous})
+    try:
+        backend.upgrade()
+    except BaseException:
+        backend.close()
+        raise
+    return backend

@@ -1,0 +1,217 @@
+"""Noop drivers: one per kind, doing nothing but remembering what they were asked.
+
+They make a worker runnable with no infrastructure at all (the demo, unit tests, benchmarks), and
+they keep what they "created" in memory so that tests can check a reverted flow left nothing behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from keramos.framework.contracts import (
+    AmphoraDriver,
+    AmphoraEndpoint,
+    CertGenerator,
+    CertificateBundle,
+    CertKind,
+    CertManager,
+    ComputeDriver,
+    ImageStore,
+    Instance,
+    InstanceStatus,
+    IssuedCertificate,
+    KeyManager,
+    NetworkDriver,
+    Port,
+)
+from keramos.framework.errors import NotFound
+from keramos.framework.records import utcnow
+
+_PLACEHOLDER_CA = b"-----BEGIN CERTIFICATE-----\nnoop-ca\n-----END CERTIFICATE-----\n"
+
+
+class NoopCompute(ComputeDriver):
+    """Instances that are ACTIVE at once, on 127.0.0.1, kept in memory."""
+
+    def __init__(self, conf) -> None:
+        super().__init__(conf)
+        self._lock = threading.Lock()
+        self.instances: dict[str, Instance] = {}
+
+    def build(
+        self,
+        amphora_id: str,
+        image_id: str,
+        config_drive: Mapping[str, bytes],
+        *,
+        flavor: str | None = None,
+    ) -> str:
+        compute_id = str(uuid.uuid4())
+        with self._lock:
+            self.instances[compute_id] = Instance(
+                compute_id, InstanceStatus.ACTIVE, address="127.0.0.1"
+            )
+        return compute_id
+
+    def get(self, compute_id: str) -> Instance:
+        with self._lock:
+            try:
+                return self.instances[compute_id]
+            except KeyError:
+                raise NotFound(f"no instance {compute_id}") from None
+
+    def delete(self, compute_id: str) -> None:
+        with self._lock:
+            self.instances.pop(compute_id, None)
+
+
+class NoopNetwork(NetworkDriver):
+    """Ports that exist only in memory."""
+
+    def __init__(self, conf) -> None:
+        super().__init__(conf)
+        self._lock = threading.Lock()
+        self.ports: dict[str, Port] = {}
+
+    def plug(self, amphora_id: str, compute_id: str, network_id: str | None = None) -> Port:
+        port = Port(str(uuid.uuid4()), network_id, "127.0.0.1")
+        with self._lock:
+            self.ports[port.port_id] = port
+        return port
+
+    def unplug(self, port_id: str) -> None:
+        with self._lock:
+            self.ports.pop(port_id, None)
+
+
+class NoopCertGenerator(CertGenerator):
+    """Placeholder certificates with real random serials; nothing is signed."""
+
+    def _issue(self, common_name: str, kind: str, key: bytes | None, validity) -> IssuedCertificate:
+        if kind not in CertKind.ALL:
+            raise ValueError(f"kind must be one of {CertKind.ALL}, not {kind!r}")
+        serial = secrets.token_hex(16)
+        return IssuedCertificate(
+            certificate_pem=f"-----BEGIN CERTIFICATE-----\nnoop {serial}\n"
+            "-----END CERTIFICATE-----\n".encode(),
+            private_key_pem=key,
+            serial=serial,
+            kind=kind,
+            subject=common_name,
+            not_after=utcnow() + (validity or dt.timedelta(days=365)),
+            ca_certificate_pem=_PLACEHOLDER_CA,
+        )
+
+    def issue(
+        self,
+        common_name: str,
+        kind: str,
+        *,
+        ip_addresses: Sequence[str] = (),
+        validity: dt.timedelta | None = None,
+    ) -> IssuedCertificate:
+        key = b"-----BEGIN PRIVATE KEY-----\nnoop\n-----END PRIVATE KEY-----\n"
+        return self._issue(common_name, kind, key, validity)
+
+    def sign_csr(
+        self,
+        csr_pem: bytes,
+        kind: str,
+        *,
+        expected_common_name: str,
+        validity: dt.timedelta | None = None,
+    ) -> IssuedCertificate:
+        return self._issue(expected_common_name, kind, None, validity)
+
+    def ca_certificate(self, kind: str) -> bytes:
+        return _PLACEHOLDER_CA
+
+
+class NoopCertManager(CertManager):
+    """Bundles kept in memory by a random reference."""
+
+    def __init__(self, conf) -> None:
+        super().__init__(conf)
+        self._lock = threading.Lock()
+        self.bundles: dict[str, CertificateBundle] = {}
+
+    def store(self, bundle: CertificateBundle, *, name: str) -> str:
+        ref = f"noop:{name}:{uuid.uuid4()}"
+        with self._lock:
+            self.bundles[ref] = bundle
+        return ref
+
+    def get(self, ref: str) -> CertificateBundle:
+        with self._lock:
+            try:
+                return self.bundles[ref]
+            except KeyError:
+                raise NotFound(f"no certificate bundle {ref}") from None
+
+    def delete(self, ref: str) -> None:
+        with self._lock:
+            self.bundles.pop(ref, None)
+
+
+class NoopKeyManager(KeyManager):
+    """Certificates kept in memory by uuid."""
+
+    def __init__(self, conf) -> None:
+        super().__init__(conf)
+        self._lock = threading.Lock()
+        self.certificates: dict[str, bytes] = {}
+
+    def get_certificate(self, certificate_uuid: str) -> bytes:
+        with self._lock:
+            try:
+                return self.certificates[certificate_uuid]
+            except KeyError:
+                raise NotFound(f"no certificate {certificate_uuid}") from None
+
+    def store_certificate(self, certificate: bytes) -> str:
+        new_uuid = str(uuid.uuid4())
+        with self._lock:
+            self.certificates[new_uuid] = certificate
+        return new_uuid
+
+    def delete(self, certificate_uuid: str) -> None:
+        with self._lock:
+            self.certificates.pop(certificate_uuid, None)
+
+
+class NoopImageStore(ImageStore):
+    """Every image exists, is empty and carries no signature."""
+
+    def properties(self, image_id: str) -> dict[str, str]:
+        return {}
+
+    def chunks(self, image_id: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        return iter(())
+
+
+class NoopAmphora(AmphoraDriver):
+    """Agents that answer at once and remember the configs and certificates pushed to them."""
+
+    def __init__(self, conf) -> None:
+        super().__init__(conf)
+        self._lock = threading.Lock()
+        self.configs: dict[tuple[str, str], tuple[int, str]] = {}
+        self.certificates: dict[str, bytes] = {}
+
+    def wait_until_reachable(self, endpoint: AmphoraEndpoint, timeout: float) -> dict[str, Any]:
+        return {"amphora_id": endpoint.amphora_id, "api_version": "1.0", "driver": "noop"}
+
+    def upload_config(
+        self, endpoint: AmphoraEndpoint, lb_id: str, config: str, version: int
+    ) -> None:
+        with self._lock:
+            self.configs[(endpoint.amphora_id, lb_id)] = (version, config)
+
+    def install_certificate(self, endpoint: AmphoraEndpoint, pem_bundle: bytes) -> None:
+        with self._lock:
+            self.certificates[endpoint.amphora_id] = pem_bundle

@@ -1,0 +1,159 @@
+"""The ``sqlalchemy`` state store: one table per record type, on any SQLAlchemy database.
+
+SQLite (the default, a file under ``state_path``) runs in WAL mode with pooled connections;
+PostgreSQL and MySQL work with their usual drivers. Tables are created when missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from oslo_config import cfg
+
+from keramos.framework.contracts import StateStore
+from keramos.framework.errors import ConfigError, NotFound
+from keramos.framework.records import RECORD_TYPES, Record, utcnow
+from keramos.plugins.state_store import check_changes, field_types
+
+R = TypeVar("R", bound=Record)
+
+METADATA = sa.MetaData()
+
+
+def _column(name: str, annotation: Any, *, primary_key: bool) -> sa.Column:
+    if primary_key:
+        return sa.Column(name, sa.String(255), primary_key=True)
+    text = str(annotation)
+    if annotation is int or text.startswith("int"):
+        kind: Any = sa.BigInteger
+    elif "datetime" in text:
+        kind = sa.DateTime(timezone=True)
+    elif "dict" in text:
+        kind = sa.JSON
+    else:
+        kind = sa.Text
+    return sa.Column(name, kind, nullable=True)
+
+
+def _table(record_type: type[Record]) -> sa.Table:
+    columns = [
+        _column(name, annotation, primary_key=(name == record_type.key))
+        for name, annotation in field_types(record_type).items()
+    ]
+    return sa.Table(f"keramos_{record_type.table}", METADATA, *columns)
+
+
+TABLES: dict[type[Record], sa.Table] = {record_type: _table(record_type) for record_type in RECORD_TYPES}
+
+
+def _as_utc(value: Any) -> Any:
+    # SQLite has no timezone type: datetimes come back naive, but were stored as UTC.
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value
+
+
+def make_engine(url: str) -> sa.engine.Engine:
+    """An engine for ``url``; SQLite files get WAL, a busy timeout and cross-thread use."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as error:
+        raise ConfigError(f"[state_store] connection is not a database URL: {error}") from error
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection, _record):
+        cursor = dbapi_connection.cursor()
+        if parsed.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return engine
+
+
+class SQLAlchemyStateStore(StateStore):
+    """Records in ``keramos_<table>`` tables of the ``[state_store] connection`` database."""
+
+    def __init__(self, conf: cfg.ConfigOpts, *, url: str | None = None) -> None:
+        super().__init__(conf)
+        self.url = url or conf.state_store.connection
+        self._make_parent_dir()
+        self.engine = make_engine(self.url)
+        try:
+            METADATA.create_all(self.engine)
+        except sa.exc.SQLAlchemyError as error:
+            self.engine.dispose()
+            raise ConfigError(f"state store {self._safe_url()} is unusable: {error}") from error
+
+    def _safe_url(self) -> str:
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    def _make_parent_dir(self) -> None:
+        parsed = sa.engine.make_url(self.url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), mode=0o700, exist_ok=True)
+
+    @staticmethod
+    def _to_record(record_type: type[R], row: sa.engine.Row) -> R:
+        values = {name: _as_utc(value) for name, value in row._mapping.items()}
+        return record_type(**values)
+
+    def save(self, record: R) -> R:
+        table = TABLES[type(record)]
+        values = dataclasses.asdict(record)
+        key_column = table.c[record.key]
+        with self.engine.begin() as connection:
+            updated = connection.execute(
+                table.update().where(key_column == record.key_value).values(values)
+            )
+            if updated.rowcount == 0:
+                connection.execute(table.insert().values(values))
+        return record
+
+    def get(self, record_type: type[R], key: str) -> R | None:
+        table = TABLES[record_type]
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                table.select().where(table.c[record_type.key] == key)
+            ).first()
+        return None if row is None else self._to_record(record_type, row)
+
+    def update(self, record_type: type[R], key: str, **changes: Any) -> R:
+        check_changes(record_type, changes)
+        table = TABLES[record_type]
+        if "updated_at" in table.c:
+            changes = {**changes, "updated_at": utcnow()}
+        key_column = table.c[record_type.key]
+        with self.engine.begin() as connection:
+            updated = connection.execute(table.update().where(key_column == key).values(changes))
+            if updated.rowcount == 0:
+                raise NotFound(f"no {record_type.__name__} {key}")
+            row = connection.execute(table.select().where(key_column == key)).one()
+        return self._to_record(record_type, row)
+
+    def delete(self, record_type: type[R], key: str) -> None:
+        table = TABLES[record_type]
+        with self.engine.begin() as connection:
+            connection.execute(table.delete().where(table.c[record_type.key] == key))
+
+    def find(self, record_type: type[R], **equals: Any) -> list[R]:
+        check_changes(record_type, {k: v for k, v in equals.items() if k != record_type.key})
+        table = TABLES[record_type]
+        query = table.select()
+        for name, value in equals.items():
+            query = query.where(table.c[name] == value)
+        if "created_at" in table.c:
+            query = query.order_by(table.c.created_at)
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return [self._to_record(record_type, row) for row in rows]
+
+    def close(self) -> None:
+        self.engine.dispose()
