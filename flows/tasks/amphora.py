@@ -1,0 +1,291 @@
+"""Tasks of the amphora lifecycle flows. Each receives its drivers and undoes what it made."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from taskflow import task
+from taskflow.types import failure
+
+from keramos.framework.contracts import (
+    AmphoraDriver,
+    AmphoraEndpoint,
+    CertGenerator,
+    CertificateBundle,
+    CertKind,
+    CertManager,
+    ComputeDriver,
+    Instance,
+    InstanceStatus,
+    IssuedCertificate,
+    NetworkDriver,
+    Port,
+    StateStore,
+)
+from keramos.framework.errors import DriverError, KeramosError, NotFound, Timeout
+from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord
+
+#: Amphora states from which a new creation under the same id may start.
+_RECREATABLE = (AmphoraStatus.DELETED, AmphoraStatus.ERROR)
+
+
+def failure_reason(flow_failures: dict[str, failure.Failure] | None) -> str:
+    """One line saying why a flow is reverting, for the record of what it touched."""
+    for name, fail in (flow_failures or {}).items():
+        return f"{name}: {fail.exception_str}"
+    return "reverted"
+
+
+class RecordAmphora(task.Task):
+    """Record the new amphora as PENDING_CREATE; on revert, mark it ERROR with the reason."""
+
+    def __init__(self, state_store: StateStore) -> None:
+        super().__init__(name="record_amphora")
+        self.state_store = state_store
+
+    def execute(self, amphora_id: str, image_id: str) -> None:
+        existing = self.state_store.get(AmphoraRecord, amphora_id)
+        if existing is not None and existing.status not in _RECREATABLE:
+            raise KeramosError(f"amphora {amphora_id} already exists ({existing.status})")
+        self.state_store.save(AmphoraRecord(amphora_id=amphora_id, image_id=image_id))
+
+    def revert(self, amphora_id: str, result: Any, flow_failures=None, **kwargs: Any) -> None:
+        if isinstance(result, failure.Failure):
+            return
+        self.state_store.update(
+            AmphoraRecord,
+            amphora_id,
+            status=AmphoraStatus.ERROR,
+            error=failure_reason(flow_failures),
+        )
+
+
+class IssueAmphoraServerCert(task.Task):
+    """Issue the amphora's server certificate (server CA) and record it."""
+
+    def __init__(self, cert_generator: CertGenerator, state_store: StateStore) -> None:
+        super().__init__(name="issue_amphora_server_cert", provides="amphora_server_cert")
+        self.cert_generator = cert_generator
+        self.state_store = state_store
+
+    def execute(self, amphora_id: str) -> IssuedCertificate:
+        issued = self.cert_generator.issue(amphora_id, CertKind.SERVER)
+        self.state_store.save(
+            CertificateRecord(
+                serial=issued.serial,
+                kind=issued.kind,
+                subject=issued.subject,
+                not_after=issued.not_after,
+                amphora_id=amphora_id,
+            )
+        )
+        return issued
+
+    def revert(self, result: Any, **kwargs: Any) -> None:
+        if isinstance(result, IssuedCertificate):
+            self.state_store.delete(CertificateRecord, result.serial)
+
+
+class StoreAmphoraServerCert(task.Task):
+    """Keep the server certificate and key in the certificate manager."""
+
+    def __init__(self, cert_manager: CertManager, state_store: StateStore) -> None:
+        super().__init__(name="store_amphora_server_cert", provides="amphora_server_cert_ref")
+        self.cert_manager = cert_manager
+        self.state_store = state_store
+
+    def execute(self, amphora_id: str, amphora_server_cert: IssuedCertificate) -> str:
+        bundle = CertificateBundle(
+            certificate=amphora_server_cert.certificate_pem,
+            private_key=amphora_server_cert.private_key_pem,
+        )
+        ref = self.cert_manager.store(bundle, name=f"amphora-{amphora_id}-server")
+        self.state_store.update(CertificateRecord, amphora_server_cert.serial, cert_ref=ref)
+        return ref
+
+    def revert(self, result: Any, **kwargs: Any) -> None:
+        if isinstance(result, str):
+            self.cert_manager.delete(result)
+
+
+class BootAmphora(task.Task):
+    """Boot the amphora's instance with its config drive: server cert and key, client CA."""
+
+    def __init__(
+        self, compute: ComputeDriver, cert_generator: CertGenerator, state_store: StateStore
+    ) -> None:
+        super().__init__(name="boot_amphora", provides="compute_id")
+        self.compute = compute
+        self.cert_generator = cert_generator
+        self.state_store = state_store
+
+    def execute(
+        self, amphora_id: str, image_id: str, amphora_server_cert: IssuedCertificate
+    ) -> str:
+        config_drive = {
+            "amphora_id": amphora_id.encode(),
+            "amphora_server_cert.pem": amphora_server_cert.certificate_pem,
+            "amphora_server_key.pem": amphora_server_cert.private_key_pem or b"",
+            "client_ca_cert.pem": self.cert_generator.ca_certificate(CertKind.CLIENT),
+        }
+        compute_id = self.compute.build(amphora_id, image_id, config_drive)
+        self.state_store.update(
+            AmphoraRecord, amphora_id, status=AmphoraStatus.BOOTING, compute_id=compute_id
+        )
+        return compute_id
+
+    def revert(self, amphora_id: str, result: Any, **kwargs: Any) -> None:
+        if isinstance(result, str):
+            self.compute.delete(result)
+            self.state_store.update(AmphoraRecord, amphora_id, compute_id=None)
+
+
+class WaitForAmphoraActive(task.Task):
+    """Poll the compute driver, backing off, until the instance is ACTIVE."""
+
+    def __init__(self, compute: ComputeDriver, *, timeout: float, interval: float) -> None:
+        super().__init__(name="wait_for_amphora_active", provides="amphora_instance")
+        self.compute = compute
+        self.timeout = timeout
+        self.interval = interval
+
+    def execute(self, compute_id: str) -> Instance:
+        deadline = time.monotonic() + self.timeout
+        interval = self.interval
+        while True:
+            instance = self.compute.get(compute_id)
+            if instance.status == InstanceStatus.ACTIVE:
+                return instance
+            if instance.status in (InstanceStatus.ERROR, InstanceStatus.DELETED):
+                raise DriverError(
+                    f"instance {compute_id} is {instance.status}: {instance.fault or 'no fault given'}"
+                )
+            if time.monotonic() + interval > deadline:
+                raise Timeout(f"instance {compute_id} not ACTIVE after {self.timeout:g}s")
+            time.sleep(interval)
+            interval = min(interval * 2, 5.0)
+
+
+class PlugAmphoraNetwork(task.Task):
+    """Plug the amphora into its network; on revert, unplug it."""
+
+    def __init__(self, network: NetworkDriver) -> None:
+        super().__init__(name="plug_amphora_network", provides="amphora_port")
+        self.network = network
+
+    def execute(self, amphora_id: str, compute_id: str, network_id: str | None) -> Port:
+        return self.network.plug(amphora_id, compute_id, network_id)
+
+    def revert(self, result: Any, **kwargs: Any) -> None:
+        if isinstance(result, Port):
+            self.network.unplug(result.port_id)
+
+
+class WaitForAmphoraAgent(task.Task):
+    """Wait until the amphora's agent answers the controller over mutual TLS."""
+
+    def __init__(self, amphora: AmphoraDriver, *, timeout: float) -> None:
+        super().__init__(name="wait_for_amphora_agent", provides="amphora_agent_info")
+        self.amphora = amphora
+        self.timeout = timeout
+
+    def execute(self, amphora_id: str, amphora_instance: Instance) -> dict[str, Any]:
+        endpoint = AmphoraEndpoint(amphora_id, amphora_instance.address or "", amphora_instance.port)
+        return self.amphora.wait_until_reachable(endpoint, self.timeout)
+
+
+class MarkAmphoraReady(task.Task):
+    """Record where the amphora runs and mark it READY."""
+
+    def __init__(self, state_store: StateStore) -> None:
+        super().__init__(name="mark_amphora_ready", provides="amphora")
+        self.state_store = state_store
+
+    def execute(
+        self,
+        amphora_id: str,
+        compute_id: str,
+        amphora_instance: Instance,
+        amphora_port: Port,
+        amphora_server_cert: IssuedCertificate,
+    ) -> AmphoraRecord:
+        return self.state_store.update(
+            AmphoraRecord,
+            amphora_id,
+            status=AmphoraStatus.READY,
+            compute_id=compute_id,
+            address=amphora_instance.address,
+            port_id=amphora_port.port_id,
+            cert_serial=amphora_server_cert.serial,
+            error=None,
+        )
+
+
+class LoadAmphora(task.Task):
+    """Fetch the amphora's record and mark it PENDING_DELETE."""
+
+    def __init__(self, state_store: StateStore) -> None:
+        super().__init__(name="load_amphora", provides="amphora")
+        self.state_store = state_store
+
+    def execute(self, amphora_id: str) -> AmphoraRecord:
+        record = self.state_store.get(AmphoraRecord, amphora_id)
+        if record is None or record.status == AmphoraStatus.DELETED:
+            raise NotFound(f"no amphora {amphora_id}")
+        self.state_store.update(AmphoraRecord, amphora_id, status=AmphoraStatus.PENDING_DELETE)
+        return record
+
+    def revert(self, amphora_id: str, result: Any, flow_failures=None, **kwargs: Any) -> None:
+        if isinstance(result, AmphoraRecord):
+            self.state_store.update(
+                AmphoraRecord,
+                amphora_id,
+                status=AmphoraStatus.ERROR,
+                error=f"delete failed: {failure_reason(flow_failures)}",
+            )
+
+
+class DeleteAmphoraResources(task.Task):
+    """Delete the instance, port and server certificate of an amphora (each idempotently)."""
+
+    def __init__(
+        self,
+        compute: ComputeDriver,
+        network: NetworkDriver,
+        cert_manager: CertManager,
+        state_store: StateStore,
+    ) -> None:
+        super().__init__(name="delete_amphora_resources")
+        self.compute = compute
+        self.network = network
+        self.cert_manager = cert_manager
+        self.state_store = state_store
+
+    def execute(self, amphora: AmphoraRecord) -> None:
+        if amphora.compute_id:
+            self.compute.delete(amphora.compute_id)
+        if amphora.port_id:
+            self.network.unplug(amphora.port_id)
+        for certificate in self.state_store.find(CertificateRecord, amphora_id=amphora.amphora_id):
+            if certificate.cert_ref:
+                self.cert_manager.delete(certificate.cert_ref)
+            self.state_store.delete(CertificateRecord, certificate.serial)
+
+
+class MarkAmphoraDeleted(task.Task):
+    """Mark the amphora DELETED, clearing what pointed to deleted resources."""
+
+    def __init__(self, state_store: StateStore) -> None:
+        super().__init__(name="mark_amphora_deleted")
+        self.state_store = state_store
+
+    def execute(self, amphora_id: str) -> None:
+        self.state_store.update(
+            AmphoraRecord,
+            amphora_id,
+            status=AmphoraStatus.DELETED,
+            compute_id=None,
+            port_id=None,
+            cert_serial=None,
+        )

@@ -1,0 +1,354 @@
+"""The flow runner: validates an event, runs its taskflow flow durably, records and reports it.
+
+The runner knows nothing of transports. It is called the same way by the RPC endpoint, by
+``keramos run`` and by tests; it reports through an :class:`EventSink` (oslo.messaging
+notifications in a worker, the log or a list elsewhere).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import futurist
+from oslo_config import cfg
+from oslo_log import log as logging
+from taskflow import engines
+from taskflow import exceptions as tf_exceptions
+from taskflow import states
+from taskflow.persistence import models
+from taskflow.types import notifier as tf_notifier
+
+from keramos.framework import schema
+from keramos.framework.contracts import FlowFactory
+from keramos.framework.drivers import Drivers
+from keramos.framework.errors import (
+    FlowFailed,
+    IncompatibleVersion,
+    InvalidEvent,
+    PayloadError,
+    UnknownEvent,
+    describe,
+)
+from keramos.framework.records import TaskRecord, TaskState, utcnow
+
+LOG = logging.getLogger(__name__)
+
+_EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_FINISHED = (states.SUCCESS, states.REVERTED, states.FAILURE)
+
+#: ``on_progress(atom_name, state, details)`` receives every task state change of a run.
+ProgressCallback = Callable[[str, str, Mapping[str, Any]], None]
+
+
+class EventSink(Protocol):
+    """Where the runner reports flow start, end and error events."""
+
+    def emit(self, event_type: str, payload: dict[str, Any], *, error: bool = False) -> None:
+        """Report one event; must not raise."""
+
+
+class LogSink:
+    """An :class:`EventSink` that writes events to the log (the default outside a worker)."""
+
+    def emit(self, event_type: str, payload: dict[str, Any], *, error: bool = False) -> None:
+        LOG.log(logging.ERROR if error else logging.INFO, "event %s %s", event_type, payload)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """A validated event, ready to run."""
+
+    event: str
+    request_id: str
+    payload: dict[str, Any]
+    version: str
+
+    @property
+    def store(self) -> dict[str, Any]:
+        """The flow's initial store: the payload and the request id."""
+        return {**self.payload, "request_id": self.request_id}
+
+
+def new_request_id() -> str:
+    """A request id in the OpenStack form ``req-<uuid4>``."""
+    return f"req-{uuid.uuid4()}"
+
+
+def jsonable(value: Any) -> Any:
+    """Convert what tasks provide (dataclasses, datetimes, bytes) to JSON-compatible values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(item) for item in value]
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def _version_compatible(served: str, asked: str) -> bool:
+    served_major, served_minor = (int(part) for part in served.split("."))
+    asked_major, asked_minor = (int(part) for part in asked.split("."))
+    return served_major == asked_major and asked_minor <= served_minor
+
+
+class FlowRunner:
+    """Runs the flows of one worker (or one CLI or test process).
+
+    ``backend`` is a taskflow persistence backend, or ``None`` to run without durability.
+    The runner owns the thread pool the parallel engine shares between runs.
+    """
+
+    def __init__(
+        self,
+        conf: cfg.ConfigOpts,
+        drivers: Drivers,
+        flows: Mapping[str, FlowFactory],
+        *,
+        sink: EventSink | None = None,
+        backend: Any = None,
+    ) -> None:
+        self.conf = conf
+        self.drivers = drivers
+        self.flows = dict(flows)
+        self.sink = sink or LogSink()
+        self.backend = backend
+        self._executor: futurist.ThreadPoolExecutor | None = None
+        if conf.worker.engine == "parallel":
+            self._executor = futurist.ThreadPoolExecutor(max_workers=conf.worker.max_parallel_tasks)
+
+    def close(self) -> None:
+        """Stop the shared thread pool and the persistence backend."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        if self.backend is not None:
+            self.backend.close()
+
+    def validate(self, envelope: Any) -> Job:
+        """Check a cast's envelope and payload; raise :class:`InvalidEvent` naming the problem."""
+        if not isinstance(envelope, Mapping):
+            raise InvalidEvent(f"a cast must carry an object, not {type(envelope).__name__}")
+        request_id = envelope.get("request_id")
+        if not isinstance(request_id, str) or not request_id:
+            raise InvalidEvent("the cast carries no request_id", event=envelope.get("event"))
+        event = envelope.get("event")
+        if not isinstance(event, str) or event not in self.flows:
+            known = ", ".join(sorted(self.flows))
+            raise UnknownEvent(
+                f"unknown event {event!r} (this worker serves: {known})",
+                request_id=request_id,
+                event=event if isinstance(event, str) else None,
+            )
+        factory = self.flows[event]
+        version = envelope.get("version", factory.version)
+        if not isinstance(version, str) or not re.fullmatch(r"\d+\.\d+", version):
+            raise IncompatibleVersion(
+                f"version {version!r} is not MAJOR.MINOR", request_id=request_id, event=event
+            )
+        if not _version_compatible(factory.version, version):
+            raise IncompatibleVersion(
+                f"{event} {version} is not served (this worker serves {event} {factory.version})",
+                request_id=request_id,
+                event=event,
+            )
+        try:
+            payload = schema.validate(factory.payload, envelope.get("payload"))
+        except PayloadError as error:
+            raise PayloadError(f"{event}: {error}", request_id=request_id, event=event) from None
+        return Job(event=event, request_id=request_id, payload=payload, version=version)
+
+    def reject(self, error: InvalidEvent) -> None:
+        """Report a cast that will not run: log, error event, and a failed task record."""
+        event = error.event if error.event and _EVENT_NAME.fullmatch(error.event) else "invalid"
+        LOG.error("rejected cast %s: %s", error.request_id or "(no request id)", error)
+        self.sink.emit(
+            f"keramos.{event}.error",
+            {"request_id": error.request_id, "error": error.to_dict()},
+            error=True,
+        )
+        if error.request_id:
+            self.drivers.state_store.save(
+                TaskRecord(
+                    request_id=error.request_id,
+                    event=error.event or "",
+                    state=TaskState.FAILURE,
+                    message=str(error),
+                    error_type=type(error).__name__,
+                )
+            )
+
+    def accept(self, job: Job) -> None:
+        """Record a validated job as ``pending`` (the caller can now ask for its status)."""
+        factory = self.flows[job.event]
+        resource_id = job.payload.get(factory.resource_field) if factory.resource_field else None
+        self.drivers.state_store.save(
+            TaskRecord(request_id=job.request_id, event=job.event, resource_id=resource_id)
+        )
+
+    def submit(self, envelope: Any, *, on_progress: ProgressCallback | None = None) -> dict:
+        """Validate, record and run one cast; invalid casts are rejected and reported.
+
+        Returns the result, raises :class:`FlowFailed` or :class:`InvalidEvent`.
+        """
+        try:
+            job = self.validate(envelope)
+        except InvalidEvent as error:
+            self.reject(error)
+            raise
+        self.accept(job)
+        return self.run(job, on_progress=on_progress)
+
+    def _new_flow_detail(self, job: Job) -> tuple[models.LogBook, models.FlowDetail]:
+        book = models.LogBook(f"{job.event}:{job.request_id}")
+        flow_detail = models.FlowDetail(job.event, str(uuid.uuid4()))
+        flow_detail.meta = {
+            "event": job.event,
+            "request_id": job.request_id,
+            "payload": job.payload,
+            "version": job.version,
+            "owner": self.conf.host,
+        }
+        book.add(flow_detail)
+        with contextlib.closing(self.backend.get_connection()) as connection:
+            connection.save_logbook(book)
+        return book, flow_detail
+
+    def _load_engine(self, job: Job, book=None, flow_detail=None, *, resume: bool = False):
+        flow = self.flows[job.event].build()
+        options: dict[str, Any] = {"engine": self.conf.worker.engine}
+        if self._executor is not None:
+            options["executor"] = self._executor
+        if self.backend is None:
+            return engines.load(flow, store=job.store, **options)
+        return engines.load(
+            flow,
+            store=None if resume else job.store,
+            book=book,
+            flow_detail=flow_detail,
+            backend=self.backend,
+            **options,
+        )
+
+    def _forget(self, book) -> None:
+        if self.backend is None or book is None or self.conf.persistence.keep_completed:
+            return
+        with contextlib.closing(self.backend.get_connection()) as connection:
+            connection.destroy_logbook(book.uuid)
+
+    def run(
+        self,
+        job: Job,
+        *,
+        on_progress: ProgressCallback | None = None,
+        book=None,
+        flow_detail=None,
+    ) -> dict[str, Any]:
+        """Run an accepted job's flow to the end and return its result.
+
+        On failure the flow has been reverted; the failure is recorded and reported and raised
+        as :class:`FlowFailed` carrying the original error as ``cause``.
+        """
+        factory = self.flows[job.event]
+        resource_id = job.payload.get(factory.resource_field) if factory.resource_field else None
+        base = {"request_id": job.request_id, "resource_id": resource_id}
+        store = self.drivers.state_store
+        started = time.monotonic()
+        store.update(TaskRecord, job.request_id, state=TaskState.PROCESSING)
+        self.sink.emit(f"keramos.{job.event}.start", {**base, "version": job.version})
+        LOG.info("flow %s started (%s, resource %s)", job.event, job.request_id, resource_id)
+        resume = flow_detail is not None
+        try:
+            if self.backend is not None and flow_detail is None:
+                book, flow_detail = self._new_flow_detail(job)
+            engine = self._load_engine(job, book, flow_detail, resume=resume)
+            if on_progress is not None:
+                engine.atom_notifier.register(
+                    tf_notifier.Notifier.ANY,
+                    lambda state, details: on_progress(details.get("task_name", "?"), state, details),
+                )
+            engine.run()
+            result = jsonable({key: engine.storage.fetch(key) for key in factory.result_keys})
+        except Exception as error:
+            cause = error
+            if isinstance(error, tf_exceptions.WrappedFailure):
+                cause = next(iter(error)).exception or error
+            duration = round(time.monotonic() - started, 6)
+            described = describe(cause)
+            store.update(
+                TaskRecord,
+                job.request_id,
+                state=TaskState.FAILURE,
+                message=described["message"],
+                error_type=described["type"],
+            )
+            self.sink.emit(
+                f"keramos.{job.event}.error",
+                {**base, "duration": duration, "error": described},
+                error=True,
+            )
+            LOG.error(
+                "flow %s failed and was reverted (%s, %.3fs): %s: %s",
+                job.event,
+                job.request_id,
+                duration,
+                described["type"],
+                described["message"],
+            )
+            self._forget(book)
+            raise FlowFailed(
+                job.event, job.request_id, described["type"], described["message"], cause=cause
+            ) from cause
+        duration = round(time.monotonic() - started, 6)
+        store.update(TaskRecord, job.request_id, state=TaskState.SUCCESS, result=result)
+        self.sink.emit(f"keramos.{job.event}.end", {**base, "duration": duration, "result": result})
+        LOG.info("flow %s succeeded (%s, %.3fs)", job.event, job.request_id, duration)
+        self._forget(book)
+        return result
+
+    def unfinished(self, owner: str) -> list[tuple[Job, Any, Any]]:
+        """The persisted flows ``owner`` started and did not finish, oldest first."""
+        if self.backend is None:
+            return []
+        found = []
+        with contextlib.closing(self.backend.get_connection()) as connection:
+            for book in connection.get_logbooks():
+                for flow_detail in book:
+                    meta = flow_detail.meta or {}
+                    if meta.get("owner") != owner or flow_detail.state in _FINISHED:
+                        continue
+                    if meta.get("event") not in self.flows:
+                        LOG.warning(
+                            "cannot resume %s: flow %s is not served here",
+                            meta.get("request_id"),
+                            meta.get("event"),
+                        )
+                        continue
+                    job = Job(meta["event"], meta["request_id"], meta["payload"], meta["version"])
+                    found.append((book.created_at or utcnow(), job, book, flow_detail))
+        found.sort(key=lambda item: item[0])
+        return [(job, book, flow_detail) for _, job, book, flow_detail in found]
+
+    def resume_unfinished(self, owner: str) -> int:
+        """Resume every unfinished flow of ``owner`` from its last completed task.
+
+        Returns how many were resumed; a resumed flow that fails is reported like any other.
+        """
+        resumed = 0
+        for job, book, flow_detail in self.unfinished(owner):
+            LOG.info("resuming flow %s (%s) from its last completed task", job.event, job.request_id)
+            if self.drivers.state_store.get(TaskRecord, job.request_id) is None:
+                self.accept(job)
+            with contextlib.suppress(FlowFailed):
+                self.run(job, book=book, flow_detail=flow_detail)
+            resumed += 1
+        return resumed
