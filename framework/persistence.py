@@ -104,10 +104,8 @@ ATOMDETAILS = sa.Table(
 )
 
 _KEY = sa.bindparam("key")
-# "uuid" is reserved for the SET clause of an UPDATE, hence "key" above.
-_UPDATE_ATOM = ATOMDETAILS.update().where(ATOMDETAILS.c.uuid == _KEY)
-_UPDATE_FLOW = FLOWDETAILS.update().where(FLOWDETAILS.c.uuid == _KEY)
-_DELETE_BOOK = LOGBOOKS.delete().where(LOGBOOKS.c.uuid == _KEY)
+# Reads go through SQLAlchemy Core; "uuid" itself is reserved for the SET
+# clause of an UPDATE, hence the "key" parameter.
 _SELECT_BOOK = sa.select(LOGBOOKS.c.data).where(LOGBOOKS.c.uuid == _KEY)
 _SELECT_BOOKS = sa.select(LOGBOOKS.c.data)
 _SELECT_FLOW = sa.select(FLOWDETAILS.c.data).where(FLOWDETAILS.c.uuid == _KEY)
@@ -123,22 +121,53 @@ _SELECT_ATOMS_OF_FLOW = _SELECT_ATOMS.where(ATOMDETAILS.c.parent_uuid == _KEY)
 _SELECT_ATOMS_OF_BOOK = _SELECT_ATOMS.join(FLOWDETAILS).where(
     FLOWDETAILS.c.parent_uuid == _KEY
 )
-_CLEAR = tuple(table.delete() for table in reversed(METADATA.sorted_tables))
 
 
-def _upsert(table: sa.Table, dialect: str) -> sa.Executable | None:
-    """Return an insert-or-update of ``table`` keyed on uuid, if supported."""
-    if dialect == "sqlite":
-        insert = sqlite_dialect.insert(table)
-    elif dialect == "postgresql":
-        insert = pg_dialect.insert(table)
-    else:
-        return None
+class _Prepared:
+    """A Core DML statement compiled once for one dialect.
+
+    Writes run it on the DBAPI cursor directly: SQLAlchemy's execution layer
+    costs more than the SQLite statement itself and taskflow writes ~30 times
+    per six-task flow.
+    """
+
+    __slots__ = ("sql", "_names")
+
+    def __init__(self, stmt: sa.Executable, dialect: sa.Dialect, keys: list[str] | None = None) -> None:
+        compiled = stmt.compile(dialect=dialect, column_keys=keys)
+        self.sql = str(compiled)
+        self._names = compiled.positiontup
+
+    def params(self, values: dict[str, Any]) -> Any:
+        """Return ``values`` in the paramstyle of the dialect."""
+        if self._names is None:
+            return values
+        return tuple(values[name] for name in self._names)
+
+
+def _upsert(table: sa.Table, dialect: sa.Dialect) -> tuple[_Prepared | None, _Prepared, _Prepared]:
+    """Return (native upsert or None, update by uuid, insert) for ``table``."""
     columns = [c.name for c in table.columns if not c.primary_key]
-    return insert.on_conflict_do_update(
-        index_elements=[table.c.uuid],
-        set_={name: insert.excluded[name] for name in columns},
-    )
+    native = None
+    if dialect.name in ("sqlite", "postgresql"):
+        module = sqlite_dialect if dialect.name == "sqlite" else pg_dialect
+        insert = module.insert(table)
+        native = _Prepared(
+            insert.on_conflict_do_update(
+                index_elements=[table.c.uuid],
+                set_={name: insert.excluded[name] for name in columns},
+            ),
+            dialect,
+        )
+    update = _Prepared(table.update().where(table.c.uuid == _KEY), dialect, columns)
+    return native, update, _Prepared(table.insert(), dialect)
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return jsonutils.dumps(value)
+    except (TypeError, ValueError):
+        exc.raise_with_cause(exc.StorageFailure, f"Cannot store {value!r}: not JSON serializable")
 
 
 def _atom_row(ad: models.AtomDetail, parent_uuid: str) -> dict[str, Any]:
@@ -146,7 +175,7 @@ def _atom_row(ad: models.AtomDetail, parent_uuid: str) -> dict[str, Any]:
         "uuid": ad.uuid,
         "parent_uuid": parent_uuid,
         "atom_type": models.atom_detail_type(ad),
-        "data": ad.to_dict(),
+        "data": _dumps(ad.to_dict()),
     }
 
 
@@ -170,6 +199,8 @@ class LeanSQLBackend(base.Backend):
     (SQLite only, one of :data:`SYNCHRONOUS_MODES`, default ``"normal"``) and
     ``busy_timeout`` (SQLite only, seconds to wait for a lock, default 30).
     Prefer :func:`get_backend`, which also creates the tables.
+
+    :raises ValueError: a configuration value is invalid.
     """
 
     def __init__(self, conf: dict[str, Any] | None = None) -> None:
@@ -193,11 +224,20 @@ class LeanSQLBackend(base.Backend):
         self._guard: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         self._upgrade_lock = threading.Lock()
         self._engine = self._create_engine(url, float(busy_timeout))
-        dialect = self._engine.dialect.name
-        self._upserts = {table: _upsert(table, dialect) for table in METADATA.sorted_tables}
+        dialect = self._engine.dialect
+        self._errors = (sa_exc.SQLAlchemyError, dialect.loaded_dbapi.Error)
+        self._update_atom = _Prepared(
+            ATOMDETAILS.update().where(ATOMDETAILS.c.uuid == _KEY), dialect, ["atom_type", "data"]
+        )
+        self._update_flow = _Prepared(
+            FLOWDETAILS.update().where(FLOWDETAILS.c.uuid == _KEY), dialect, ["data"]
+        )
+        self._delete_book = _Prepared(LOGBOOKS.delete().where(LOGBOOKS.c.uuid == _KEY), dialect)
+        self._clear = [_Prepared(t.delete(), dialect) for t in reversed(METADATA.sorted_tables)]
+        self._upserts = {t: _upsert(t, dialect) for t in METADATA.sorted_tables}
 
     def _create_engine(self, url: sa.engine.URL, busy_timeout: float) -> sa.engine.Engine:
-        kwargs: dict[str, Any] = {"json_serializer": jsonutils.dumps}
+        kwargs: dict[str, Any] = {}
         if url.get_backend_name() == "sqlite":
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout}
             if _is_sqlite_memory(url):
@@ -214,21 +254,12 @@ class LeanSQLBackend(base.Backend):
                 # fall back to psycopg2 when that is what is installed.
                 if importlib.util.find_spec("psycopg2") is not None:
                     url = url.set(drivername="postgresql+psycopg2")
-        try:
-            engine = sa.create_engine(url, **kwargs)
-        except TypeError:
-            # Dialects without a JSON serializer hook reject the argument.
-            del kwargs["json_serializer"]
-            engine = sa.create_engine(url, **kwargs)
+        engine = sa.create_engine(url, **kwargs)
         if engine.dialect.name == "sqlite":
             sa.event.listen(engine, "connect", self._on_sqlite_connect)
-            sa.event.listen(engine, "begin", self._on_sqlite_begin)
         return engine
 
     def _on_sqlite_connect(self, dbapi_conn: Any, _record: Any) -> None:
-        # Let SQLAlchemy emit BEGIN itself (see _on_sqlite_begin), so that
-        # multi-statement reads see one snapshot.
-        dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         try:
             cursor.execute("PRAGMA foreign_keys=ON")
@@ -237,48 +268,55 @@ class LeanSQLBackend(base.Backend):
         finally:
             cursor.close()
 
-    @staticmethod
-    def _on_sqlite_begin(conn: sa.engine.Connection) -> None:
-        conn.exec_driver_sql("BEGIN")
-
     @property
     def engine(self) -> sa.engine.Engine:
         """The shared SQLAlchemy engine of this backend."""
         return self._engine
 
     @contextlib.contextmanager
-    def transaction(self, what: str) -> Iterator[sa.engine.Connection]:
-        """Run a block in one database transaction.
-
-        SQLAlchemy errors are re-raised as :class:`taskflow.exceptions.StorageFailure`
-        with ``what`` in the message; taskflow's own errors pass through.
-        """
+    def _reading(self, what: str) -> Iterator[sa.engine.Connection]:
         try:
-            with self._guard, self._engine.begin() as conn:
+            with self._guard, self._engine.connect() as conn:
                 yield conn
-        except sa_exc.SQLAlchemyError:
+        except self._errors:
             exc.raise_with_cause(exc.StorageFailure, f"Failed {what}")
 
-    def upsert(self, conn: sa.engine.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-        """Insert ``rows`` into ``table``, replacing rows with the same uuid."""
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[Any]:
+        """Yield a DBAPI cursor; commit if the block succeeds."""
+        try:
+            with self._guard:
+                raw = self._engine.raw_connection()
+                try:
+                    cursor = raw.cursor()
+                    yield cursor
+                    cursor.close()
+                    raw.commit()
+                finally:
+                    # Back to the pool, which rolls back what was not committed.
+                    raw.close()
+        except self._errors:
+            exc.raise_with_cause(exc.StorageFailure, f"Failed {what}")
+
+    def _upsert(self, cursor: Any, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        native, update, insert = self._upserts[table]
         if not rows:
             return
-        stmt = self._upserts[table]
-        if stmt is not None:
-            conn.execute(stmt, rows)
+        if native is not None:
+            cursor.executemany(native.sql, [native.params(row) for row in rows])
             return
         for row in rows:
-            values = {k: v for k, v in row.items() if k != "uuid"}
-            updated = conn.execute(
-                table.update().where(table.c.uuid == _KEY), {"key": row["uuid"], **values}
-            )
-            if updated.rowcount == 0:
-                conn.execute(table.insert(), row)
+            cursor.execute(update.sql, update.params({"key": row["uuid"], **row}))
+            if cursor.rowcount == 0:
+                cursor.execute(insert.sql, insert.params(row))
 
     def upgrade(self) -> None:
         """Create the tables that do not exist yet (idempotent)."""
-        with self._upgrade_lock, self.transaction("creating the tables") as conn:
-            METADATA.create_all(conn, checkfirst=True)
+        try:
+            with self._upgrade_lock, self._guard, self._engine.begin() as conn:
+                METADATA.create_all(conn, checkfirst=True)
+        except self._errors:
+            exc.raise_with_cause(exc.StorageFailure, "Failed creating the tables")
 
     def get_connection(self) -> Connection:
         """Return a cheap connection object over the shared engine."""
@@ -309,7 +347,7 @@ class Connection(base.Connection):
 
     def validate(self) -> None:
         """Check that the database answers; raise ``StorageFailure`` if not."""
-        with self._backend.transaction("validating the connection") as conn:
+        with self._backend._reading("validating the connection") as conn:
             conn.execute(sa.select(sa.literal(1)))
 
     def upgrade(self) -> None:
@@ -318,22 +356,24 @@ class Connection(base.Connection):
 
     def clear_all(self) -> None:
         """Delete every logbook, flow detail and atom detail."""
-        with self._backend.transaction("clearing all entries") as conn:
-            for stmt in _CLEAR:
-                conn.execute(stmt)
+        with self._backend._writing("clearing all entries") as cursor:
+            for stmt in self._backend._clear:
+                cursor.execute(stmt.sql, stmt.params({}))
 
     def update_atom_details(self, atom_detail: models.AtomDetail) -> models.AtomDetail:
         """Store an existing atom detail as given and return it.
 
         :raises taskflow.exceptions.NotFound: no atom detail has its uuid.
         """
-        params = {
+        stmt = self._backend._update_atom
+        params = stmt.params({
             "key": atom_detail.uuid,
             "atom_type": models.atom_detail_type(atom_detail),
-            "data": atom_detail.to_dict(),
-        }
-        with self._backend.transaction(f"updating atom details '{atom_detail.uuid}'") as conn:
-            if conn.execute(_UPDATE_ATOM, params).rowcount == 0:
+            "data": _dumps(atom_detail.to_dict()),
+        })
+        with self._backend._writing(f"updating atom details '{atom_detail.uuid}'") as cursor:
+            cursor.execute(stmt.sql, params)
+            if cursor.rowcount == 0:
                 raise exc.NotFound(f"No atom details found with uuid '{atom_detail.uuid}'")
         return atom_detail
 
@@ -342,12 +382,14 @@ class Connection(base.Connection):
 
         :raises taskflow.exceptions.NotFound: no flow detail has its uuid.
         """
+        stmt = self._backend._update_flow
+        params = stmt.params({"key": flow_detail.uuid, "data": _dumps(flow_detail.to_dict())})
         rows = [_atom_row(ad, flow_detail.uuid) for ad in flow_detail]
-        params = {"key": flow_detail.uuid, "data": flow_detail.to_dict()}
-        with self._backend.transaction(f"updating flow details '{flow_detail.uuid}'") as conn:
-            if conn.execute(_UPDATE_FLOW, params).rowcount == 0:
+        with self._backend._writing(f"updating flow details '{flow_detail.uuid}'") as cursor:
+            cursor.execute(stmt.sql, params)
+            if cursor.rowcount == 0:
                 raise exc.NotFound(f"No flow details found with uuid '{flow_detail.uuid}'")
-            self._backend.upsert(conn, ATOMDETAILS, rows)
+            self._backend._upsert(cursor, ATOMDETAILS, rows)
         return flow_detail
 
     def save_logbook(self, book: models.LogBook) -> models.LogBook:
@@ -355,13 +397,13 @@ class Connection(base.Connection):
 
         Flow and atom details stored earlier but absent from ``book`` are kept.
         """
-        flows = [{"uuid": fd.uuid, "parent_uuid": book.uuid, "data": fd.to_dict()} for fd in book]
+        book_row = {"uuid": book.uuid, "data": _dumps(book.to_dict(marshal_time=True))}
+        flows = [{"uuid": fd.uuid, "parent_uuid": book.uuid, "data": _dumps(fd.to_dict())} for fd in book]
         atoms = [_atom_row(ad, fd.uuid) for fd in book for ad in fd]
-        book_row = {"uuid": book.uuid, "data": book.to_dict(marshal_time=True)}
-        with self._backend.transaction(f"saving logbook '{book.uuid}'") as conn:
-            self._backend.upsert(conn, LOGBOOKS, [book_row])
-            self._backend.upsert(conn, FLOWDETAILS, flows)
-            self._backend.upsert(conn, ATOMDETAILS, atoms)
+        with self._backend._writing(f"saving logbook '{book.uuid}'") as cursor:
+            self._backend._upsert(cursor, LOGBOOKS, [book_row])
+            self._backend._upsert(cursor, FLOWDETAILS, flows)
+            self._backend._upsert(cursor, ATOMDETAILS, atoms)
         return book
 
     def destroy_logbook(self, book_uuid: str) -> None:
@@ -369,8 +411,10 @@ class Connection(base.Connection):
 
         :raises taskflow.exceptions.NotFound: no logbook has this uuid.
         """
-        with self._backend.transaction(f"destroying logbook '{book_uuid}'") as conn:
-            if conn.execute(_DELETE_BOOK, {"key": book_uuid}).rowcount == 0:
+        stmt = self._backend._delete_book
+        with self._backend._writing(f"destroying logbook '{book_uuid}'") as cursor:
+            cursor.execute(stmt.sql, stmt.params({"key": book_uuid}))
+            if cursor.rowcount == 0:
                 raise exc.NotFound(f"No logbook found with uuid '{book_uuid}'")
 
     def get_logbook(self, book_uuid: str, lazy: bool = False) -> models.LogBook:
@@ -378,7 +422,7 @@ class Connection(base.Connection):
 
         :raises taskflow.exceptions.NotFound: no logbook has this uuid.
         """
-        with self._backend.transaction(f"getting logbook '{book_uuid}'") as conn:
+        with self._backend._reading(f"getting logbook '{book_uuid}'") as conn:
             data = conn.execute(_SELECT_BOOK, {"key": book_uuid}).scalar()
             if data is None:
                 raise exc.NotFound(f"No logbook found with uuid '{book_uuid}'")
@@ -391,7 +435,7 @@ class Connection(base.Connection):
 
     def get_logbooks(self, lazy: bool = False) -> Iterator[models.LogBook]:
         """Return an iterator over all logbooks (read at call time)."""
-        with self._backend.transaction("getting logbooks") as conn:
+        with self._backend._reading("getting logbooks") as conn:
             books = [_to_book(data) for data in conn.execute(_SELECT_BOOKS).scalars()]
             if not lazy and books:
                 flows = conn.execute(_SELECT_FLOWS).all()
@@ -405,7 +449,7 @@ class Connection(base.Connection):
         Unless ``lazy``, each flow detail holds its atom details. An unknown
         logbook has no flow details.
         """
-        with self._backend.transaction(f"getting flow details of logbook '{book_uuid}'") as conn:
+        with self._backend._reading(f"getting flow details of logbook '{book_uuid}'") as conn:
             flows = conn.execute(_SELECT_FLOWS_OF_BOOK, {"key": book_uuid}).all()
             atoms = [] if lazy else conn.execute(_SELECT_ATOMS_OF_BOOK, {"key": book_uuid}).all()
         return iter(self._flows(flows, atoms))
@@ -415,7 +459,7 @@ class Connection(base.Connection):
 
         :raises taskflow.exceptions.NotFound: no flow detail has this uuid.
         """
-        with self._backend.transaction(f"getting flow details '{fd_uuid}'") as conn:
+        with self._backend._reading(f"getting flow details '{fd_uuid}'") as conn:
             data = conn.execute(_SELECT_FLOW, {"key": fd_uuid}).scalar()
             if data is None:
                 raise exc.NotFound(f"No flow details found with uuid '{fd_uuid}'")
@@ -430,7 +474,7 @@ class Connection(base.Connection):
 
         :raises taskflow.exceptions.NotFound: no atom detail has this uuid.
         """
-        with self._backend.transaction(f"getting atom details '{ad_uuid}'") as conn:
+        with self._backend._reading(f"getting atom details '{ad_uuid}'") as conn:
             row = conn.execute(_SELECT_ATOM, {"key": ad_uuid}).first()
         if row is None:
             raise exc.NotFound(f"No atom details found with uuid '{ad_uuid}'")
@@ -441,7 +485,7 @@ class Connection(base.Connection):
 
         An unknown flow detail has no atom details.
         """
-        with self._backend.transaction(f"getting atom details of flow '{fd_uuid}'") as conn:
+        with self._backend._reading(f"getting atom details of flow '{fd_uuid}'") as conn:
             rows = conn.execute(_SELECT_ATOMS_OF_FLOW, {"key": fd_uuid}).all()
         return iter([_to_atom(atom_type, data) for _parent, atom_type, data in rows])
 
