@@ -31,9 +31,12 @@ class CreateAmphora(FlowFactory):
         options = self.conf.amphora
         return linear_flow.Flow(self.name).add(
             tasks.RecordAmphora(drivers.state_store),
-            tasks.IssueAmphoraServerCert(drivers.cert_generator, drivers.state_store),
-            tasks.StoreAmphoraServerCert(drivers.cert_manager, drivers.state_store),
-            tasks.BootAmphora(drivers.compute, drivers.cert_generator, drivers.state_store),
+            tasks.IssueAmphoraServerCert(
+                drivers.cert_generator, drivers.cert_manager, drivers.state_store
+            ),
+            tasks.BootAmphora(
+                drivers.compute, drivers.cert_generator, drivers.cert_manager, drivers.state_store
+            ),
             tasks.WaitForAmphoraActive(
                 drivers.compute, timeout=options.active_timeout, interval=options.poll_interval
             ),

@@ -174,16 +174,23 @@ def list_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
     return [(group, list(opts)) for group, opts in GROUPS.items()]
 
 
+#: Options oslo.messaging reads on every call but registers on the global CONF only, and leaves
+#: out of its list_opts(): (module, attribute, group), as its own ConfFixture registers them.
+_GLOBAL_ONLY_MESSAGING_OPTS = (
+    ("oslo_messaging._tracing.client", "oslo_messaging_tracing", "oslo_messaging_tracing"),
+    ("oslo_messaging._metrics.client", "oslo_messaging_metrics", "oslo_messaging_metrics"),
+)
+
+
 def _register_messaging_opts(conf: cfg.ConfigOpts) -> None:
     for group, opts in messaging_opts.list_opts():
         conf.register_opts(opts, group=group)
-    # oslo.messaging >= 18.3 reads [oslo_messaging_tracing] on every cast but registers those
-    # options on the global CONF only, and leaves them out of its list_opts().
-    try:
-        tracing = importlib.import_module("oslo_messaging._tracing.client")
-    except ImportError:
-        return
-    conf.register_opts(getattr(tracing, "oslo_messaging_tracing", []), group="oslo_messaging_tracing")
+    for module_name, attribute, group in _GLOBAL_ONLY_MESSAGING_OPTS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        conf.register_opts(getattr(module, attribute, []), group=group)
 
 
 def make_conf(

@@ -106,6 +106,7 @@ class FlowRunner:
     """Runs the flows of one worker (or one CLI or test process).
 
     ``backend`` is a taskflow persistence backend, or ``None`` to run without durability.
+    ``progress`` receives the task state changes of every run (unless a run names its own).
     The runner owns the thread pool the parallel engine shares between runs.
     """
 
@@ -117,8 +118,10 @@ class FlowRunner:
         *,
         sink: EventSink | None = None,
         backend: Any = None,
+        progress: ProgressCallback | None = None,
     ) -> None:
         self.conf = conf
+        self.progress = progress
         self.drivers = drivers
         self.flows = dict(flows)
         self.sink = sink or LogSink()
@@ -267,6 +270,7 @@ class FlowRunner:
         self.sink.emit(f"keramos.{job.event}.start", {**base, "version": job.version})
         LOG.info("flow %s started (%s, resource %s)", job.event, job.request_id, resource_id)
         resume = flow_detail is not None
+        on_progress = on_progress or self.progress
         try:
             if self.backend is not None and flow_detail is None:
                 book, flow_detail = self._new_flow_detail(job)

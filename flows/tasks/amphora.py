@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -16,15 +17,13 @@ from keramos.framework.contracts import (
     CertKind,
     CertManager,
     ComputeDriver,
-    Instance,
     InstanceStatus,
-    IssuedCertificate,
     NetworkDriver,
-    Port,
     StateStore,
 )
 from keramos.framework.errors import DriverError, KeramosError, NotFound, Timeout
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord
+from keramos.framework.runner import jsonable
 
 #: Amphora states from which a new creation under the same id may start.
 _RECREATABLE = (AmphoraStatus.DELETED, AmphoraStatus.ERROR)
@@ -62,71 +61,70 @@ class RecordAmphora(task.Task):
 
 
 class IssueAmphoraServerCert(task.Task):
-    """Issue the amphora's server certificate (server CA) and record it."""
+    """Issue the amphora's server certificate (server CA), keep it in the certificate manager.
 
-    def __init__(self, cert_generator: CertGenerator, state_store: StateStore) -> None:
+    Provides ``{"serial", "cert_ref", "not_after"}``: the private key goes straight to the
+    certificate manager and never into flow storage.
+    """
+
+    def __init__(
+        self, cert_generator: CertGenerator, cert_manager: CertManager, state_store: StateStore
+    ) -> None:
         super().__init__(name="issue_amphora_server_cert", provides="amphora_server_cert")
         self.cert_generator = cert_generator
-        self.state_store = state_store
-
-    def execute(self, amphora_id: str) -> IssuedCertificate:
-        issued = self.cert_generator.issue(amphora_id, CertKind.SERVER)
-        self.state_store.save(
-            CertificateRecord(
-                serial=issued.serial,
-                kind=issued.kind,
-                subject=issued.subject,
-                not_after=issued.not_after,
-                amphora_id=amphora_id,
-            )
-        )
-        return issued
-
-    def revert(self, result: Any, **kwargs: Any) -> None:
-        if isinstance(result, IssuedCertificate):
-            self.state_store.delete(CertificateRecord, result.serial)
-
-
-class StoreAmphoraServerCert(task.Task):
-    """Keep the server certificate and key in the certificate manager."""
-
-    def __init__(self, cert_manager: CertManager, state_store: StateStore) -> None:
-        super().__init__(name="store_amphora_server_cert", provides="amphora_server_cert_ref")
         self.cert_manager = cert_manager
         self.state_store = state_store
 
-    def execute(self, amphora_id: str, amphora_server_cert: IssuedCertificate) -> str:
+    def execute(self, amphora_id: str) -> dict[str, str]:
+        issued = self.cert_generator.issue(amphora_id, CertKind.SERVER)
         bundle = CertificateBundle(
-            certificate=amphora_server_cert.certificate_pem,
-            private_key=amphora_server_cert.private_key_pem,
+            certificate=issued.certificate_pem, private_key=issued.private_key_pem
         )
         ref = self.cert_manager.store(bundle, name=f"amphora-{amphora_id}-server")
-        self.state_store.update(CertificateRecord, amphora_server_cert.serial, cert_ref=ref)
-        return ref
+        try:
+            self.state_store.save(
+                CertificateRecord(
+                    serial=issued.serial,
+                    kind=issued.kind,
+                    subject=issued.subject,
+                    not_after=issued.not_after,
+                    amphora_id=amphora_id,
+                    cert_ref=ref,
+                )
+            )
+        except Exception:
+            self.cert_manager.delete(ref)
+            raise
+        return {"serial": issued.serial, "cert_ref": ref, "not_after": issued.not_after.isoformat()}
 
     def revert(self, result: Any, **kwargs: Any) -> None:
-        if isinstance(result, str):
-            self.cert_manager.delete(result)
+        if isinstance(result, dict):
+            self.cert_manager.delete(result["cert_ref"])
+            self.state_store.delete(CertificateRecord, result["serial"])
 
 
 class BootAmphora(task.Task):
     """Boot the amphora's instance with its config drive: server cert and key, client CA."""
 
     def __init__(
-        self, compute: ComputeDriver, cert_generator: CertGenerator, state_store: StateStore
+        self,
+        compute: ComputeDriver,
+        cert_generator: CertGenerator,
+        cert_manager: CertManager,
+        state_store: StateStore,
     ) -> None:
         super().__init__(name="boot_amphora", provides="compute_id")
         self.compute = compute
         self.cert_generator = cert_generator
+        self.cert_manager = cert_manager
         self.state_store = state_store
 
-    def execute(
-        self, amphora_id: str, image_id: str, amphora_server_cert: IssuedCertificate
-    ) -> str:
+    def execute(self, amphora_id: str, image_id: str, amphora_server_cert: dict[str, str]) -> str:
+        bundle = self.cert_manager.get(amphora_server_cert["cert_ref"])
         config_drive = {
             "amphora_id": amphora_id.encode(),
-            "amphora_server_cert.pem": amphora_server_cert.certificate_pem,
-            "amphora_server_key.pem": amphora_server_cert.private_key_pem or b"",
+            "amphora_server_cert.pem": bundle.certificate,
+            "amphora_server_key.pem": bundle.private_key or b"",
             "client_ca_cert.pem": self.cert_generator.ca_certificate(CertKind.CLIENT),
         }
         compute_id = self.compute.build(amphora_id, image_id, config_drive)
@@ -150,13 +148,13 @@ class WaitForAmphoraActive(task.Task):
         self.timeout = timeout
         self.interval = interval
 
-    def execute(self, compute_id: str) -> Instance:
+    def execute(self, compute_id: str) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout
         interval = self.interval
         while True:
             instance = self.compute.get(compute_id)
             if instance.status == InstanceStatus.ACTIVE:
-                return instance
+                return dataclasses.asdict(instance)
             if instance.status in (InstanceStatus.ERROR, InstanceStatus.DELETED):
                 raise DriverError(
                     f"instance {compute_id} is {instance.status}: {instance.fault or 'no fault given'}"
@@ -174,12 +172,12 @@ class PlugAmphoraNetwork(task.Task):
         super().__init__(name="plug_amphora_network", provides="amphora_port")
         self.network = network
 
-    def execute(self, amphora_id: str, compute_id: str, network_id: str | None) -> Port:
-        return self.network.plug(amphora_id, compute_id, network_id)
+    def execute(self, amphora_id: str, compute_id: str, network_id: str | None) -> dict[str, Any]:
+        return dataclasses.asdict(self.network.plug(amphora_id, compute_id, network_id))
 
     def revert(self, result: Any, **kwargs: Any) -> None:
-        if isinstance(result, Port):
-            self.network.unplug(result.port_id)
+        if isinstance(result, dict):
+            self.network.unplug(result["port_id"])
 
 
 class WaitForAmphoraAgent(task.Task):
@@ -190,8 +188,10 @@ class WaitForAmphoraAgent(task.Task):
         self.amphora = amphora
         self.timeout = timeout
 
-    def execute(self, amphora_id: str, amphora_instance: Instance) -> dict[str, Any]:
-        endpoint = AmphoraEndpoint(amphora_id, amphora_instance.address or "", amphora_instance.port)
+    def execute(self, amphora_id: str, amphora_instance: dict[str, Any]) -> dict[str, Any]:
+        endpoint = AmphoraEndpoint(
+            amphora_id, amphora_instance["address"] or "", amphora_instance["port"]
+        )
         return self.amphora.wait_until_reachable(endpoint, self.timeout)
 
 
@@ -206,20 +206,21 @@ class MarkAmphoraReady(task.Task):
         self,
         amphora_id: str,
         compute_id: str,
-        amphora_instance: Instance,
-        amphora_port: Port,
-        amphora_server_cert: IssuedCertificate,
-    ) -> AmphoraRecord:
-        return self.state_store.update(
+        amphora_instance: dict[str, Any],
+        amphora_port: dict[str, Any],
+        amphora_server_cert: dict[str, str],
+    ) -> dict[str, Any]:
+        record = self.state_store.update(
             AmphoraRecord,
             amphora_id,
             status=AmphoraStatus.READY,
             compute_id=compute_id,
-            address=amphora_instance.address,
-            port_id=amphora_port.port_id,
-            cert_serial=amphora_server_cert.serial,
+            address=amphora_instance["address"],
+            port_id=amphora_port["port_id"],
+            cert_serial=amphora_server_cert["serial"],
             error=None,
         )
+        return jsonable(record.to_dict())
 
 
 class LoadAmphora(task.Task):
@@ -229,15 +230,15 @@ class LoadAmphora(task.Task):
         super().__init__(name="load_amphora", provides="amphora")
         self.state_store = state_store
 
-    def execute(self, amphora_id: str) -> AmphoraRecord:
+    def execute(self, amphora_id: str) -> dict[str, Any]:
         record = self.state_store.get(AmphoraRecord, amphora_id)
         if record is None or record.status == AmphoraStatus.DELETED:
             raise NotFound(f"no amphora {amphora_id}")
         self.state_store.update(AmphoraRecord, amphora_id, status=AmphoraStatus.PENDING_DELETE)
-        return record
+        return jsonable(record.to_dict())
 
     def revert(self, amphora_id: str, result: Any, flow_failures=None, **kwargs: Any) -> None:
-        if isinstance(result, AmphoraRecord):
+        if isinstance(result, dict):
             self.state_store.update(
                 AmphoraRecord,
                 amphora_id,
@@ -262,12 +263,12 @@ class DeleteAmphoraResources(task.Task):
         self.cert_manager = cert_manager
         self.state_store = state_store
 
-    def execute(self, amphora: AmphoraRecord) -> None:
-        if amphora.compute_id:
-            self.compute.delete(amphora.compute_id)
-        if amphora.port_id:
-            self.network.unplug(amphora.port_id)
-        for certificate in self.state_store.find(CertificateRecord, amphora_id=amphora.amphora_id):
+    def execute(self, amphora: dict[str, Any]) -> None:
+        if amphora["compute_id"]:
+            self.compute.delete(amphora["compute_id"])
+        if amphora["port_id"]:
+            self.network.unplug(amphora["port_id"])
+        for certificate in self.state_store.find(CertificateRecord, amphora_id=amphora["amphora_id"]):
             if certificate.cert_ref:
                 self.cert_manager.delete(certificate.cert_ref)
             self.state_store.delete(CertificateRecord, certificate.serial)

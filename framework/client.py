@@ -1,0 +1,121 @@
+"""The client library API services use to cast events to Keramos workers.
+
+::
+
+    client = KeramosClient(make_conf(["--config-file", "/etc/keramos/keramos.conf"]))
+    request_id = client.create_amphora("amp-1", image_id="amphora-x64")
+    outcome = client.wait(request_id)          # raises FlowFailed if the flow failed
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import oslo_messaging
+from oslo_config import cfg
+
+from keramos.framework import rpc
+from keramos.framework.errors import FlowFailed, Timeout
+from keramos.framework.records import TaskState
+from keramos.framework.runner import new_request_id
+
+
+class KeramosClient:
+    """Casts events to the worker topic and asks workers for the status of a request.
+
+    ``transport`` defaults to one built from the configuration; pass the worker's own transport
+    to talk to an in-process worker on ``fake://``.
+    """
+
+    def __init__(
+        self, conf: cfg.ConfigOpts, *, transport: oslo_messaging.Transport | None = None
+    ) -> None:
+        self.conf = conf
+        self._own_transport = transport is None
+        self.transport = transport or rpc.rpc_transport(conf)
+        self._client = oslo_messaging.get_rpc_client(
+            self.transport, rpc.worker_target(conf), version_cap=rpc.RPC_API_VERSION
+        )
+
+    def close(self) -> None:
+        """Release the transport if this client built it."""
+        if self._own_transport:
+            self.transport.cleanup()
+
+    def __enter__(self) -> KeramosClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def cast(
+        self,
+        event: str,
+        payload: dict[str, Any],
+        *,
+        request_id: str | None = None,
+        version: str = "1.0",
+    ) -> str:
+        """Cast ``event`` with ``payload`` and return the request id it carries.
+
+        The worker validates the payload; a rejected cast shows as a ``failure`` status.
+        """
+        request_id = request_id or new_request_id()
+        envelope = {"event": event, "version": version, "request_id": request_id, "payload": payload}
+        self._client.cast({"request_id": request_id}, "handle_event", envelope=envelope)
+        return request_id
+
+    def status(self, request_id: str, *, timeout: float | None = None) -> dict[str, Any] | None:
+        """Ask a worker for the task record of ``request_id`` (``None`` if none is known)."""
+        client = self._client.prepare(timeout=timeout) if timeout else self._client
+        return client.call({"request_id": request_id}, "get_status", request_id=request_id)
+
+    def wait(
+        self, request_id: str, *, timeout: float = 300.0, interval: float = 0.02
+    ) -> dict[str, Any]:
+        """Wait until the request's flow ends and return its task record.
+
+        Raises :class:`FlowFailed` (with the flow's error) if it failed and
+        :class:`~keramos.framework.errors.Timeout` if it has not ended after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Timeout(f"{request_id} has not ended after {timeout:g}s")
+            try:
+                record = self.status(request_id, timeout=max(1.0, min(remaining, 30.0)))
+            except oslo_messaging.MessagingTimeout:
+                record = None
+            if record is not None and record["state"] == TaskState.FAILURE:
+                raise FlowFailed(
+                    record["event"],
+                    request_id,
+                    record.get("error_type") or "Error",
+                    record.get("message") or "",
+                )
+            if record is not None and record["state"] == TaskState.SUCCESS:
+                return record
+            time.sleep(min(interval, max(remaining, 0)))
+            interval = min(interval * 1.5, 0.5)
+
+    def call_and_wait(self, event: str, payload: dict[str, Any], **wait: Any) -> dict[str, Any]:
+        """Cast and wait for the outcome; returns the flow's result."""
+        return self.wait(self.cast(event, payload), **wait)["result"]
+
+    def create_amphora(
+        self,
+        amphora_id: str,
+        image_id: str,
+        *,
+        network_id: str | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        """Cast ``create_amphora``; returns the request id."""
+        payload = {"amphora_id": amphora_id, "image_id": image_id, "network_id": network_id}
+        return self.cast("create_amphora", payload, request_id=request_id)
+
+    def delete_amphora(self, amphora_id: str, *, request_id: str | None = None) -> str:
+        """Cast ``delete_amphora``; returns the request id."""
+        return self.cast("delete_amphora", {"amphora_id": amphora_id}, request_id=request_id)

@@ -1,0 +1,188 @@
+"""The Keramos worker: consumes casts over oslo.messaging and runs their flows.
+
+``keramos-worker --config-file /etc/keramos/keramos.conf`` checks every driver and flow once,
+then starts ``[worker] workers`` processes (cotyledon), each an RPC server on ``[worker] topic``.
+SIGTERM stops consuming, lets running flows finish for ``[worker] graceful_shutdown_timeout``
+seconds, and leaves any still running in the persistence backend, resumed by the next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import cotyledon
+import oslo_messaging
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from keramos.framework import __version__, loader, rpc
+from keramos.framework.config import make_conf
+from keramos.framework.contracts import Driver, FlowFactory
+from keramos.framework.errors import FlowFailed, KeramosError
+from keramos.framework.runner import EventSink, FlowRunner, ProgressCallback
+
+LOG = logging.getLogger(__name__)
+
+
+def persistence_backend(conf: cfg.ConfigOpts) -> Any:
+    """The taskflow persistence backend of ``[persistence]``, or ``None`` when disabled."""
+    if not conf.persistence.enabled:
+        return None
+    from keramos.framework.persistence import get_backend
+
+    return get_backend(conf.persistence.connection, conf.persistence.synchronous)
+
+
+class Worker:
+    """One worker process's parts: drivers, flows, runner, RPC server.
+
+    Built whole or not at all: if any driver or flow fails to load, what was built is closed
+    and the :class:`~keramos.framework.errors.PluginLoadError` propagates.
+    """
+
+    def __init__(
+        self,
+        conf: cfg.ConfigOpts,
+        *,
+        transport: oslo_messaging.Transport | None = None,
+        drivers: dict[str, Driver] | None = None,
+        extra_flows: Iterable[type[FlowFactory]] = (),
+        sink: EventSink | None = None,
+        progress: ProgressCallback | None = None,
+        on_failure: Callable[[FlowFailed], None] | None = None,
+    ) -> None:
+        self.conf = conf
+        self.drivers = loader.load_drivers(conf, **(drivers or {}))
+        try:
+            flows = loader.load_flows(conf, self.drivers, extra=extra_flows)
+            self._own_transport = transport is None
+            self.transport = transport or rpc.rpc_transport(conf)
+            self.runner = FlowRunner(
+                conf,
+                self.drivers,
+                flows,
+                sink=sink or rpc.NotifierSink(conf, rpc.notification_transport(conf)),
+                backend=persistence_backend(conf),
+                progress=progress,
+            )
+        except Exception:
+            self.drivers.close()
+            raise
+        self.endpoint = rpc.WorkerEndpoint(self.runner, on_failure=on_failure)
+        self.server = rpc.rpc_server(conf, self.transport, self.endpoint)
+        self._resumer: threading.Thread | None = None
+
+    def start(self, *, resume: bool | None = None) -> None:
+        """Start consuming; resume this host's unfinished flows in the background first."""
+        resume = self.conf.worker.resume_on_start if resume is None else resume
+        if resume:
+            self._resumer = threading.Thread(
+                target=self.runner.resume_unfinished,
+                args=(self.conf.host,),
+                name="keramos-resume",
+                daemon=True,
+            )
+            self._resumer.start()
+        self.server.start()
+        LOG.info(
+            "worker %s consuming topic %s (events: %s)",
+            self.conf.host,
+            self.conf.worker.topic,
+            ", ".join(sorted(self.runner.flows)),
+        )
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop consuming and wait up to ``timeout`` seconds for running flows.
+
+        Returns ``True`` if every flow finished; flows still running are left to be resumed.
+        """
+        timeout = self.conf.worker.graceful_shutdown_timeout if timeout is None else timeout
+        self.server.stop()
+        waiter = threading.Thread(target=self.server.wait, name="keramos-drain", daemon=True)
+        waiter.start()
+        waiter.join(timeout)
+        drained = not waiter.is_alive()
+        if drained:
+            self.runner.close()
+            self.drivers.close()
+            if self._own_transport:
+                self.transport.cleanup()
+        else:
+            LOG.warning(
+                "%d flow(s) still running after %ss: leaving them to be resumed",
+                self.endpoint.active,
+                timeout,
+            )
+        return drained
+
+
+class WorkerService(cotyledon.Service):
+    """One worker process under cotyledon."""
+
+    name = "keramos-worker"
+
+    def __init__(self, worker_id: int, conf: cfg.ConfigOpts) -> None:
+        super().__init__(worker_id)
+        self.conf = conf
+        self.worker: Worker | None = None
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        self.worker = Worker(self.conf)
+        self.worker.start(resume=self.conf.worker.resume_on_start and self.worker_id == 0)
+        self._stopped.wait()
+
+    def terminate(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        self._stopped.set()
+
+
+def check_plugins(conf: cfg.ConfigOpts) -> None:
+    """Load every configured driver and flow once and close them: fail before forking."""
+    drivers = loader.load_drivers(conf)
+    try:
+        loader.load_flows(conf, drivers)
+    finally:
+        drivers.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``keramos-worker``."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    parser = argparse.ArgumentParser(
+        prog="keramos-worker",
+        description="Consume Keramos casts from the message queue and run their flows.",
+    )
+    parser.add_argument("--config-file", action="append", default=[], metavar="PATH")
+    parser.add_argument("--config-dir", action="append", default=[], metavar="DIR")
+    parser.add_argument("--version", action="version", version=f"keramos {__version__}")
+    args = parser.parse_args(argv)
+    cli_args: list[str] = []
+    for path in args.config_file:
+        cli_args += ["--config-file", path]
+    for path in args.config_dir:
+        cli_args += ["--config-dir", path]
+    try:
+        conf = make_conf(cli_args, config_files=[] if cli_args else None)
+    except cfg.Error as error:
+        print(f"keramos-worker: configuration error: {error}", file=sys.stderr)
+        return 2
+    logging.setup(conf, "keramos")
+    try:
+        check_plugins(conf)
+    except KeramosError as error:
+        LOG.error("cannot start: %s", error)
+        print(f"keramos-worker: cannot start: {error}", file=sys.stderr)
+        return 2
+    manager = cotyledon.ServiceManager(
+        graceful_shutdown_timeout=conf.worker.graceful_shutdown_timeout + 5
+    )
+    manager.add(WorkerService, workers=conf.worker.workers, args=(conf,))
+    manager.run()
+    return 0
