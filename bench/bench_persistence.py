@@ -1,0 +1,126 @@
+"""Benchmark: taskflow flows/s with keramos' LeanSQLBackend against the alternatives.
+
+Each row runs a six-task no-op flow through taskflow's serial engine, one
+durable save per state change, on SQLite files in a temporary directory:
+
+1. LeanSQLBackend (synchronous=normal) vs taskflow's stock SQLAlchemy backend;
+2. LeanSQLBackend (synchronous=full) vs the stock backend;
+3. LeanSQLBackend (synchronous=normal) vs taskflow without persistence.
+
+Run ``python bench/bench_persistence.py [DURATION_SECONDS]``; progress goes to
+stderr, the table to stdout. The stock backend needs ``alembic`` installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from taskflow import engines, task
+from taskflow.patterns import linear_flow
+from taskflow.persistence import backends, models
+
+from keramos.framework.persistence import get_backend
+
+MIN_FLOWS = 5
+
+
+class Noop(task.Task):
+    """A task that does nothing."""
+
+    def execute(self) -> None:
+        """Do nothing."""
+
+
+def _flow() -> linear_flow.Flow:
+    return linear_flow.Flow("bench").add(*[Noop(name=f"noop-{i}") for i in range(6)])
+
+
+def _flows_per_second(label: str, backend: Any, duration: float) -> float:
+    """Run flows for ``duration`` seconds (at least MIN_FLOWS) after a warm-up."""
+    flow = _flow()
+
+    def run_one() -> None:
+        book = models.LogBook("bench") if backend is not None else None
+        engines.load(flow, backend=backend, book=book, engine="serial").run()
+
+    run_one()
+    count = 0
+    start = time.perf_counter()
+    while count < MIN_FLOWS or time.perf_counter() - start < duration:
+        run_one()
+        count += 1
+    rate = count / (time.perf_counter() - start)
+    print(f"  {label}: {count} flows, {rate:.1f} flows/s", file=sys.stderr)
+    return rate
+
+
+def _lean(path: Path, synchronous: str) -> Callable[[float], float]:
+    def measure(duration: float) -> float:
+        backend = get_backend(f"sqlite:///{path}", synchronous=synchronous)
+        try:
+            return _flows_per_second(f"keramos LeanSQLBackend synchronous={synchronous}", backend, duration)
+        finally:
+            backend.close()
+
+    return measure
+
+
+def _stock(path: Path) -> Callable[[float], float]:
+    def measure(duration: float) -> float:
+        backend = backends.fetch({"connection": f"sqlite:///{path}"})
+        try:
+            with contextlib.closing(backend.get_connection()) as conn:
+                conn.upgrade()
+            return _flows_per_second("taskflow stock SQLAlchemy backend", backend, duration)
+        finally:
+            backend.close()
+
+    return measure
+
+
+def _row(name: str, keramos: float, raw: float, unit: str, goal: str) -> dict[str, Any]:
+    return {"name": name, "keramos": keramos, "raw": raw, "unit": unit, "ratio": keramos / raw, "goal": goal}
+
+
+def rows(duration: float = 3.0) -> list[dict]:
+    """Measure and return the benchmark rows.
+
+    Each row has ``name``, ``keramos`` and ``raw`` (flows/s of keramos and of
+    the alternative), ``unit``, ``ratio`` (keramos / raw) and ``goal``.
+    """
+    with tempfile.TemporaryDirectory(prefix="keramos-bench-") as tmp:
+        tmp_dir = Path(tmp)
+        print("measuring (serial engine, six no-op tasks, SQLite files)", file=sys.stderr)
+        normal = _lean(tmp_dir / "lean-normal.db", "normal")(duration)
+        full = _lean(tmp_dir / "lean-full.db", "full")(duration)
+        stock = _stock(tmp_dir / "stock.db")(duration)
+        raw = _flows_per_second("taskflow without persistence", None, duration)
+    return [
+        _row("durable flow, SQLite synchronous=normal vs taskflow SQLAlchemy backend", normal, stock, "flows/s", ">= 25x"),
+        _row("durable flow, SQLite synchronous=full vs taskflow SQLAlchemy backend", full, stock, "flows/s", ">= 25x"),
+        _row("durable flow, SQLite synchronous=normal vs taskflow without persistence", normal, raw, "flows/s", ">= 0.8"),
+    ]
+
+
+def format_table(table: list[dict]) -> str:
+    """Return ``table`` as aligned text."""
+    header = ["name", "keramos", "raw", "unit", "ratio", "goal"]
+    lines = [header] + [
+        [r["name"], f"{r['keramos']:.1f}", f"{r['raw']:.1f}", r["unit"], f"{r['ratio']:.2f}x", r["goal"]]
+        for r in table
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) if i in (0, 3, 5) else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+        for line in lines
+    )
+
+
+if __name__ == "__main__":
+    print(format_table(rows(float(sys.argv[1]) if len(sys.argv) > 1 else 3.0)))
