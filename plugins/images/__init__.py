@@ -1,0 +1,1 @@
+"""Image verification: Glance-style signatures, certificate validation, image stores, cache."""
