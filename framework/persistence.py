@@ -1,18 +1,13 @@
 """A lean, durable taskflow persistence backend on SQLAlchemy.
 
-taskflow saves an atom detail on every state change and opens a backend
-connection for each save, so the per-save cost decides how fast a persisted
-flow runs. :class:`LeanSQLBackend` keeps that cost low:
-
-* the tables are defined once, at import time, and every statement is built
-  once per backend, so SQLAlchemy's compiled-statement cache always hits;
-* :meth:`LeanSQLBackend.get_connection` returns a light object over one shared
-  :class:`sqlalchemy.engine.Engine` with a connection pool;
-* saves write through (one ``UPDATE`` or upsert) instead of reading and
-  merging the stored copy first. The caller's detail is stored as given:
-  the last writer wins;
-* each detail is one JSON document (``to_dict()``/``from_dict()`` of the
-  taskflow models) next to the keys needed for lookups.
+taskflow saves an atom detail on every state change through a new backend
+connection, so the per-save cost decides how fast a persisted flow runs.
+:class:`LeanSQLBackend` keeps it low: tables and read statements are defined
+once at import time (SQLAlchemy's statement cache always hits), writes are
+compiled once per backend and run on the DBAPI cursor of a pooled connection,
+and saves write through (one ``UPDATE`` or upsert) without reading and merging
+the stored copy first: the caller's detail is stored as given, the last writer
+wins. Each detail is one JSON document (the models' ``to_dict()``).
 
 On SQLite the database runs in WAL mode with pooled connections.
 ``synchronous="normal"`` (the default) makes every committed save survive a
@@ -45,14 +40,8 @@ from taskflow import exceptions as exc
 from taskflow.persistence import base, models
 
 __all__ = [
-    "ATOMDETAILS",
-    "Connection",
-    "FLOWDETAILS",
-    "LOGBOOKS",
-    "LeanSQLBackend",
-    "METADATA",
-    "SYNCHRONOUS_MODES",
-    "get_backend",
+    "ATOMDETAILS", "Connection", "FLOWDETAILS", "LOGBOOKS", "LeanSQLBackend", "METADATA",
+    "SYNCHRONOUS_MODES", "get_backend",
 ]
 
 #: Accepted values of the SQLite ``synchronous`` option.
@@ -63,42 +52,35 @@ _UUID = sa.String(64)
 #: Schema of the backend; created by :meth:`Connection.upgrade`.
 METADATA = sa.MetaData()
 
+
+def _parent(table: str) -> sa.Column:
+    return sa.Column(
+        "parent_uuid", _UUID, sa.ForeignKey(f"{table}.uuid", ondelete="CASCADE"),
+        nullable=False, index=True,
+    )
+
+
 #: Logbooks: ``data`` holds ``LogBook.to_dict(marshal_time=True)``.
 LOGBOOKS = sa.Table(
-    "keramos_logbooks",
-    METADATA,
+    "keramos_logbooks", METADATA,
     sa.Column("uuid", _UUID, primary_key=True),
     sa.Column("data", sa.JSON, nullable=False),
 )
 
 #: Flow details: ``data`` holds ``FlowDetail.to_dict()``.
 FLOWDETAILS = sa.Table(
-    "keramos_flowdetails",
-    METADATA,
+    "keramos_flowdetails", METADATA,
     sa.Column("uuid", _UUID, primary_key=True),
-    sa.Column(
-        "parent_uuid",
-        _UUID,
-        sa.ForeignKey("keramos_logbooks.uuid", ondelete="CASCADE"),
-        nullable=False,
-        index=True,
-    ),
+    _parent("keramos_logbooks"),
     sa.Column("data", sa.JSON, nullable=False),
 )
 
 #: Atom details: ``data`` holds ``AtomDetail.to_dict()``, ``atom_type`` the
 #: name from ``models.atom_detail_type``.
 ATOMDETAILS = sa.Table(
-    "keramos_atomdetails",
-    METADATA,
+    "keramos_atomdetails", METADATA,
     sa.Column("uuid", _UUID, primary_key=True),
-    sa.Column(
-        "parent_uuid",
-        _UUID,
-        sa.ForeignKey("keramos_flowdetails.uuid", ondelete="CASCADE"),
-        nullable=False,
-        index=True,
-    ),
+    _parent("keramos_flowdetails"),
     sa.Column("atom_type", sa.String(32), nullable=False),
     sa.Column("data", sa.JSON, nullable=False),
 )
@@ -111,29 +93,22 @@ _SELECT_BOOKS = sa.select(LOGBOOKS.c.data)
 _SELECT_FLOW = sa.select(FLOWDETAILS.c.data).where(FLOWDETAILS.c.uuid == _KEY)
 _SELECT_FLOWS = sa.select(FLOWDETAILS.c.parent_uuid, FLOWDETAILS.c.data)
 _SELECT_FLOWS_OF_BOOK = _SELECT_FLOWS.where(FLOWDETAILS.c.parent_uuid == _KEY)
-_SELECT_ATOM = sa.select(ATOMDETAILS.c.atom_type, ATOMDETAILS.c.data).where(
-    ATOMDETAILS.c.uuid == _KEY
-)
-_SELECT_ATOMS = sa.select(
-    ATOMDETAILS.c.parent_uuid, ATOMDETAILS.c.atom_type, ATOMDETAILS.c.data
-)
+_SELECT_ATOM = sa.select(ATOMDETAILS.c.atom_type, ATOMDETAILS.c.data).where(ATOMDETAILS.c.uuid == _KEY)
+_SELECT_ATOMS = sa.select(ATOMDETAILS.c.parent_uuid, ATOMDETAILS.c.atom_type, ATOMDETAILS.c.data)
 _SELECT_ATOMS_OF_FLOW = _SELECT_ATOMS.where(ATOMDETAILS.c.parent_uuid == _KEY)
-_SELECT_ATOMS_OF_BOOK = _SELECT_ATOMS.join(FLOWDETAILS).where(
-    FLOWDETAILS.c.parent_uuid == _KEY
-)
+_SELECT_ATOMS_OF_BOOK = _SELECT_ATOMS.join(FLOWDETAILS).where(FLOWDETAILS.c.parent_uuid == _KEY)
 
 
 class _Prepared:
-    """A Core DML statement compiled once for one dialect.
+    """A Core DML statement compiled once for one dialect, run on a DBAPI cursor.
 
-    Writes run it on the DBAPI cursor directly: SQLAlchemy's execution layer
-    costs more than the SQLite statement itself and taskflow writes ~30 times
-    per six-task flow.
+    SQLAlchemy's execution layer costs more than a SQLite write itself, and
+    taskflow writes ~30 times per six-task flow.
     """
 
     __slots__ = ("sql", "_names")
 
-    def __init__(self, stmt: sa.Executable, dialect: sa.Dialect, keys: list[str] | None = None) -> None:
+    def __init__(self, stmt: Any, dialect: sa.Dialect, keys: list[str] | None = None) -> None:
         compiled = stmt.compile(dialect=dialect, column_keys=keys)
         self.sql = str(compiled)
         self._names = compiled.positiontup
@@ -152,13 +127,10 @@ def _upsert(table: sa.Table, dialect: sa.Dialect) -> tuple[_Prepared | None, _Pr
     if dialect.name in ("sqlite", "postgresql"):
         module = sqlite_dialect if dialect.name == "sqlite" else pg_dialect
         insert = module.insert(table)
-        native = _Prepared(
-            insert.on_conflict_do_update(
-                index_elements=[table.c.uuid],
-                set_={name: insert.excluded[name] for name in columns},
-            ),
-            dialect,
+        upsert = insert.on_conflict_do_update(
+            index_elements=[table.c.uuid], set_={name: insert.excluded[name] for name in columns}
         )
+        native = _Prepared(upsert, dialect)
     update = _Prepared(table.update().where(table.c.uuid == _KEY), dialect, columns)
     return native, update, _Prepared(table.insert(), dialect)
 
@@ -171,12 +143,9 @@ def _dumps(value: Any) -> str:
 
 
 def _atom_row(ad: models.AtomDetail, parent_uuid: str) -> dict[str, Any]:
-    return {
-        "uuid": ad.uuid,
-        "parent_uuid": parent_uuid,
-        "atom_type": models.atom_detail_type(ad),
-        "data": _dumps(ad.to_dict()),
-    }
+    atom_type = models.atom_detail_type(ad)
+    data = _dumps(ad.to_dict())
+    return {"uuid": ad.uuid, "parent_uuid": parent_uuid, "atom_type": atom_type, "data": data}
 
 
 def _to_atom(atom_type: str, data: dict[str, Any]) -> models.AtomDetail:
@@ -187,9 +156,13 @@ def _to_book(data: dict[str, Any]) -> models.LogBook:
     return models.LogBook.from_dict(data, unmarshal_time=True)
 
 
-def _is_sqlite_memory(url: sa.engine.URL) -> bool:
-    database = url.database or ""
-    return database in ("", ":memory:") or url.query.get("mode") == "memory"
+def _flow_details(flows: list[sa.Row], atoms: list[sa.Row]) -> list[tuple[str, models.FlowDetail]]:
+    """Build (parent logbook uuid, flow detail with its atoms) from selected rows."""
+    by_uuid = {data["uuid"]: (parent, models.FlowDetail.from_dict(data)) for parent, data in flows}
+    for parent, atom_type, data in atoms:
+        if parent in by_uuid:
+            by_uuid[parent][1].add(_to_atom(atom_type, data))
+    return list(by_uuid.values())
 
 
 class LeanSQLBackend(base.Backend):
@@ -214,9 +187,7 @@ class LeanSQLBackend(base.Backend):
             raise ValueError(f"invalid connection URL {connection!r}: {err}") from None
         synchronous = self._conf.get("synchronous", "normal")
         if not isinstance(synchronous, str) or synchronous.lower() not in SYNCHRONOUS_MODES:
-            raise ValueError(
-                f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, got {synchronous!r}"
-            )
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, got {synchronous!r}")
         busy_timeout = self._conf.get("busy_timeout", 30.0)
         if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float)) or busy_timeout < 0:
             raise ValueError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
@@ -226,12 +197,10 @@ class LeanSQLBackend(base.Backend):
         self._engine = self._create_engine(url, float(busy_timeout))
         dialect = self._engine.dialect
         self._errors = (sa_exc.SQLAlchemyError, dialect.loaded_dbapi.Error)
-        self._update_atom = _Prepared(
-            ATOMDETAILS.update().where(ATOMDETAILS.c.uuid == _KEY), dialect, ["atom_type", "data"]
-        )
-        self._update_flow = _Prepared(
-            FLOWDETAILS.update().where(FLOWDETAILS.c.uuid == _KEY), dialect, ["data"]
-        )
+        update_atom = ATOMDETAILS.update().where(ATOMDETAILS.c.uuid == _KEY)
+        self._update_atom = _Prepared(update_atom, dialect, ["atom_type", "data"])
+        update_flow = FLOWDETAILS.update().where(FLOWDETAILS.c.uuid == _KEY)
+        self._update_flow = _Prepared(update_flow, dialect, ["data"])
         self._delete_book = _Prepared(LOGBOOKS.delete().where(LOGBOOKS.c.uuid == _KEY), dialect)
         self._clear = [_Prepared(t.delete(), dialect) for t in reversed(METADATA.sorted_tables)]
         self._upserts = {t: _upsert(t, dialect) for t in METADATA.sorted_tables}
@@ -240,7 +209,7 @@ class LeanSQLBackend(base.Backend):
         kwargs: dict[str, Any] = {}
         if url.get_backend_name() == "sqlite":
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout}
-            if _is_sqlite_memory(url):
+            if url.database in (None, "", ":memory:") or url.query.get("mode") == "memory":
                 # Every connection to ":memory:" opens a new, empty database:
                 # share one connection and serialise its use between threads.
                 kwargs["poolclass"] = sa_pool.StaticPool
@@ -260,13 +229,8 @@ class LeanSQLBackend(base.Backend):
         return engine
 
     def _on_sqlite_connect(self, dbapi_conn: Any, _record: Any) -> None:
-        cursor = dbapi_conn.cursor()
-        try:
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA synchronous={self._synchronous}")
-        finally:
-            cursor.close()
+        for pragma in ("foreign_keys=ON", "journal_mode=WAL", f"synchronous={self._synchronous}"):
+            dbapi_conn.execute(f"PRAGMA {pragma}").close()
 
     @property
     def engine(self) -> sa.engine.Engine:
@@ -300,10 +264,9 @@ class LeanSQLBackend(base.Backend):
 
     def _upsert(self, cursor: Any, table: sa.Table, rows: list[dict[str, Any]]) -> None:
         native, update, insert = self._upserts[table]
-        if not rows:
-            return
         if native is not None:
-            cursor.executemany(native.sql, [native.params(row) for row in rows])
+            if rows:
+                cursor.executemany(native.sql, [native.params(row) for row in rows])
             return
         for row in rows:
             cursor.execute(update.sql, update.params({"key": row["uuid"], **row}))
@@ -330,8 +293,8 @@ class LeanSQLBackend(base.Backend):
 class Connection(base.Connection):
     """taskflow persistence connection of a :class:`LeanSQLBackend`.
 
-    Each call runs in its own transaction on a pooled database connection, so
-    the object itself holds no resources and may be shared between threads.
+    Each call runs in its own transaction on a pooled database connection; the
+    object holds no resources. Errors of the database raise ``StorageFailure``.
     """
 
     def __init__(self, backend: LeanSQLBackend) -> None:
@@ -361,16 +324,11 @@ class Connection(base.Connection):
                 cursor.execute(stmt.sql, stmt.params({}))
 
     def update_atom_details(self, atom_detail: models.AtomDetail) -> models.AtomDetail:
-        """Store an existing atom detail as given and return it.
-
-        :raises taskflow.exceptions.NotFound: no atom detail has its uuid.
-        """
+        """Store an existing atom detail as given and return it (``NotFound`` if unknown)."""
         stmt = self._backend._update_atom
-        params = stmt.params({
-            "key": atom_detail.uuid,
-            "atom_type": models.atom_detail_type(atom_detail),
-            "data": _dumps(atom_detail.to_dict()),
-        })
+        data = _dumps(atom_detail.to_dict())
+        atom_type = models.atom_detail_type(atom_detail)
+        params = stmt.params({"key": atom_detail.uuid, "atom_type": atom_type, "data": data})
         with self._backend._writing(f"updating atom details '{atom_detail.uuid}'") as cursor:
             cursor.execute(stmt.sql, params)
             if cursor.rowcount == 0:
@@ -378,10 +336,7 @@ class Connection(base.Connection):
         return atom_detail
 
     def update_flow_details(self, flow_detail: models.FlowDetail) -> models.FlowDetail:
-        """Store an existing flow detail and all its atom details; return it.
-
-        :raises taskflow.exceptions.NotFound: no flow detail has its uuid.
-        """
+        """Store an existing flow detail and its atom details; return it (``NotFound`` if unknown)."""
         stmt = self._backend._update_flow
         params = stmt.params({"key": flow_detail.uuid, "data": _dumps(flow_detail.to_dict())})
         rows = [_atom_row(ad, flow_detail.uuid) for ad in flow_detail]
@@ -393,12 +348,14 @@ class Connection(base.Connection):
         return flow_detail
 
     def save_logbook(self, book: models.LogBook) -> models.LogBook:
-        """Create or replace a logbook with its flow and atom details; return it.
+        """Create or replace a logbook, its flow and atom details; return it.
 
-        Flow and atom details stored earlier but absent from ``book`` are kept.
+        Details stored earlier but absent from ``book`` are kept.
         """
         book_row = {"uuid": book.uuid, "data": _dumps(book.to_dict(marshal_time=True))}
-        flows = [{"uuid": fd.uuid, "parent_uuid": book.uuid, "data": _dumps(fd.to_dict())} for fd in book]
+        flows = [
+            {"uuid": fd.uuid, "parent_uuid": book.uuid, "data": _dumps(fd.to_dict())} for fd in book
+        ]
         atoms = [_atom_row(ad, fd.uuid) for fd in book for ad in fd]
         with self._backend._writing(f"saving logbook '{book.uuid}'") as cursor:
             self._backend._upsert(cursor, LOGBOOKS, [book_row])
@@ -407,10 +364,7 @@ class Connection(base.Connection):
         return book
 
     def destroy_logbook(self, book_uuid: str) -> None:
-        """Delete a logbook and, by cascade, its flow and atom details.
-
-        :raises taskflow.exceptions.NotFound: no logbook has this uuid.
-        """
+        """Delete a logbook with its flow and atom details (``NotFound`` if unknown)."""
         stmt = self._backend._delete_book
         with self._backend._writing(f"destroying logbook '{book_uuid}'") as cursor:
             cursor.execute(stmt.sql, stmt.params({"key": book_uuid}))
@@ -418,10 +372,7 @@ class Connection(base.Connection):
                 raise exc.NotFound(f"No logbook found with uuid '{book_uuid}'")
 
     def get_logbook(self, book_uuid: str, lazy: bool = False) -> models.LogBook:
-        """Return a logbook; unless ``lazy``, with its flow and atom details.
-
-        :raises taskflow.exceptions.NotFound: no logbook has this uuid.
-        """
+        """Return a logbook, with its details unless ``lazy`` (``NotFound`` if unknown)."""
         with self._backend._reading(f"getting logbook '{book_uuid}'") as conn:
             data = conn.execute(_SELECT_BOOK, {"key": book_uuid}).scalar()
             if data is None:
@@ -430,7 +381,8 @@ class Connection(base.Connection):
             if not lazy:
                 flows = conn.execute(_SELECT_FLOWS_OF_BOOK, {"key": book_uuid}).all()
                 atoms = conn.execute(_SELECT_ATOMS_OF_BOOK, {"key": book_uuid}).all()
-                self._populate([book], flows, atoms)
+                for _parent, flow_detail in _flow_details(flows, atoms):
+                    book.add(flow_detail)
         return book
 
     def get_logbooks(self, lazy: bool = False) -> Iterator[models.LogBook]:
@@ -440,25 +392,21 @@ class Connection(base.Connection):
             if not lazy and books:
                 flows = conn.execute(_SELECT_FLOWS).all()
                 atoms = conn.execute(_SELECT_ATOMS).all()
-                self._populate(books, flows, atoms)
+                by_uuid = {book.uuid: book for book in books}
+                for parent, flow_detail in _flow_details(flows, atoms):
+                    if parent in by_uuid:
+                        by_uuid[parent].add(flow_detail)
         return iter(books)
 
     def get_flows_for_book(self, book_uuid: str, lazy: bool = False) -> Iterator[models.FlowDetail]:
-        """Return an iterator over the flow details of a logbook.
-
-        Unless ``lazy``, each flow detail holds its atom details. An unknown
-        logbook has no flow details.
-        """
+        """Return an iterator over a logbook's flow details (with atoms unless ``lazy``)."""
         with self._backend._reading(f"getting flow details of logbook '{book_uuid}'") as conn:
             flows = conn.execute(_SELECT_FLOWS_OF_BOOK, {"key": book_uuid}).all()
             atoms = [] if lazy else conn.execute(_SELECT_ATOMS_OF_BOOK, {"key": book_uuid}).all()
-        return iter(self._flows(flows, atoms))
+        return iter([flow_detail for _parent, flow_detail in _flow_details(flows, atoms)])
 
     def get_flow_details(self, fd_uuid: str, lazy: bool = False) -> models.FlowDetail:
-        """Return a flow detail; unless ``lazy``, with its atom details.
-
-        :raises taskflow.exceptions.NotFound: no flow detail has this uuid.
-        """
+        """Return a flow detail, with its atoms unless ``lazy`` (``NotFound`` if unknown)."""
         with self._backend._reading(f"getting flow details '{fd_uuid}'") as conn:
             data = conn.execute(_SELECT_FLOW, {"key": fd_uuid}).scalar()
             if data is None:
@@ -470,10 +418,7 @@ class Connection(base.Connection):
         return flow_detail
 
     def get_atom_details(self, ad_uuid: str) -> models.AtomDetail:
-        """Return an atom detail.
-
-        :raises taskflow.exceptions.NotFound: no atom detail has this uuid.
-        """
+        """Return an atom detail (``NotFound`` if unknown)."""
         with self._backend._reading(f"getting atom details '{ad_uuid}'") as conn:
             row = conn.execute(_SELECT_ATOM, {"key": ad_uuid}).first()
         if row is None:
@@ -481,32 +426,10 @@ class Connection(base.Connection):
         return _to_atom(row.atom_type, row.data)
 
     def get_atoms_for_flow(self, fd_uuid: str) -> Iterator[models.AtomDetail]:
-        """Return an iterator over the atom details of a flow detail.
-
-        An unknown flow detail has no atom details.
-        """
+        """Return an iterator over the atom details of a flow detail."""
         with self._backend._reading(f"getting atom details of flow '{fd_uuid}'") as conn:
             rows = conn.execute(_SELECT_ATOMS_OF_FLOW, {"key": fd_uuid}).all()
         return iter([_to_atom(atom_type, data) for _parent, atom_type, data in rows])
-
-    @staticmethod
-    def _flows(flows: list[sa.Row], atoms: list[sa.Row]) -> list[models.FlowDetail]:
-        by_uuid: dict[str, models.FlowDetail] = {}
-        for _parent, data in flows:
-            flow_detail = models.FlowDetail.from_dict(data)
-            by_uuid[flow_detail.uuid] = flow_detail
-        for parent, atom_type, data in atoms:
-            if parent in by_uuid:
-                by_uuid[parent].add(_to_atom(atom_type, data))
-        return list(by_uuid.values())
-
-    def _populate(self, books: list[models.LogBook], flows: list[sa.Row], atoms: list[sa.Row]) -> None:
-        by_uuid = {book.uuid: book for book in books}
-        parents = {data["uuid"]: parent for parent, data in flows}
-        for flow_detail in self._flows(flows, atoms):
-            book = by_uuid.get(parents[flow_detail.uuid])
-            if book is not None:
-                book.add(flow_detail)
 
 
 def get_backend(connection: str, synchronous: str = "normal") -> LeanSQLBackend:

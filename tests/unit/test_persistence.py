@@ -141,6 +141,19 @@ def test_save_logbook_again_replaces_and_keeps_missing_flows(conn: persistence.C
     assert {fd.uuid for fd in conn.get_flows_for_book("book-1")} == {"flow-1", "flow-2"}
 
 
+def test_generic_upsert_fallback(backend: LeanSQLBackend, conn: persistence.Connection) -> None:
+    # Dialects without a native upsert update by uuid, then insert when no row matched.
+    backend._upserts = {table: (None, update, insert) for table, (_, update, insert) in backend._upserts.items()}
+    conn.save_logbook(_book())
+    book = conn.get_logbook("book-1")
+    book.find("flow-1").add(models.TaskDetail("added", uuid="atom-added"))
+    book.find("flow-1").find("atom-done").results = "changed"
+    conn.save_logbook(book)
+    loaded = conn.get_flow_details("flow-1")
+    assert {ad.name for ad in loaded} == {"done", "failed", "retry", "added"}
+    assert loaded.find("atom-done").results == "changed"
+
+
 def test_get_logbooks(conn: persistence.Connection) -> None:
     conn.save_logbook(_book())
     conn.save_logbook(models.LogBook("empty", uuid="book-2"))
