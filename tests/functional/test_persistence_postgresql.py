@@ -9,9 +9,13 @@ tests are skipped, and ``test_server_is_reachable`` fails when ``CI=true``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import futurist
 import pytest
@@ -24,6 +28,7 @@ from taskflow.types import failure
 from keramos.framework import persistence
 from keramos.framework.persistence import LeanSQLBackend, get_backend
 
+CRASH_HELPER = Path(__file__).parents[1] / "unit" / "persistence_crash_flow.py"
 SERVER_URL = os.environ.get("KERAMOS_TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -183,3 +188,21 @@ def test_engine_persists_results(conn: persistence.Connection, backend: LeanSQLB
     assert flow_detail.state == states.SUCCESS
     results = {ad.name: ad.results for ad in flow_detail if ad.name.startswith("t")}
     assert results == {f"t{i}": 5 + i for i in range(6)}
+
+
+def test_flow_killed_with_sigkill_resumes(backend: LeanSQLBackend, db_url: str, tmp_path: Path) -> None:
+    def helper(mode: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, str(CRASH_HELPER), db_url, str(tmp_path), mode]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    first = helper("start")
+    assert first.returncode == -9, first.stderr
+    second = helper("resume")
+    assert second.returncode == 0, second.stderr
+    runs = {f"t{i}": len((tmp_path / f"ran-t{i}").read_text().splitlines()) for i in range(1, 7)}
+    assert runs == {"t1": 1, "t2": 1, "t3": 2, "t4": 1, "t5": 1, "t6": 1}
+    ids = json.loads((tmp_path / "ids.json").read_text())
+    with contextlib.closing(backend.get_connection()) as conn:
+        flow_detail = conn.get_flow_details(ids["flow"])
+    assert flow_detail.state == states.SUCCESS
+    assert {ad.name: ad.results for ad in flow_detail} == {f"t{i}": i for i in range(1, 7)}
