@@ -223,7 +223,10 @@ class LeanSQLBackend(base.Backend):
                 # fall back to psycopg2 when that is what is installed.
                 if importlib.util.find_spec("psycopg2") is not None:
                     url = url.set(drivername="postgresql+psycopg2")
-        engine = sa.create_engine(url, **kwargs)
+        try:
+            engine = sa.create_engine(url, **kwargs)
+        except sa_exc.ArgumentError as err:
+            raise ValueError(f"unsupported connection URL {url.render_as_string()!r}: {err}") from None
         if engine.dialect.name == "sqlite":
             sa.event.listen(engine, "connect", self._on_sqlite_connect)
         return engine

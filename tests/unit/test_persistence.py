@@ -255,6 +255,7 @@ def test_in_memory_database(tmp_path: Path) -> None:
         ({"connection": "sqlite:///x.db", "synchronous": "off"}, "'off'"),
         ({"connection": ""}, "''"),
         ({"connection": "not a url"}, "'not a url'"),
+        ({"connection": "nosuchdb://host/db"}, "'nosuchdb://host/db'"),
     ],
 )
 def test_get_backend_rejects_bad_values(kwargs: dict, bad: str) -> None:
