@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ from keramos.framework.config import make_conf
 from keramos.framework.contracts import Driver, FlowFactory
 from keramos.framework.errors import FlowFailed, KeramosError
 from keramos.framework.runner import EventSink, FlowRunner, ProgressCallback
+from keramos.framework.warnings_filter import silence_dependency_warnings
 
 LOG = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def check_plugins(conf: cfg.ConfigOpts) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``keramos-worker``."""
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    silence_dependency_warnings()
     parser = argparse.ArgumentParser(
         prog="keramos-worker",
         description="Consume Keramos casts from the message queue and run their flows.",

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from keramos.framework import __version__
 from keramos.framework.errors import KeramosError
+from keramos.framework.warnings_filter import silence_dependency_warnings
 
 #: Command modules under keramos.framework.cli, in the order --help lists them.
-COMMAND_MODULES: tuple[str, ...] = ("demo", "run", "cast", "status", "drivers")
+COMMAND_MODULES: tuple[str, ...] = ("demo", "run", "cast", "status", "drivers", "ca", "cert")
 
 
 def _conf_factory(args: argparse.Namespace):
@@ -54,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config-dir", action="append", metavar="DIR", help="directory of *.conf files"
     )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="show Keramos's log on stderr (-v: info, -vv: debug)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"keramos.framework.cli.{name}").register(subparsers)
@@ -62,8 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``keramos`` console script."""
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    silence_dependency_warnings()
     args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=(logging.CRITICAL, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     args.conf = _conf_factory(args)
     try:
         return int(args.func(args) or 0)

@@ -57,12 +57,17 @@ def _as_utc(value: Any) -> Any:
     return value
 
 
-def make_engine(url: str) -> sa.engine.Engine:
-    """An engine for ``url``; SQLite files get WAL, a busy timeout and cross-thread use."""
+def parse_url(url: str) -> sa.engine.URL:
+    """Parse ``[state_store] connection``; a ConfigError says what is wrong with it."""
     try:
-        parsed = sa.engine.make_url(url)
+        return sa.engine.make_url(url)
     except sa.exc.ArgumentError as error:
         raise ConfigError(f"[state_store] connection is not a database URL: {error}") from error
+
+
+def make_engine(url: str) -> sa.engine.Engine:
+    """An engine for ``url``; SQLite files get WAL, a busy timeout and cross-thread use."""
+    parsed = parse_url(url)
     if parsed.get_backend_name() != "sqlite":
         return sa.create_engine(url, pool_pre_ping=True)
     engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -84,7 +89,10 @@ class SQLAlchemyStateStore(StateStore):
     def __init__(self, conf: cfg.ConfigOpts, *, url: str | None = None) -> None:
         super().__init__(conf)
         self.url = url or conf.state_store.connection
-        self._make_parent_dir()
+        parsed = parse_url(self.url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            directory = os.path.dirname(os.path.abspath(parsed.database))
+            os.makedirs(directory, mode=0o700, exist_ok=True)
         self.engine = make_engine(self.url)
         try:
             METADATA.create_all(self.engine)
@@ -94,11 +102,6 @@ class SQLAlchemyStateStore(StateStore):
 
     def _safe_url(self) -> str:
         return sa.engine.make_url(self.url).render_as_string(hide_password=True)
-
-    def _make_parent_dir(self) -> None:
-        parsed = sa.engine.make_url(self.url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), mode=0o700, exist_ok=True)
 
     @staticmethod
     def _to_record(record_type: type[R], row: sa.engine.Row) -> R:

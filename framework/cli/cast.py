@@ -1,0 +1,48 @@
+"""``keramos cast EVENT --payload JSON [--wait]``: send a cast to the workers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from keramos.framework.cli.progress import load_json_argument, print_json
+from keramos.framework.client import KeramosClient
+from keramos.framework.errors import FlowFailed
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "cast",
+        help="cast an event to the workers over the configured transport",
+        description="Cast EVENT with a JSON payload to the worker topic and print its request "
+        "id. With --wait, block until the flow ends; exit 1 if it failed.",
+    )
+    parser.add_argument("event", metavar="EVENT", help="event (flow) name, e.g. create_amphora")
+    parser.add_argument(
+        "--payload", default="{}", metavar="JSON", help="JSON object, or @FILE to read one"
+    )
+    parser.add_argument("--version", default="1.0", help="event version to ask for (default 1.0)")
+    parser.add_argument("--wait", action="store_true", help="wait for the flow's outcome")
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds --wait waits (default 300)"
+    )
+    parser.set_defaults(func=cast)
+
+
+def cast(args: argparse.Namespace) -> int:
+    payload = load_json_argument(args.payload, "--payload")
+    with KeramosClient(args.conf()) as client:
+        request_id = client.cast(args.event, payload, version=args.version)
+        print(request_id, flush=True)
+        if not args.wait:
+            return 0
+        try:
+            record = client.wait(request_id, timeout=args.timeout)
+        except FlowFailed as failure:
+            print(
+                f"{args.event} {request_id} failed: {failure.error_type}: {failure.error_message}",
+                file=sys.stderr,
+            )
+            return 1
+        print_json(record)
+        return 0

@@ -1,0 +1,184 @@
+"""``keramos cert``: issue, list and revoke certificates of the dual CA from the command line.
+
+``issue`` writes a certificate and its key for a peer (typically the controller's client
+certificate); ``list`` shows what the state store records; ``revoke`` runs the
+``revoke_certificate`` flow in this process, which records the revocation and publishes the CRL.
+Issued certificates are recorded in the state store of the configuration (``[drivers]
+state_store``), so that they can be listed and revoked later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+
+from keramos.framework.cli.ca import (
+    PASSPHRASE_ENV,
+    add_dir_argument,
+    add_passphrase_argument,
+    certificates_conf,
+    resolve_passphrase,
+)
+from keramos.framework.errors import ConfigError
+
+
+def _generator(args: argparse.Namespace):
+    from keramos.plugins.certificates.generator import LocalCertGenerator
+
+    conf = certificates_conf(args)
+    if getattr(args, "key_type", None):
+        conf.set_override("key_type", args.key_type, group="certificates")
+    return conf, LocalCertGenerator(conf, passphrase=resolve_passphrase(args, conf))
+
+
+def _state_store(conf):
+    from keramos.framework.loader import load_driver
+
+    return load_driver("state_store", conf.drivers.state_store, conf)
+
+
+def _issue(args: argparse.Namespace) -> int:
+    from keramos.framework.records import CertificateRecord
+    from keramos.plugins.certificates.files import PRIVATE_MODE, PUBLIC_MODE, write_all_atomic
+
+    out = os.path.abspath(args.out)
+    cert_path, key_path = os.path.join(out, "cert.pem"), os.path.join(out, "key.pem")
+    existing = [path for path in (cert_path, key_path) if os.path.exists(path)]
+    if existing and not args.force:
+        raise ConfigError(f"refusing to overwrite {', '.join(existing)}; use --force to replace")
+    conf, generator = _generator(args)
+    validity = dt.timedelta(days=args.validity_days) if args.validity_days else None
+    issued = generator.issue(args.cn, args.kind, ip_addresses=args.ip or (), validity=validity)
+    state_store = _state_store(conf)
+    try:
+        state_store.save(
+            CertificateRecord(
+                serial=issued.serial, kind=issued.kind, subject=issued.subject,
+                not_after=issued.not_after,
+            )
+        )
+        try:
+            os.makedirs(out, mode=0o700, exist_ok=True)
+            write_all_atomic({
+                cert_path: (issued.certificate_pem, PUBLIC_MODE),
+                key_path: (issued.private_key_pem or b"", PRIVATE_MODE),
+            })
+        except OSError as error:
+            state_store.delete(CertificateRecord, issued.serial)
+            raise ConfigError(f"cannot write to {out}: {error.strerror}") from None
+    finally:
+        state_store.close()
+    print(f"{issued.kind} certificate {issued.serial} for {issued.subject}, valid until "
+          f"{issued.not_after.isoformat()}")
+    print(f"written: {cert_path}, {key_path} (0600)")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from keramos.framework.records import CertificateRecord
+
+    conf = certificates_conf(args)
+    state_store = _state_store(conf)
+    try:
+        filters = {name: getattr(args, name) for name in ("kind", "status") if getattr(args, name)}
+        records = state_store.find(CertificateRecord, **filters)
+    finally:
+        state_store.close()
+    if not records:
+        print("no certificates recorded")
+        return 0
+    header = ("SERIAL", "KIND", "SUBJECT", "NOT AFTER", "STATUS", "AMPHORA")
+    rows = [
+        (r.serial, r.kind, r.subject, r.not_after.strftime("%Y-%m-%d %H:%M"), r.status,
+         r.amphora_id or "-")
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from taskflow import engines
+
+    from keramos.flows.certificates import RevokeCertificate
+    from keramos.framework.loader import load_drivers
+
+    conf, generator = _generator(args)
+    drivers = load_drivers(conf, cert_generator=generator)
+    try:
+        flow = RevokeCertificate(drivers, conf).build()
+        engine = engines.load(flow, store={"serial": args.serial.lower()})
+        engine.run()
+        kind = engine.storage.fetch("kind")
+    finally:
+        drivers.close()
+    print(f"revoked {args.serial.lower()}; {kind} CRL published to {generator.crl_location(kind)}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``keramos cert``."""
+    from keramos.framework.contracts import CertKind
+    from keramos.plugins.certificates.ca import KEY_TYPES
+
+    cert_parser = subparsers.add_parser(
+        "cert",
+        help="issue, list and revoke certificates",
+        description="Issue, list and revoke certificates signed by the CAs 'keramos ca init' "
+        "created. Server certificates (amphora agents) come from the server CA, client "
+        "certificates (the controller) from the client CA.",
+        epilog=f"The CA passphrase comes from --passphrase-file, ${PASSPHRASE_ENV} or the "
+        "configuration file, in that order; it is never a command-line argument.",
+    )
+    commands = cert_parser.add_subparsers(dest="cert_command", metavar="ACTION", required=True)
+
+    issue = commands.add_parser(
+        "issue",
+        help="issue a certificate and its key into a directory",
+        description="Generate a key and a certificate for NAME (CN and SAN) signed by the server "
+        "or client CA; write OUT/cert.pem and OUT/key.pem (mode 0600) and record the "
+        "certificate in the state store.",
+    )
+    add_dir_argument(issue)
+    issue.add_argument("--kind", required=True, choices=CertKind.ALL,
+                       help="server: signed by the server CA, for serverAuth (amphora agents); "
+                       "client: signed by the client CA, for clientAuth (the controller)")
+    issue.add_argument("--cn", required=True, metavar="NAME",
+                       help="common name, also the DNS subject alternative name")
+    issue.add_argument("--ip", action="append", metavar="IP",
+                       help="IP address added to the subject alternative names (repeatable)")
+    issue.add_argument("--out", required=True, metavar="OUT",
+                       help="directory to write cert.pem and key.pem to (created if missing)")
+    issue.add_argument("--validity-days", type=int, metavar="DAYS",
+                       help="days the certificate is valid (default: [certificates] validity_days)")
+    issue.add_argument("--key-type", choices=KEY_TYPES,
+                       help="key type (default: [certificates] key_type, ec-p256)")
+    issue.add_argument("--force", action="store_true", help="replace OUT/cert.pem and OUT/key.pem")
+    add_passphrase_argument(issue)
+    issue.set_defaults(func=_issue)
+
+    listing = commands.add_parser(
+        "list",
+        help="list the certificates the state store records",
+        description="List recorded certificates, oldest first: serial, kind, subject, expiry, "
+        "status (active, superseded, revoked) and amphora.",
+    )
+    listing.add_argument("--kind", choices=CertKind.ALL, help="only this kind")
+    listing.add_argument("--status", choices=("active", "superseded", "revoked"),
+                         help="only certificates in this status")
+    listing.set_defaults(func=_list)
+
+    revoke = commands.add_parser(
+        "revoke",
+        help="revoke a certificate and publish its CA's CRL",
+        description="Record the certificate with serial SERIAL as revoked and publish the CRL "
+        "of the CA that issued it (DIR/server_ca_crl.pem or DIR/client_ca_crl.pem), which "
+        "'openssl verify -crl_check' and TLS peers use to refuse it.",
+    )
+    revoke.add_argument("serial", metavar="SERIAL", help="serial number, hexadecimal (see 'cert list')")
+    add_dir_argument(revoke)
+    add_passphrase_argument(revoke)
+    revoke.set_defaults(func=_revoke)

@@ -1,0 +1,131 @@
+"""``keramos demo``: a worker consumes casts and runs real flows, on the embedded default.
+
+Everything runs in this process: the ``fake://`` transport stands in for RabbitMQ, SQLite in a
+temporary directory holds the state store and flow persistence, and drivers are the noop ones
+(except a compute driver that refuses one image, to show a flow reverting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from collections.abc import Mapping
+
+from keramos.framework.cli.progress import ProgressPrinter
+from keramos.framework.errors import DriverError, KeramosError
+from keramos.framework.records import AmphoraRecord, CertificateRecord, TaskRecord
+from keramos.framework.testing import InProcessWorker
+from keramos.plugins.noop import NoopCompute
+
+BROKEN_IMAGE = "broken-image"
+
+
+class DemoCompute(NoopCompute):
+    """Noop compute that has no capacity for :data:`BROKEN_IMAGE` (to show a revert)."""
+
+    def build(self, amphora_id: str, image_id: str, config_drive: Mapping[str, bytes], **kw) -> str:
+        if image_id == BROKEN_IMAGE:
+            raise DriverError(f"no host has capacity for image {image_id}")
+        return super().build(amphora_id, image_id, config_drive, **kw)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="watch a worker consume casts and run flows (no broker needed)",
+        description="Start a worker in this process on the in-process fake:// transport with "
+        "SQLite state, cast create_amphora to it as an API service would, and print every step: "
+        "a success, a payload refused before any flow starts, a failure that reverts, a delete.",
+    )
+    parser.add_argument("--amphora-id", default="demo-amphora-1", help="id of the demo amphora")
+    parser.set_defaults(func=demo)
+
+
+def _step(number: int, text: str) -> None:
+    print(f"\n[{number}] {text}", flush=True)
+
+
+def _show_outcome(worker: InProcessWorker, request_id: str) -> TaskRecord:
+    record = worker.state_store.get(TaskRecord, request_id)
+    line = f"    state store: task {request_id} is {record.state}"
+    if record.message:
+        line += f" ({record.error_type}: {record.message})"
+    print(line)
+    print(f"    events: {', '.join(worker.events.types(request_id))}")
+    return record
+
+
+def _show_worker_log() -> logging.Handler:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("    worker log: %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    keramos_logger = logging.getLogger("keramos")
+    keramos_logger.addHandler(handler)
+    keramos_logger.setLevel(logging.INFO)
+    keramos_logger.propagate = False
+    return handler
+
+
+def demo(args: argparse.Namespace) -> int:
+    amphora_id = args.amphora_id
+    _show_worker_log()
+    with tempfile.TemporaryDirectory(prefix="keramos-demo-") as state_path:
+        printer = ProgressPrinter(prefix="    ")
+        with InProcessWorker(state_path=state_path, progress=printer, compute=DemoCompute) as worker:
+            conf = worker.conf
+            _step(1, "worker started")
+            print(f"    transport {conf.transport_url}, topic {conf.worker.topic}")
+            print(f"    state store {conf.state_store.connection}")
+            print(f"    flow persistence {conf.persistence.connection} (durable, resumable)")
+            print(f"    serving: {', '.join(sorted(worker.worker.runner.flows))}")
+
+            _step(2, f"an API service casts create_amphora for {amphora_id}")
+            payload = {"amphora_id": amphora_id, "image_id": "amphora-x64-haproxy"}
+            printer.restart()
+            request_id = worker.cast("create_amphora", payload)
+            print(f"    cast sent, request id {request_id}; the worker consumes it and runs:")
+            worker.wait(request_id)
+            _show_outcome(worker, request_id)
+            amphora = worker.state_store.get(AmphoraRecord, amphora_id)
+            print(
+                f"    amphora {amphora.amphora_id} is {amphora.status} at {amphora.address}, "
+                f"compute id {amphora.compute_id}, server certificate {amphora.cert_serial}"
+            )
+
+            _step(3, "a cast with a bad payload is refused before any flow starts")
+            bad = {"amphora_id": "../../etc/passwd", "image_id": "x"}
+            request_id = worker.cast("create_amphora", bad)
+            try:
+                worker.wait(request_id)
+            except KeramosError:
+                pass
+            _show_outcome(worker, request_id)
+
+            _step(4, f"a flow that fails half-way reverts every step (image {BROKEN_IMAGE})")
+            request_id = worker.cast(
+                "create_amphora", {"amphora_id": "demo-amphora-2", "image_id": BROKEN_IMAGE}
+            )
+            try:
+                worker.wait(request_id)
+            except KeramosError:
+                pass
+            _show_outcome(worker, request_id)
+            failed = worker.state_store.get(AmphoraRecord, "demo-amphora-2")
+            leftovers = worker.state_store.find(CertificateRecord, amphora_id="demo-amphora-2")
+            print(f"    amphora demo-amphora-2 is {failed.status}: {failed.error}")
+            print(f"    certificates left behind for it: {len(leftovers)}")
+
+            _step(5, f"delete_amphora {amphora_id}")
+            request_id = worker.cast("delete_amphora", {"amphora_id": amphora_id})
+            worker.wait(request_id)
+            _show_outcome(worker, request_id)
+            amphora = worker.state_store.get(AmphoraRecord, amphora_id)
+            print(f"    amphora {amphora_id} is {amphora.status}")
+            print(
+                f"    instances left: {len(worker.drivers.compute.instances)}, "
+                f"stored certificates left: {len(worker.drivers.cert_manager.bundles)}"
+            )
+    print("\ndemo finished: every step above ran through the same worker code as keramos-worker.")
+    return 0

@@ -1,0 +1,69 @@
+"""Terminal output shared by commands: task progress lines and JSON documents."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+_SHOWN_STATES = {
+    "RUNNING": "running",
+    "SUCCESS": "done",
+    "FAILURE": "FAILED",
+    "REVERTING": "reverting",
+    "REVERTED": "reverted",
+    "REVERT_FAILURE": "REVERT FAILED",
+}
+
+
+class ProgressPrinter:
+    """Prints one line per task state change, with the time since the printer started."""
+
+    def __init__(self, out: TextIO | None = None, *, prefix: str = "") -> None:
+        self.out = out or sys.stdout
+        self.prefix = prefix
+        self.started = time.monotonic()
+        self._task_started: dict[str, float] = {}
+
+    def restart(self) -> None:
+        """Count time from now on (before a new flow)."""
+        self.started = time.monotonic()
+
+    def __call__(self, task_name: str, state: str, details: Mapping[str, Any]) -> None:
+        shown = _SHOWN_STATES.get(state)
+        if shown is None:
+            return
+        now = time.monotonic()
+        line = f"{self.prefix}[{now - self.started:7.3f}s] {task_name:<28} {shown}"
+        if state in ("RUNNING", "REVERTING"):
+            self._task_started[task_name] = now
+        elif task_name in self._task_started:
+            line += f" ({(now - self._task_started.pop(task_name)) * 1000:.1f} ms)"
+        if state == "FAILURE":
+            result = details.get("result")
+            reason = getattr(result, "exception_str", None)
+            if reason:
+                line += f": {reason}"
+        print(line, file=self.out, flush=True)
+
+
+def print_json(document: Any, out: TextIO | None = None) -> None:
+    """Print a JSON document, indented, keys in order."""
+    print(json.dumps(document, indent=2, sort_keys=True, default=str), file=out or sys.stdout)
+
+
+def load_json_argument(value: str, what: str) -> Any:
+    """Parse a JSON command-line value, or ``@PATH`` to read it from a file."""
+    from keramos.framework.errors import KeramosError
+
+    try:
+        if value.startswith("@"):
+            with open(value[1:], encoding="utf-8") as source:
+                return json.load(source)
+        return json.loads(value)
+    except OSError as error:
+        raise KeramosError(f"cannot read {what} from {value[1:]}: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise KeramosError(f"{what} is not valid JSON: {error}") from None

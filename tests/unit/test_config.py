@@ -1,0 +1,71 @@
+"""Configuration: options documented, sample config current, overrides and bad values."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from oslo_config import cfg
+
+from keramos.framework import config
+
+REPO = Path(__file__).resolve().parents[2]
+GENERATOR_CONF = REPO / "etc" / "keramos" / "keramos-config-generator.conf"
+SAMPLE = REPO / "etc" / "keramos" / "keramos.conf.sample"
+
+
+def test_every_option_has_help_text():
+    for group, opts in config.list_opts():
+        for opt in opts:
+            assert opt.help and len(opt.help) > 10, f"[{group or 'DEFAULT'}] {opt.name} has no help"
+
+
+def test_the_sample_config_is_current(tmp_path):
+    fresh = tmp_path / "keramos.conf.sample"
+    subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "ignore",
+            "-m",
+            "oslo_config.generator",
+            "--config-file",
+            str(GENERATOR_CONF),
+            "--output-file",
+            str(fresh),
+        ],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+    )
+    assert fresh.read_text() == SAMPLE.read_text(), (
+        "etc/keramos/keramos.conf.sample is stale: run 'tox -e genconfig' and commit it"
+    )
+
+
+def test_files_then_overrides(tmp_path):
+    conf_file = tmp_path / "keramos.conf"
+    conf_file.write_text("[worker]\ntopic = from-file\nworkers = 3\n")
+    conf = config.make_conf(
+        ["--config-file", str(conf_file)], overrides={"worker": {"workers": 5}}
+    )
+    assert conf.worker.topic == "from-file"
+    assert conf.worker.workers == 5
+    assert conf.control_exchange == "keramos"
+    assert conf.oslo_messaging_notifications.topics == ["keramos_notifications"]
+
+
+def test_a_bad_value_in_a_file_is_refused_naming_the_option(tmp_path):
+    conf_file = tmp_path / "keramos.conf"
+    conf_file.write_text("[worker]\nengine = turbo\n")
+    conf = config.make_conf(["--config-file", str(conf_file)])
+    with pytest.raises(cfg.ConfigFileValueError, match="turbo"):
+        conf.worker.engine
+
+
+def test_state_paths_follow_state_path(tmp_path):
+    conf = config.make_conf(config_files=[], overrides={"DEFAULT": {"state_path": str(tmp_path)}})
+    assert conf.state_store.connection == f"sqlite:///{tmp_path}/keramos.sqlite"
+    assert conf.persistence.connection == f"sqlite:///{tmp_path}/flows.sqlite"

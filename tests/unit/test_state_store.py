@@ -1,0 +1,85 @@
+"""One behaviour suite for every state store (PostgreSQL runs it in tests/functional)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from keramos.framework.config import make_conf
+from keramos.framework.errors import ConfigError, NotFound
+from keramos.framework.records import AmphoraRecord, CertificateRecord, TaskRecord, TaskState
+from keramos.plugins.state_store.memory import MemoryStateStore
+from keramos.plugins.state_store.sqlalchemy import SQLAlchemyStateStore
+
+
+def make_store(kind: str, tmp_path):
+    conf = make_conf(config_files=[], overrides={"DEFAULT": {"state_path": str(tmp_path)}})
+    if kind == "memory":
+        return MemoryStateStore(conf)
+    return SQLAlchemyStateStore(conf)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request, tmp_path):
+    made = make_store(request.param, tmp_path)
+    yield made
+    made.close()
+
+
+def state_store_behaviour(store):
+    """The checks every state store must pass; also called by the PostgreSQL test."""
+    task = store.save(TaskRecord(request_id="req-1", event="create_amphora", resource_id="a1"))
+    fetched = store.get(TaskRecord, "req-1")
+    assert fetched == task
+    assert fetched.state == TaskState.PENDING
+    assert fetched.created_at.tzinfo is not None
+
+    updated = store.update(
+        TaskRecord, "req-1", state=TaskState.SUCCESS, result={"amphora": {"id": "a1"}}
+    )
+    assert updated.state == TaskState.SUCCESS
+    assert updated.updated_at >= task.updated_at
+    assert store.get(TaskRecord, "req-1").result == {"amphora": {"id": "a1"}}
+
+    with pytest.raises(NotFound):
+        store.update(TaskRecord, "req-unknown", state=TaskState.FAILURE)
+    with pytest.raises(TypeError, match="no field"):
+        store.update(TaskRecord, "req-1", colour="blue")
+    with pytest.raises(TypeError, match="is the key"):
+        store.update(TaskRecord, "req-1", request_id="req-2")
+    assert store.get(TaskRecord, "req-unknown") is None
+
+    store.save(AmphoraRecord(amphora_id="a1", config_version=3))
+    store.save(AmphoraRecord(amphora_id="a2", status="READY"))
+    store.save(AmphoraRecord(amphora_id="a1", config_version=4))
+    assert store.get(AmphoraRecord, "a1").config_version == 4
+    assert [a.amphora_id for a in store.find(AmphoraRecord, status="READY")] == ["a2"]
+    assert len(store.find(AmphoraRecord)) == 2
+
+    not_after = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+    store.save(CertificateRecord(serial="ab12", kind="server", subject="a1", not_after=not_after))
+    assert store.get(CertificateRecord, "ab12").not_after == not_after
+
+    store.delete(AmphoraRecord, "a1")
+    store.delete(AmphoraRecord, "a1")
+    assert store.get(AmphoraRecord, "a1") is None
+
+
+def test_state_store_behaviour(store):
+    state_store_behaviour(store)
+
+
+def test_records_survive_a_new_store_on_the_same_file(tmp_path):
+    first = make_store("sqlite", tmp_path)
+    first.save(TaskRecord(request_id="req-9", event="e"))
+    first.close()
+    second = make_store("sqlite", tmp_path)
+    assert second.get(TaskRecord, "req-9").event == "e"
+    second.close()
+
+
+def test_an_unusable_database_url_is_a_configuration_error(tmp_path):
+    conf = make_conf(config_files=[], overrides={"state_store": {"connection": "not a url"}})
+    with pytest.raises(ConfigError, match="not a database URL"):
+        SQLAlchemyStateStore(conf)
