@@ -229,16 +229,16 @@ def test_sqlite_settings(tmp_path: Path, mode: str, expected: int) -> None:
     try:
         assert isinstance(be.engine.pool, sa.pool.QueuePool)
         with be.engine.connect() as db:
-            pragma = lambda name: db.exec_driver_sql(f"PRAGMA {name}").scalar()  # noqa: E731
-            assert pragma("journal_mode") == "wal"
-            assert pragma("synchronous") == expected
-            assert pragma("foreign_keys") == 1
-            assert pragma("busy_timeout") == 30000
+            pragmas = {
+                name: db.exec_driver_sql(f"PRAGMA {name}").scalar()
+                for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+            }
+        assert pragmas == {"journal_mode": "wal", "synchronous": expected, "foreign_keys": 1, "busy_timeout": 30000}
     finally:
         be.close()
 
 
-def test_in_memory_database(tmp_path: Path) -> None:
+def test_in_memory_database() -> None:
     be = get_backend("sqlite://")
     try:
         with contextlib.closing(be.get_connection()) as conn:
