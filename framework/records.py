@@ -85,6 +85,7 @@ class AmphoraRecord(Record):
     image_id: str | None = None
     compute_id: str | None = None
     address: str | None = None
+    agent_port: int | None = None
     port_id: str | None = None
     cert_serial: str | None = None
     config_version: int = 0
@@ -127,4 +128,31 @@ class ImageRecord(Record):
     updated_at: dt.datetime = dataclasses.field(default_factory=utcnow)
 
 
-RECORD_TYPES: tuple[type[Record], ...] = (TaskRecord, AmphoraRecord, CertificateRecord, ImageRecord)
+@dataclasses.dataclass
+class LoadBalancerRecord(Record):
+    """A load balancer's HAProxy configuration, as pushed to its amphorae.
+
+    ``config_version`` is the last version handed out (it only grows, also when a push fails, so
+    that no version number is ever used for two configurations); ``running_version`` and
+    ``config`` are those of the last push every amphora accepted.
+    """
+
+    key: ClassVar[str] = "lb_id"
+    table: ClassVar[str] = "loadbalancers"
+
+    lb_id: str
+    config_version: int = 0
+    running_version: int = 0
+    config: str | None = None
+    description: dict[str, Any] | None = None
+    created_at: dt.datetime = dataclasses.field(default_factory=utcnow)
+    updated_at: dt.datetime = dataclasses.field(default_factory=utcnow)
+
+
+RECORD_TYPES: tuple[type[Record], ...] = (
+    TaskRecord,
+    AmphoraRecord,
+    CertificateRecord,
+    ImageRecord,
+    LoadBalancerRecord,
+)

@@ -215,3 +215,16 @@ class NoopAmphora(AmphoraDriver):
     def install_certificate(self, endpoint: AmphoraEndpoint, pem_bundle: bytes) -> None:
         with self._lock:
             self.certificates[endpoint.amphora_id] = pem_bundle
+
+    def get_info(self, endpoint: AmphoraEndpoint) -> dict[str, Any]:
+        with self._lock:
+            versions = {
+                lb_id: {"config_version": version, "running_version": version, "running": True}
+                for (amphora_id, lb_id), (version, _config) in self.configs.items()
+                if amphora_id == endpoint.amphora_id
+            }
+        return {**self.wait_until_reachable(endpoint, 0), "loadbalancers": versions}
+
+    def delete_config(self, endpoint: AmphoraEndpoint, lb_id: str) -> None:
+        with self._lock:
+            self.configs.pop((endpoint.amphora_id, lb_id), None)

@@ -43,3 +43,19 @@ class AmphoraDriver(Driver):
     @abc.abstractmethod
     def install_certificate(self, endpoint: AmphoraEndpoint, pem_bundle: bytes) -> None:
         """Replace the agent's server certificate and key (a PEM bundle)."""
+
+    @abc.abstractmethod
+    def get_info(self, endpoint: AmphoraEndpoint) -> dict[str, Any]:
+        """Return the agent's ``info`` document at once (no waiting).
+
+        ``info["loadbalancers"][lb_id]`` holds ``config_version`` (stored) and
+        ``running_version`` (what HAProxy runs) for every load balancer the agent knows.
+        """
+
+    @abc.abstractmethod
+    def delete_config(self, endpoint: AmphoraEndpoint, lb_id: str) -> None:
+        """Stop the load balancer on the amphora and remove its configuration.
+
+        The agent keeps the version it had, so an older push is still refused afterwards.
+        Idempotent: deleting a load balancer the amphora does not have is not an error.
+        """

@@ -1,0 +1,112 @@
+"""``keramos-agent --config-file FILE``: the agent's API served by gunicorn over mutual TLS.
+
+gunicorn presents the server certificate and requires a client certificate signed by the client
+CA (``cert_reqs = CERT_REQUIRED``): a client without one never reaches the application. The
+``gthread`` worker keeps connections alive, so a controller pays the TLS handshake once per
+amphora rather than once per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import ssl
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+from oslo_config import cfg
+
+from keramos.plugins.agent import options
+from keramos.plugins.agent.haproxy import HaproxyManager
+from keramos.plugins.agent.options import GROUP, AgentSettings
+from keramos.plugins.agent.server import create_app
+
+list_opts = options.list_opts
+
+
+def _tls_context_factory(conf: Any, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    context = default_factory()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class AgentApplication(BaseApplication):
+    """gunicorn application serving the agent with TLS and client certificates required."""
+
+    def __init__(self, conf: cfg.ConfigOpts, config_file: str | None = None) -> None:
+        self.agent_conf = conf
+        self.settings = AgentSettings.from_conf(conf, config_file)
+        super().__init__()
+
+    def gunicorn_options(self) -> dict[str, Any]:
+        """The gunicorn settings derived from ``[amphora_agent]``."""
+        group = self.agent_conf[GROUP]
+        missing = [name for name in ("server_cert", "client_ca") if not group[name]]
+        if missing:
+            raise SystemExit(f"keramos-agent: [{GROUP}] {', '.join(missing)} must be set")
+        host = group.bind_host
+        bind = f"[{host}]:{group.bind_port}" if ":" in host else f"{host}:{group.bind_port}"
+        state_dir = self.settings.state_dir
+        binary = self.settings.haproxy_binary
+
+        def stop_load_balancers(_arbiter: Any) -> None:
+            HaproxyManager(state_dir, binary).stop_all()
+
+        return {
+            "bind": [bind],
+            "certfile": group.server_cert,
+            "keyfile": group.server_key or group.server_cert,
+            "ca_certs": group.client_ca,
+            "cert_reqs": ssl.CERT_REQUIRED,
+            "ssl_context": _tls_context_factory,
+            "worker_class": "gthread",
+            "workers": group.workers,
+            "threads": group.threads,
+            "keepalive": group.keepalive,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": "info",
+            "proc_name": f"keramos-agent {group.amphora_id or ''}".strip(),
+            "on_exit": stop_load_balancers,
+        }
+
+    def load_config(self) -> None:
+        """Hand the options to gunicorn (gunicorn's own command line is never parsed)."""
+        for key, value in self.gunicorn_options().items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        """Build the Flask application in the worker."""
+        return create_app(self.settings)
+
+
+def build_conf(argv: Sequence[str]) -> tuple[cfg.ConfigOpts, str | None]:
+    """Parse ``--config-file`` arguments into a private configuration with the agent options."""
+    parser = argparse.ArgumentParser(
+        prog="keramos-agent",
+        description="Keramos amphora agent: HAProxy control API over mutual TLS.",
+    )
+    parser.add_argument("--config-file", action="append", required=True, metavar="PATH")
+    args = parser.parse_args(list(argv))
+    conf = cfg.ConfigOpts()
+    options.register_opts(conf)
+    cli_args: list[str] = []
+    for path in args.config_file:
+        cli_args += ["--config-file", path]
+    conf(cli_args, project="keramos-agent", default_config_files=[])
+    os.makedirs(conf[GROUP].state_dir, mode=0o700, exist_ok=True)
+    return conf, args.config_file[-1]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``keramos-agent`` console script."""
+    conf, config_file = build_conf(sys.argv[1:] if argv is None else argv)
+    AgentApplication(conf, config_file).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

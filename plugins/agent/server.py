@@ -1,0 +1,389 @@
+"""The agent's REST API: a Flask application exposing the core under ``/1.0``.
+
+Paths and semantics follow Octavia's amphora agent where they overlap (``GET /``, ``/info``,
+``/details``, the ``haproxy`` upload and read-back, start/stop/reload, ``/certificate``, listener
+certificates, ``/config``). Keramos adds configuration versions: a push carries
+``X-Config-Version``, the agent reports the stored and running versions in ``/info`` and refuses an
+older push with 409, so that a delayed retry can never roll an amphora back.
+
+Every error, 404 and 405 included, is a JSON body ``{"message", "details"}`` served as
+``application/json``: controllers treat a non-JSON 404 as "agent not up yet".
+"""
+
+from __future__ import annotations
+
+import configparser
+import logging
+import os
+import re
+import shutil
+import socket
+from typing import Any
+
+import flask
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from oslo_config import cfg
+from werkzeug.exceptions import HTTPException
+
+from keramos.plugins.agent import haproxy
+from keramos.plugins.agent.files import (
+    atomic_write,
+    contained_path,
+    is_valid_id,
+    is_valid_pem_filename,
+)
+from keramos.plugins.agent.options import GROUP, AgentSettings, agent_opts
+
+LOG = logging.getLogger(__name__)
+
+API_VERSION = "1.0"
+PATH_PREFIX = "/" + API_VERSION
+#: Request header carrying the version of a pushed configuration.
+VERSION_HEADER = "X-Config-Version"
+ACTIONS = ("start", "stop", "reload")
+_VERSION_RE = re.compile(r"[0-9]{1,18}")
+
+
+class ApiError(Exception):
+    """An error answered as ``{"message", "details"}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, details: str = "") -> None:
+        self.status = status
+        self.message = message
+        self.details = details
+        super().__init__(f"{status} {message}: {details}")
+
+
+def _json_response(status: int, body: dict[str, Any]) -> flask.Response:
+    response = flask.jsonify(body)
+    response.status_code = status
+    return response
+
+
+def _ok(status: int = 202, message: str = "OK", details: str | None = None) -> flask.Response:
+    body: dict[str, Any] = {"message": message}
+    if details is not None:
+        body["details"] = details
+    return _json_response(status, body)
+
+
+def register_error_handlers(app: flask.Flask) -> None:
+    """Answer every error as JSON, keeping the headers (``Allow`` on 405) werkzeug sets."""
+
+    @app.errorhandler(ApiError)
+    def _api_error(error: ApiError) -> flask.Response:
+        return _json_response(error.status, {"message": error.message, "details": error.details})
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> flask.Response:
+        response = error.get_response()
+        response.set_data(flask.json.dumps({"message": error.name, "details": error.description}))
+        response.content_type = "application/json"
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> flask.Response:
+        LOG.exception("unexpected error serving %s %s", flask.request.method, flask.request.path)
+        return _json_response(500, {"message": "Internal Server Error", "details": str(error)})
+
+
+def _check_id(kind: str, value: str) -> None:
+    if not is_valid_id(value):
+        raise ApiError(400, "Invalid request", f"invalid {kind} {value!r}")
+
+
+def _read_body(limit: int) -> bytes:
+    length = flask.request.content_length
+    if length is not None and length > limit:
+        raise ApiError(413, "Request Entity Too Large", f"body larger than {limit} bytes")
+    data = flask.request.stream.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, "Request Entity Too Large", f"body larger than {limit} bytes")
+    return data
+
+
+def _parse_version(value: str | None) -> int:
+    if value is None:
+        raise ApiError(400, "Invalid request", f"missing {VERSION_HEADER} header")
+    if not _VERSION_RE.fullmatch(value) or int(value) < 1:
+        raise ApiError(400, "Invalid request", f"{VERSION_HEADER} must be a positive integer")
+    return int(value)
+
+
+def _load_certificates(data: bytes) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError as error:
+        raise ApiError(400, "Invalid request", f"no PEM certificate in the body: {error}") from None
+
+
+def _split_server_bundle(data: bytes, amphora_id: str | None) -> tuple[bytes, bytes]:
+    """Return (certificates PEM, private key PEM) of a server bundle, checked to belong together."""
+    certificates = _load_certificates(data)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as error:
+        raise ApiError(400, "Invalid request", f"no unencrypted private key: {error}") from None
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    encoding = serialization.Encoding.PEM
+    if key.public_key().public_bytes(encoding, public) != certificates[0].public_key().public_bytes(
+        encoding, public
+    ):
+        raise ApiError(400, "Invalid request", "the private key does not match the certificate")
+    if amphora_id is not None:
+        names = [
+            attribute.value
+            for attribute in certificates[0].subject.get_attributes_for_oid(
+                x509.NameOID.COMMON_NAME
+            )
+        ]
+        try:
+            san = certificates[0].extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            names += san.value.get_values_for_type(x509.DNSName)
+        except x509.ExtensionNotFound:
+            pass
+        if amphora_id not in names:
+            raise ApiError(400, "Invalid request", f"the certificate does not name {amphora_id}")
+    certificates_pem = b"".join(cert.public_bytes(encoding) for cert in certificates)
+    key_pem = key.private_bytes(
+        encoding, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return certificates_pem, key_pem
+
+
+class Server:
+    """Registers every route of the agent API on a Flask application (``self.app``)."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.haproxy = haproxy.HaproxyManager(
+            settings.state_dir, settings.haproxy_binary, settings.haproxy_timeout
+        )
+        self.app = flask.Flask(__name__)
+        self.app.config["MAX_CONTENT_LENGTH"] = max(
+            settings.max_config_bytes, settings.max_certificate_bytes
+        )
+        register_error_handlers(self.app)
+        routes = [
+            ("/", self.version_discovery, ["GET"]),
+            (PATH_PREFIX + "/info", self.get_info, ["GET"]),
+            (PATH_PREFIX + "/details", self.get_details, ["GET"]),
+            (
+                PATH_PREFIX + "/loadbalancer/<amphora_id>/<lb_id>/haproxy",
+                self.upload_haproxy_config,
+                ["PUT"],
+            ),
+            (PATH_PREFIX + "/loadbalancer/<lb_id>/haproxy", self.get_haproxy_config, ["GET"]),
+            (PATH_PREFIX + "/loadbalancer/<lb_id>/<action>", self.start_stop_lb, ["PUT"]),
+            (PATH_PREFIX + "/loadbalancer/<lb_id>", self.delete_lb, ["DELETE"]),
+            (PATH_PREFIX + "/certificate", self.upload_server_certificate, ["PUT"]),
+            (
+                PATH_PREFIX + "/loadbalancer/<lb_id>/certificates/<filename>",
+                self.upload_certificate,
+                ["PUT"],
+            ),
+            (
+                PATH_PREFIX + "/loadbalancer/<lb_id>/certificates/<filename>",
+                self.get_certificate_md5,
+                ["GET"],
+            ),
+            (
+                PATH_PREFIX + "/loadbalancer/<lb_id>/certificates/<filename>",
+                self.delete_certificate,
+                ["DELETE"],
+            ),
+            (PATH_PREFIX + "/config", self.update_agent_config, ["PUT"]),
+        ]
+        for rule, view, methods in routes:
+            self.app.add_url_rule(rule, view_func=view, methods=methods)
+
+    def version_discovery(self) -> flask.Response:
+        """``GET /``: the API version this agent speaks."""
+        return _json_response(200, {"api_version": API_VERSION})
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            "hostname": socket.gethostname(),
+            "api_version": API_VERSION,
+            "haproxy_version": self.haproxy.version(),
+            "amphora_id": self.settings.amphora_id,
+            "loadbalancers": {
+                state.lb_id: {
+                    "config_version": state.config_version,
+                    "running_version": state.running_version,
+                    "running": state.running,
+                }
+                for state in self.haproxy.loadbalancers()
+            },
+        }
+
+    def get_info(self) -> flask.Response:
+        """``GET /1.0/info``: identity, versions, and each load balancer's config versions."""
+        return _json_response(200, self._info())
+
+    def get_details(self) -> flask.Response:
+        """``GET /1.0/details``: ``info`` plus load, memory, disk and HAProxy process count."""
+        details = self._info()
+        disk = shutil.disk_usage(self.settings.state_dir)
+        details.update(
+            load=[f"{value:.2f}" for value in os.getloadavg()],
+            disk={"used": disk.used, "available": disk.free},
+            memory=_meminfo(),
+            haproxy_count=sum(1 for lb in details["loadbalancers"].values() if lb["running"]),
+        )
+        return _json_response(200, details)
+
+    def upload_haproxy_config(self, amphora_id: str, lb_id: str) -> flask.Response:
+        """``PUT .../loadbalancer/<amphora_id>/<lb_id>/haproxy``: check and store a config."""
+        _check_id("amphora id", amphora_id)
+        _check_id("load balancer id", lb_id)
+        if self.settings.amphora_id is not None and amphora_id != self.settings.amphora_id:
+            raise ApiError(
+                400, "Wrong amphora", f"this is amphora {self.settings.amphora_id}, not {amphora_id}"
+            )
+        version = _parse_version(flask.request.headers.get(VERSION_HEADER))
+        config = _read_body(self.settings.max_config_bytes)
+        try:
+            etag, changed = self.haproxy.install_config(lb_id, config, version)
+        except haproxy.ConfigInvalid as error:
+            raise ApiError(400, "Invalid request", error.details) from None
+        except haproxy.StaleConfigVersion as error:
+            raise ApiError(409, error.message, error.details) from None
+        response = _ok(202, "OK", None if changed else f"version {version} already installed")
+        response.headers["ETag"] = etag
+        response.headers[VERSION_HEADER] = str(version)
+        return response
+
+    def get_haproxy_config(self, lb_id: str) -> flask.Response:
+        """``GET .../loadbalancer/<lb_id>/haproxy``: the stored config as text/plain."""
+        _check_id("load balancer id", lb_id)
+        try:
+            config = self.haproxy.read_config(lb_id)
+            state = self.haproxy.state(lb_id)
+        except haproxy.NoSuchLoadBalancer as error:
+            raise ApiError(404, error.message, error.details) from None
+        response = flask.Response(config, status=200, mimetype="text/plain")
+        response.headers["ETag"] = state.etag or haproxy.config_etag(config)
+        response.headers[VERSION_HEADER] = str(state.config_version)
+        return response
+
+    def start_stop_lb(self, lb_id: str, action: str) -> flask.Response:
+        """``PUT .../loadbalancer/<lb_id>/<start|stop|reload>``."""
+        _check_id("load balancer id", lb_id)
+        if action not in ACTIONS:
+            raise ApiError(400, "Invalid Request", f"Unknown action: {action}")
+        try:
+            details = getattr(self.haproxy, action)(lb_id)
+        except haproxy.NoSuchLoadBalancer as error:
+            raise ApiError(404, error.message, error.details) from None
+        except haproxy.HaproxyFailed as error:
+            raise ApiError(500, error.message, error.details) from None
+        return _ok(202, "OK", details)
+
+    def delete_lb(self, lb_id: str) -> flask.Response:
+        """``DELETE .../loadbalancer/<lb_id>``: stop it and remove its files (idempotent)."""
+        _check_id("load balancer id", lb_id)
+        self.haproxy.delete(lb_id)
+        return _ok(200)
+
+    def upload_server_certificate(self) -> flask.Response:
+        """``PUT /1.0/certificate``: install a rotated server certificate and key (PEM bundle).
+
+        Takes effect for the next TLS connection (gunicorn loads the files per connection).
+        """
+        if not self.settings.server_cert:
+            raise ApiError(503, "Not configured", "this agent has no server_cert path")
+        certificates, key = _split_server_bundle(
+            _read_body(self.settings.max_certificate_bytes), self.settings.amphora_id
+        )
+        key_path = self.settings.server_key
+        if key_path and os.path.abspath(key_path) != os.path.abspath(self.settings.server_cert):
+            atomic_write(key_path, key, 0o600)
+            atomic_write(self.settings.server_cert, certificates, 0o600)
+        else:
+            atomic_write(self.settings.server_cert, certificates + key, 0o600)
+        return _ok(202, "OK. Server certificate installed")
+
+    def _certificate_path(self, lb_id: str, filename: str) -> str:
+        _check_id("load balancer id", lb_id)
+        if not is_valid_pem_filename(filename):
+            raise ApiError(400, "Filename has wrong format", f"invalid filename {filename!r}")
+        try:
+            return contained_path(self.haproxy.certificates_dir(lb_id), filename)
+        except ValueError as error:
+            raise ApiError(400, "Filename has wrong format", str(error)) from None
+
+    def upload_certificate(self, lb_id: str, filename: str) -> flask.Response:
+        """``PUT .../loadbalancer/<lb_id>/certificates/<filename>``: listener TLS material."""
+        path = self._certificate_path(lb_id, filename)
+        data = _read_body(self.settings.max_certificate_bytes)
+        _load_certificates(data)
+        atomic_write(path, data, 0o600)
+        return _ok(200)
+
+    def get_certificate_md5(self, lb_id: str, filename: str) -> flask.Response:
+        """``GET .../certificates/<filename>``: the MD5 of a stored file (never its content)."""
+        path = self._certificate_path(lb_id, filename)
+        try:
+            with open(path, "rb") as stream:
+                md5 = haproxy.config_etag(stream.read())
+        except FileNotFoundError:
+            raise ApiError(
+                404, "Certificate Not Found", f"No certificate with filename: {filename}"
+            ) from None
+        response = _json_response(200, {"md5sum": md5})
+        response.headers["ETag"] = md5
+        return response
+
+    def delete_certificate(self, lb_id: str, filename: str) -> flask.Response:
+        """``DELETE .../certificates/<filename>`` (idempotent)."""
+        path = self._certificate_path(lb_id, filename)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return _ok(200)
+
+    def update_agent_config(self) -> flask.Response:
+        """``PUT /1.0/config``: replace the agent's configuration file (used at next start).
+
+        Only ``[amphora_agent]`` options this agent knows are accepted.
+        """
+        if not self.settings.config_file:
+            raise ApiError(503, "Not configured", "this agent was started without a config file")
+        data = _read_body(self.settings.max_config_bytes)
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read_string(data.decode("utf-8"))
+        except (UnicodeDecodeError, configparser.Error) as error:
+            raise ApiError(400, "Invalid request", f"not an INI file: {error}") from None
+        known = {opt.dest for opt in agent_opts}
+        for section in parser.sections():
+            if section != GROUP:
+                raise ApiError(400, "Invalid request", f"unknown section [{section}]")
+            unknown = sorted(set(parser[section]) - known)
+            if unknown:
+                raise ApiError(400, "Invalid request", f"unknown option(s): {', '.join(unknown)}")
+        atomic_write(self.settings.config_file, data, 0o600)
+        return _ok(202)
+
+
+def _meminfo() -> dict[str, int]:
+    wanted = {"MemTotal": "total", "MemFree": "free", "MemAvailable": "available"}
+    memory: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo", encoding="ascii") as stream:
+            for line in stream:
+                name, _, value = line.partition(":")
+                if name in wanted:
+                    memory[wanted[name]] = int(value.split()[0])
+    except OSError:
+        pass
+    return memory
+
+
+def create_app(config: AgentSettings | cfg.ConfigOpts) -> flask.Flask:
+    """Build the agent application from settings or from a configuration with its options."""
+    settings = config if isinstance(config, AgentSettings) else AgentSettings.from_conf(config)
+    return Server(settings).app

@@ -1,0 +1,218 @@
+"""Helpers for the agent tests: two CAs and leaf certificates, HAProxy checks, a backend, ports.
+
+The CAs are made here with ``cryptography`` so that the agent tests depend on no certificate
+driver: a server CA signs amphora certificates (SAN = amphora id), a distinct client CA signs
+the controller's certificate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import http.server
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+BACKEND_BODY = b"hello from the backend\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class Issued:
+    """A certificate and its key, as PEM."""
+
+    cert_pem: bytes
+    key_pem: bytes
+
+    @property
+    def bundle(self) -> bytes:
+        """Certificate followed by its key (Octavia's ``server.pem`` layout)."""
+        return self.cert_pem + self.key_pem
+
+
+@dataclasses.dataclass(frozen=True)
+class CA:
+    """A certificate authority able to sign leaf certificates."""
+
+    certificate: x509.Certificate
+    key: rsa.RSAPrivateKey
+
+    @property
+    def cert_pem(self) -> bytes:
+        """The CA certificate as PEM."""
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def _key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def make_ca(common_name: str) -> CA:
+    """A self-signed CA valid for a day."""
+    key = _key()
+    now = dt.datetime.now(dt.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return CA(certificate, key)
+
+
+def issue(
+    ca: CA | None,
+    common_name: str,
+    *,
+    server: bool,
+    not_after: dt.datetime | None = None,
+    not_before: dt.datetime | None = None,
+) -> Issued:
+    """A leaf certificate for ``common_name`` (also its SAN), signed by ``ca`` or self-signed."""
+    key = _key()
+    now = dt.datetime.now(dt.timezone.utc)
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca.certificate.subject if ca else _name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before or now - dt.timedelta(minutes=5))
+        .not_valid_after(not_after or now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
+    )
+    certificate = builder.sign(ca.key if ca else key, hashes.SHA256())
+    return Issued(certificate.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+@dataclasses.dataclass(frozen=True)
+class Pki:
+    """The two CAs of a deployment and the controller's client certificate, written to disk."""
+
+    server_ca: CA
+    client_ca: CA
+    controller: Issued
+    directory: str
+
+    def path(self, name: str) -> str:
+        """Path of a file written by :func:`make_pki`."""
+        return os.path.join(self.directory, name)
+
+    def config_drive(self, amphora_id: str) -> dict[str, bytes]:
+        """A config drive for ``amphora_id``: its server certificate and key, the client CA."""
+        server = issue(self.server_ca, amphora_id, server=True)
+        return {
+            "amphora_server_cert.pem": server.cert_pem,
+            "amphora_server_key.pem": server.key_pem,
+            "client_ca_cert.pem": self.client_ca.cert_pem,
+        }
+
+    def rest_overrides(self) -> dict[str, str]:
+        """``[amphora_rest]`` options for a controller using this PKI."""
+        return {
+            "controller_client_cert": self.path("controller_client_cert.pem"),
+            "controller_client_key": self.path("controller_client_key.pem"),
+            "server_ca": self.path("server_ca_cert.pem"),
+            "connect_timeout": 2.0,
+            "read_timeout": 30.0,
+            "backoff": 0.05,
+        }
+
+
+def make_pki(directory: str) -> Pki:
+    """Make two CAs and a controller client certificate, and write the controller's files."""
+    server_ca = make_ca("Keramos test server CA")
+    client_ca = make_ca("Keramos test client CA")
+    controller = issue(client_ca, "keramos-controller", server=False)
+    pki = Pki(server_ca, client_ca, controller, directory)
+    files = {
+        "server_ca_cert.pem": server_ca.cert_pem,
+        "controller_client_cert.pem": controller.cert_pem,
+        "controller_client_key.pem": controller.key_pem,
+    }
+    for name, data in files.items():
+        with open(pki.path(name), "wb") as stream:
+            stream.write(data)
+        os.chmod(pki.path(name), 0o600)
+    return pki
+
+
+def require_haproxy() -> str:
+    """The haproxy executable; fails under CI=true when it is missing, skips otherwise."""
+    path = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None)
+    if path is None:
+        message = "haproxy is not installed (Debian package haproxy)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class _BackendHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(BACKEND_BODY)))
+        self.end_headers()
+        self.wfile.write(BACKEND_BODY)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+@contextlib.contextmanager
+def http_backend() -> Iterator[int]:
+    """An HTTP server on 127.0.0.1 answering every GET with :data:`BACKEND_BODY`; yields its port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BackendHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
