@@ -71,6 +71,10 @@ class KeramosClient:
         client = self._client.prepare(timeout=timeout) if timeout else self._client
         return client.call({"request_id": request_id}, "get_status", request_id=request_id)
 
+    def ping(self, *, timeout: float = 5.0) -> dict[str, Any]:
+        """Ask any worker on the topic what it serves; raises MessagingTimeout if none answers."""
+        return self._client.prepare(timeout=timeout).call({}, "ping")
+
     def wait(
         self, request_id: str, *, timeout: float = 300.0, interval: float = 0.02
     ) -> dict[str, Any]:
