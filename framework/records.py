@@ -124,6 +124,8 @@ class ImageRecord(Record):
     checksum: str | None = None
     size: int | None = None
     message: str | None = None
+    signer: str | None = None
+    certificate_uuid: str | None = None
     created_at: dt.datetime = dataclasses.field(default_factory=utcnow)
     updated_at: dt.datetime = dataclasses.field(default_factory=utcnow)
 

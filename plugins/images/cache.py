@@ -90,8 +90,20 @@ def _touch(path: str) -> None:
         os.utime(path, ns=(now, now))
 
 
-#: ``produce(target)`` writes verified data to ``target`` and returns what to record with it:
-#: at least ``digest`` (hex) and ``hash_method``. It raises if the data does not verify.
+def checksum_of(properties: Mapping[str, str]) -> str:
+    """The checksum that keys an image in the cache: the store's SHA-512 or MD5 checksum, or,
+    for a store that records none, a hash of the signature (a new signature means new data)."""
+    if properties.get("os_hash_value"):
+        return f"{properties.get('os_hash_algo', 'sha512')}:{properties['os_hash_value']}"
+    if properties.get("checksum"):
+        return f"md5:{properties['checksum']}"
+    signature = properties.get("img_signature", "")
+    return "img_signature:" + hashlib.sha256(signature.encode()).hexdigest()
+
+
+#: ``produce(target)`` writes verified data to ``target`` (a staging file open for reading and
+#: writing) and returns what to record with it: at least ``digest`` (hex) and ``hash_method``.
+#: It raises if the data does not verify.
 Producer = Callable[[BinaryIO], Mapping[str, Any]]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from image_helpers import DAY, NOW, issue, new_key, pki, write_ca_file
+from tests.unit.image_helpers import DAY, NOW, issue, new_key, pki, write_ca_file
 
 from keramos.framework.config import make_conf
 from keramos.framework.errors import ConfigError

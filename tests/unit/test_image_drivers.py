@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from image_helpers import pki
+from tests.unit.image_helpers import pki
 
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import ImageStore, KeyManager

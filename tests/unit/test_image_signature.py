@@ -12,7 +12,7 @@ import pytest
 from keramos.plugins.images import signature
 from keramos.plugins.images.signature import Reason, SignatureVerificationError
 
-from image_helpers import chunked, new_key, pki, sign
+from tests.unit.image_helpers import chunked, new_key, pki, sign
 
 DATA = os.urandom(256 * 1024 + 17)
 UUID = "6f0f4a4e-8c52-4a57-9d4e-0b1a5a1f0c11"

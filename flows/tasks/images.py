@@ -1,0 +1,267 @@
+"""Tasks of the ``verify_image`` flow. Each receives its drivers and undoes what it made.
+
+The image goes ``verifying`` -> ``active``; any failure reverts the flow, which marks the image
+``killed`` with the reason (the first task's revert) and removes the data downloaded so far
+(the cache removes a staging file whose data did not verify).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Mapping
+from typing import Any, BinaryIO
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from oslo_log import log as logging
+from taskflow import task
+from taskflow.types import failure
+
+from keramos.framework.contracts import ImageStore, KeyManager, StateStore
+from keramos.framework.errors import NotFound
+from keramos.framework.records import ImageRecord
+from keramos.plugins.images import signature
+from keramos.plugins.images.cache import CachedImage, VerifiedImageCache, checksum_of
+from keramos.plugins.images.certificate_validation import (
+    CertificateValidator,
+    describe_certificate,
+    load_certificates,
+)
+from keramos.plugins.images.signature import Reason, SignatureVerificationError
+
+LOG = logging.getLogger(__name__)
+
+VERIFYING = "verifying"
+ACTIVE = "active"
+KILLED = "killed"
+
+
+def _first_failure(flow_failures: Mapping[str, failure.Failure] | None) -> str:
+    for fail in (flow_failures or {}).values():
+        return fail.exception_str
+    return "verification was reverted"
+
+
+class MarkImageVerifying(task.Task):
+    """Record the image as ``verifying``; on revert mark it ``killed`` with the reason."""
+
+    def __init__(self, state_store: StateStore) -> None:
+        super().__init__(name="mark_image_verifying")
+        self.state_store = state_store
+
+    def execute(self, image_id: str) -> None:
+        if self.state_store.get(ImageRecord, image_id) is None:
+            self.state_store.save(ImageRecord(image_id=image_id, status=VERIFYING))
+        else:
+            self.state_store.update(ImageRecord, image_id, status=VERIFYING, message=None)
+
+    def revert(self, image_id: str, result: Any, flow_failures=None, **kwargs: Any) -> None:
+        if isinstance(result, failure.Failure):
+            return
+        reason = _first_failure(flow_failures)
+        LOG.error("image %s failed verification and will not boot: %s", image_id, reason)
+        self.state_store.update(ImageRecord, image_id, status=KILLED, message=reason)
+
+
+class GetImageSignature(task.Task):
+    """Read the image's properties and validate its signature properties."""
+
+    default_provides = ("image_properties", "image_signature")
+
+    def __init__(self, image_store: ImageStore) -> None:
+        super().__init__(name="get_image_signature")
+        self.image_store = image_store
+
+    def execute(self, image_id: str) -> tuple[dict[str, str], dict[str, str]]:
+        properties = dict(self.image_store.properties(image_id))
+        spec = signature.parse_signature_properties(properties)
+        return properties, spec.to_properties()
+
+
+class ValidateSigningCertificate(task.Task):
+    """Fetch the signing certificate from the key manager by uuid and validate it.
+
+    Provides ``{"certificate_uuid", "pem", "subject", "description"}``; the PEM holds the
+    signing certificate followed by the intermediates stored with it.
+    """
+
+    def __init__(self, key_manager: KeyManager, validator: CertificateValidator) -> None:
+        super().__init__(name="validate_signing_certificate", provides="signing_certificate")
+        self.key_manager = key_manager
+        self.validator = validator
+
+    def execute(self, image_signature: dict[str, str]) -> dict[str, str]:
+        spec = signature.parse_signature_properties(image_signature)
+        try:
+            stored = self.key_manager.get_certificate(spec.certificate_uuid)
+        except NotFound as error:
+            raise SignatureVerificationError(
+                Reason.CERTIFICATE_NOT_FOUND,
+                f"no signing certificate {spec.certificate_uuid} in the key manager: {error}",
+            ) from None
+        certificate, *intermediates = load_certificates(stored)
+        signature.check_key_type(spec, certificate.public_key())
+        chain = self.validator.validate(certificate, intermediates)
+        pem = b"".join(_pem(cert) for cert in [certificate, *intermediates]).decode("ascii")
+        return {
+            "certificate_uuid": spec.certificate_uuid,
+            "pem": pem,
+            "subject": certificate.subject.rfc4514_string(),
+            "description": describe_certificate(certificate),
+            "chain": " <- ".join(cert.subject.rfc4514_string() for cert in chain),
+        }
+
+
+def _pem(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def _diagnose_mismatch(
+    error: SignatureVerificationError, data: BinaryIO, properties: Mapping[str, str]
+) -> SignatureVerificationError:
+    """Tell modified data from another key using the checksum the image store recorded.
+
+    Only called once a signature failed, so the success path hashes the data once.
+    """
+    if properties.get("os_hash_algo") and properties.get("os_hash_value"):
+        algorithm, expected = properties["os_hash_algo"], properties["os_hash_value"]
+    elif properties.get("checksum"):
+        algorithm, expected = "md5", properties["checksum"]
+    else:
+        return error
+    try:
+        digest = hashlib.new(algorithm)
+    except ValueError:
+        return error
+    data.seek(0)
+    while chunk := data.read(1 << 20):
+        digest.update(chunk)
+    if digest.hexdigest() != expected.lower():
+        return SignatureVerificationError(
+            Reason.DATA_MODIFIED,
+            f"the image data does not match the {algorithm} checksum the image store recorded: "
+            "it was modified or corrupted",
+        )
+    return SignatureVerificationError(
+        Reason.WRONG_KEY,
+        "the image data matches its recorded checksum but the signature does not verify: it "
+        "was not made with the key of the signing certificate",
+    )
+
+
+class DownloadAndVerifyImage(task.Task):
+    """Stream the image once, in chunks, through the hash into the cache; verify; keep it.
+
+    A cache hit is re-verified cheaply: the stored digest against the signature. On failure the
+    partial data is removed; on revert an entry this run added is evicted.
+    """
+
+    def __init__(self, image_store: ImageStore, cache: VerifiedImageCache, chunk_size: int) -> None:
+        super().__init__(name="download_and_verify_image", provides="verified_image")
+        self.image_store = image_store
+        self.cache = cache
+        self.chunk_size = chunk_size
+
+    def execute(
+        self,
+        image_id: str,
+        image_properties: dict[str, str],
+        image_signature: dict[str, str],
+        signing_certificate: dict[str, str],
+    ) -> dict[str, Any]:
+        spec = signature.parse_signature_properties(image_signature)
+        public_key = load_certificates(signing_certificate["pem"].encode())[0].public_key()
+        size = image_properties.get("size")
+        expected_size = int(size) if size and size.isdigit() else None
+        downloaded: list[bool] = []
+
+        def produce(target: BinaryIO) -> dict[str, str]:
+            downloaded.append(True)
+            verifier = signature.StreamingVerifier(spec, public_key, expected_size=expected_size)
+            for chunk in self.image_store.chunks(image_id, self.chunk_size):
+                verifier.update(chunk)
+                target.write(chunk)
+            try:
+                digest = verifier.verify()
+            except SignatureVerificationError as error:
+                if error.reason != Reason.SIGNATURE_MISMATCH:
+                    raise
+                raise _diagnose_mismatch(error, target, image_properties) from None
+            return {
+                "digest": digest.hex(),
+                "hash_method": spec.hash_method,
+                "hashlib": spec.hashlib_name,
+                "signature": base64.b64encode(spec.signature).decode("ascii"),
+            }
+
+        checksum = checksum_of(image_properties)
+        entry = self.cache.fetch(image_id, checksum, produce)
+        if entry is not None and not downloaded:
+            entry = self._recheck_hit(entry, spec, public_key, checksum, produce)
+        return {
+            "path": entry.path if entry else None,
+            "size": entry.size if entry else expected_size,
+            "digest": entry.digest if entry else None,
+            "checksum": checksum,
+            "cached": entry is not None,
+            "downloaded": bool(downloaded),
+        }
+
+    def _recheck_hit(
+        self, entry: CachedImage, spec, public_key, checksum: str, produce
+    ) -> CachedImage | None:
+        if entry.hash_method == spec.hash_method:
+            try:
+                signature.verify_digest(spec, public_key, bytes.fromhex(entry.digest))
+                return entry
+            except SignatureVerificationError:
+                LOG.warning("cached image %s no longer matches its signature", entry.image_id)
+        self.cache.evict(entry.image_id, checksum)
+        return self.cache.fetch(entry.image_id, checksum, produce)
+
+    def revert(self, image_id: str, result: Any, **kwargs: Any) -> None:
+        if isinstance(result, dict) and result.get("downloaded") and result.get("cached"):
+            self.cache.evict(image_id, result["checksum"])
+
+
+class MarkImageActive(task.Task):
+    """Record the verified image as ``active`` and log who signed it."""
+
+    def __init__(self, state_store: StateStore) -> None:
+        super().__init__(name="mark_image_active", provides="image")
+        self.state_store = state_store
+
+    def execute(
+        self,
+        image_id: str,
+        image_properties: dict[str, str],
+        signing_certificate: dict[str, str],
+        verified_image: dict[str, Any],
+    ) -> dict[str, Any]:
+        LOG.info(
+            "image %s signature verified; signing certificate %s (%s), chain %s",
+            image_id,
+            signing_certificate["certificate_uuid"],
+            signing_certificate["description"],
+            signing_certificate["chain"],
+        )
+        self.state_store.update(
+            ImageRecord,
+            image_id,
+            status=ACTIVE,
+            size=verified_image["size"],
+            checksum=image_properties.get("checksum") or verified_image["checksum"],
+            message=f"signature verified; signed by {signing_certificate['subject']}",
+            signer=signing_certificate["subject"],
+            certificate_uuid=signing_certificate["certificate_uuid"],
+        )
+        return {
+            "image_id": image_id,
+            "status": ACTIVE,
+            "size": verified_image["size"],
+            "signer": signing_certificate["subject"],
+            "certificate_uuid": signing_certificate["certificate_uuid"],
+            "path": verified_image["path"],
+            "cache_hit": not verified_image["downloaded"],
+        }
