@@ -227,6 +227,10 @@ class ProcessCompute(ComputeDriver):
             status = InstanceStatus.BUILDING
         return Instance(compute_id, status, address=self.bind_host, port=process.port)
 
+    def agent_pid(self, compute_id: str) -> int:
+        """The process id of the instance's agent (also its process group id)."""
+        return self._process(compute_id).popen.pid
+
     @staticmethod
     def _log_tail(process: _Process, size: int = 2000) -> str:
         try:

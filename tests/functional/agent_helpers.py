@@ -15,13 +15,21 @@ import os
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from keramos.framework.config import make_conf
+from keramos.framework.contracts import AmphoraEndpoint, InstanceStatus
+from keramos.plugins.amphora_rest import RestAmphoraDriver
+from keramos.plugins.amphora_rest import list_opts as rest_list_opts
+from keramos.plugins.compute_process import ProcessCompute
+from keramos.plugins.compute_process import list_opts as process_list_opts
+from tests.conftest import require
 
 BACKEND_BODY = b"hello from the backend\n"
 
@@ -176,12 +184,9 @@ def make_pki(directory: str) -> Pki:
 
 def require_haproxy() -> str:
     """The haproxy executable; fails under CI=true when it is missing, skips otherwise."""
-    path = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None)
-    if path is None:
-        message = "haproxy is not installed (Debian package haproxy)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    path = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+    require(path is not None, "haproxy (Debian package haproxy)")
+    assert path is not None
     return path
 
 
@@ -193,21 +198,24 @@ def free_port() -> int:
 
 
 class _BackendHandler(http.server.BaseHTTPRequestHandler):
+    body = BACKEND_BODY
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(BACKEND_BODY)))
+        self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
-        self.wfile.write(BACKEND_BODY)
+        self.wfile.write(self.body)
 
     def log_message(self, format: str, *args: object) -> None:
         return
 
 
 @contextlib.contextmanager
-def http_backend() -> Iterator[int]:
-    """An HTTP server on 127.0.0.1 answering every GET with :data:`BACKEND_BODY`; yields its port."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BackendHandler)
+def http_backend(body: bytes = BACKEND_BODY) -> Iterator[int]:
+    """An HTTP server on 127.0.0.1 answering every GET with ``body``; yields its port."""
+    handler = type("BackendHandler", (_BackendHandler,), {"body": body})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -216,3 +224,29 @@ def http_backend() -> Iterator[int]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def make_drivers(state_path: str, pki: Pki) -> tuple[ProcessCompute, RestAmphoraDriver]:
+    """A process compute driver and a rest amphora driver sharing one configuration."""
+    conf = make_conf([], config_files=[], overrides={"DEFAULT": {"state_path": state_path}})
+    for group, opts in process_list_opts() + rest_list_opts():
+        conf.register_opts(opts, group=group)
+    for name, value in pki.rest_overrides().items():
+        conf.set_override(name, value, group="amphora_rest")
+    conf.set_override("haproxy_binary", require_haproxy(), group="compute_process")
+    return ProcessCompute(conf), RestAmphoraDriver(conf)
+
+
+def boot(
+    compute: ProcessCompute, pki: Pki, amphora_id: str, timeout: float = 30.0
+) -> tuple[str, AmphoraEndpoint]:
+    """Build an amphora, wait until it is ACTIVE, return its compute id and agent endpoint."""
+    compute_id = compute.build(amphora_id, "image", pki.config_drive(amphora_id))
+    deadline = time.monotonic() + timeout
+    while True:
+        instance = compute.get(compute_id)
+        if instance.status == InstanceStatus.ACTIVE:
+            return compute_id, AmphoraEndpoint(amphora_id, instance.address, instance.port)
+        assert instance.status == InstanceStatus.BUILDING, instance.fault
+        assert time.monotonic() < deadline, "agent did not start"
+        time.sleep(0.05)

@@ -10,45 +10,17 @@ import datetime as dt
 import os
 import socket
 import ssl
-import time
 from collections.abc import Iterator
 
 import pytest
 import requests
 
-from agent_helpers import Issued, Pki, issue, make_pki, require_haproxy
-from keramos.framework.config import make_conf
-from keramos.framework.contracts import AmphoraEndpoint, InstanceStatus
+from tests.functional.agent_helpers import Issued, Pki, boot, issue, make_drivers, make_pki
+from keramos.framework.contracts import AmphoraEndpoint
 from keramos.plugins.amphora_rest import AgentError, RestAmphoraDriver
-from keramos.plugins.amphora_rest import list_opts as rest_list_opts
 from keramos.plugins.compute_process import ProcessCompute
-from keramos.plugins.compute_process import list_opts as process_list_opts
 
 AMPHORA_ID = "amp-tls-1"
-
-
-def make_drivers(state_path: str, pki: Pki) -> tuple[ProcessCompute, RestAmphoraDriver]:
-    """A process compute driver and a rest amphora driver sharing one configuration."""
-    conf = make_conf([], config_files=[], overrides={"DEFAULT": {"state_path": state_path}})
-    for group, opts in process_list_opts() + rest_list_opts():
-        conf.register_opts(opts, group=group)
-    for name, value in pki.rest_overrides().items():
-        conf.set_override(name, value, group="amphora_rest")
-    conf.set_override("haproxy_binary", require_haproxy(), group="compute_process")
-    return ProcessCompute(conf), RestAmphoraDriver(conf)
-
-
-def boot(compute: ProcessCompute, pki: Pki, amphora_id: str, timeout: float = 30.0) -> AmphoraEndpoint:
-    """Build an amphora and wait until the compute driver reports it ACTIVE."""
-    compute_id = compute.build(amphora_id, "image", pki.config_drive(amphora_id))
-    deadline = time.monotonic() + timeout
-    while True:
-        instance = compute.get(compute_id)
-        if instance.status == InstanceStatus.ACTIVE:
-            return AmphoraEndpoint(amphora_id, instance.address, instance.port)
-        assert instance.status == InstanceStatus.BUILDING, instance.fault
-        assert time.monotonic() < deadline, "agent did not start"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +29,7 @@ def agent(tmp_path_factory) -> Iterator[tuple[Pki, ProcessCompute, RestAmphoraDr
     pki = make_pki(directory)
     compute, rest = make_drivers(directory, pki)
     try:
-        endpoint = boot(compute, pki, AMPHORA_ID)
+        _compute_id, endpoint = boot(compute, pki, AMPHORA_ID)
         rest.wait_until_reachable(endpoint, 30)
         yield pki, compute, rest, endpoint
     finally:
