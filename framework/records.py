@@ -108,6 +108,8 @@ class CertificateRecord(Record):
     amphora_id: str | None = None
     cert_ref: str | None = None
     status: str = "active"
+    revoked_at: dt.datetime | None = None
+    previous_serial: str | None = None
     created_at: dt.datetime = dataclasses.field(default_factory=utcnow)
     updated_at: dt.datetime = dataclasses.field(default_factory=utcnow)
 

@@ -131,6 +131,9 @@ class NoopCertGenerator(CertGenerator):
     def ca_certificate(self, kind: str) -> bytes:
         return _PLACEHOLDER_CA
 
+    def publish_crl(self, kind: str, revoked: Mapping[str, dt.datetime]) -> bytes:
+        return b"-----BEGIN X509 CRL-----\nnoop\n-----END X509 CRL-----\n"
+
 
 class NoopCertManager(CertManager):
     """Bundles kept in memory by a random reference."""

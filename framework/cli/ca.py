@@ -85,14 +85,16 @@ def _init(args: argparse.Namespace) -> int:
             f"{kind} CA: {authority.certificate.subject.rfc4514_string()}, valid until "
             f"{authority.certificate.not_valid_after_utc.isoformat()}"
         )
-    print(f"written to {conf.certificates.ca_dir}: server_ca.pem, client_ca.pem (share these), "
-          "server_ca_key.pem, client_ca_key.pem (encrypted, 0600; keep these private)")
+    print(
+        f"written to {conf.certificates.ca_dir}: server_ca.pem, client_ca.pem (share these), "
+        "server_ca_key.pem, client_ca_key.pem (encrypted, 0600; keep these private)"
+    )
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``keramos ca``."""
-    from keramos.plugins.certificates.ca import KEY_TYPES
+    from keramos.plugins.certificates.keys import KEY_TYPES
 
     ca_parser = subparsers.add_parser(
         "ca",
@@ -104,6 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ca_commands = ca_parser.add_subparsers(dest="ca_command", metavar="ACTION", required=True)
     init = ca_commands.add_parser(
         "init",
+        allow_abbrev=False,
         help="create the server CA and the client CA",
         description="Create the server CA and the client CA in DIR: server_ca.pem and "
         "client_ca.pem (public), server_ca_key.pem and client_ca_key.pem (encrypted with the CA "

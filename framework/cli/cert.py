@@ -54,23 +54,29 @@ def _issue(args: argparse.Namespace) -> int:
     try:
         state_store.save(
             CertificateRecord(
-                serial=issued.serial, kind=issued.kind, subject=issued.subject,
+                serial=issued.serial,
+                kind=issued.kind,
+                subject=issued.subject,
                 not_after=issued.not_after,
             )
         )
         try:
             os.makedirs(out, mode=0o700, exist_ok=True)
-            write_all_atomic({
-                cert_path: (issued.certificate_pem, PUBLIC_MODE),
-                key_path: (issued.private_key_pem or b"", PRIVATE_MODE),
-            })
+            write_all_atomic(
+                {
+                    cert_path: (issued.certificate_pem, PUBLIC_MODE),
+                    key_path: (issued.private_key_pem or b"", PRIVATE_MODE),
+                }
+            )
         except OSError as error:
             state_store.delete(CertificateRecord, issued.serial)
             raise ConfigError(f"cannot write to {out}: {error.strerror}") from None
     finally:
         state_store.close()
-    print(f"{issued.kind} certificate {issued.serial} for {issued.subject}, valid until "
-          f"{issued.not_after.isoformat()}")
+    print(
+        f"{issued.kind} certificate {issued.serial} for {issued.subject}, valid until "
+        f"{issued.not_after.isoformat()}"
+    )
     print(f"written: {cert_path}, {key_path} (0600)")
     return 0
 
@@ -90,13 +96,21 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     header = ("SERIAL", "KIND", "SUBJECT", "NOT AFTER", "STATUS", "AMPHORA")
     rows = [
-        (r.serial, r.kind, r.subject, r.not_after.strftime("%Y-%m-%d %H:%M"), r.status,
-         r.amphora_id or "-")
+        (
+            r.serial,
+            r.kind,
+            r.subject,
+            r.not_after.strftime("%Y-%m-%d %H:%M"),
+            r.status,
+            r.amphora_id or "-",
+        )
         for r in records
     ]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
     return 0
 
 
@@ -122,7 +136,7 @@ def _revoke(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``keramos cert``."""
     from keramos.framework.contracts import CertKind
-    from keramos.plugins.certificates.ca import KEY_TYPES
+    from keramos.plugins.certificates.keys import KEY_TYPES
 
     cert_parser = subparsers.add_parser(
         "cert",
@@ -137,25 +151,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     issue = commands.add_parser(
         "issue",
+        allow_abbrev=False,
         help="issue a certificate and its key into a directory",
         description="Generate a key and a certificate for NAME (CN and SAN) signed by the server "
         "or client CA; write OUT/cert.pem and OUT/key.pem (mode 0600) and record the "
         "certificate in the state store.",
     )
     add_dir_argument(issue)
-    issue.add_argument("--kind", required=True, choices=CertKind.ALL,
-                       help="server: signed by the server CA, for serverAuth (amphora agents); "
-                       "client: signed by the client CA, for clientAuth (the controller)")
-    issue.add_argument("--cn", required=True, metavar="NAME",
-                       help="common name, also the DNS subject alternative name")
-    issue.add_argument("--ip", action="append", metavar="IP",
-                       help="IP address added to the subject alternative names (repeatable)")
-    issue.add_argument("--out", required=True, metavar="OUT",
-                       help="directory to write cert.pem and key.pem to (created if missing)")
-    issue.add_argument("--validity-days", type=int, metavar="DAYS",
-                       help="days the certificate is valid (default: [certificates] validity_days)")
-    issue.add_argument("--key-type", choices=KEY_TYPES,
-                       help="key type (default: [certificates] key_type, ec-p256)")
+    issue.add_argument(
+        "--kind",
+        required=True,
+        choices=CertKind.ALL,
+        help="server: signed by the server CA, for serverAuth (amphora agents); "
+        "client: signed by the client CA, for clientAuth (the controller)",
+    )
+    issue.add_argument(
+        "--cn",
+        required=True,
+        metavar="NAME",
+        help="common name, also the DNS subject alternative name",
+    )
+    issue.add_argument(
+        "--ip",
+        action="append",
+        metavar="IP",
+        help="IP address added to the subject alternative names (repeatable)",
+    )
+    issue.add_argument(
+        "--out",
+        required=True,
+        metavar="OUT",
+        help="directory to write cert.pem and key.pem to (created if missing)",
+    )
+    issue.add_argument(
+        "--validity-days",
+        type=int,
+        metavar="DAYS",
+        help="days the certificate is valid (default: [certificates] validity_days)",
+    )
+    issue.add_argument(
+        "--key-type", choices=KEY_TYPES, help="key type (default: [certificates] key_type, ec-p256)"
+    )
     issue.add_argument("--force", action="store_true", help="replace OUT/cert.pem and OUT/key.pem")
     add_passphrase_argument(issue)
     issue.set_defaults(func=_issue)
@@ -167,18 +203,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "status (active, superseded, revoked) and amphora.",
     )
     listing.add_argument("--kind", choices=CertKind.ALL, help="only this kind")
-    listing.add_argument("--status", choices=("active", "superseded", "revoked"),
-                         help="only certificates in this status")
+    listing.add_argument(
+        "--status",
+        choices=("active", "superseded", "revoked"),
+        help="only certificates in this status",
+    )
     listing.set_defaults(func=_list)
 
     revoke = commands.add_parser(
         "revoke",
+        allow_abbrev=False,
         help="revoke a certificate and publish its CA's CRL",
         description="Record the certificate with serial SERIAL as revoked and publish the CRL "
         "of the CA that issued it (DIR/server_ca_crl.pem or DIR/client_ca_crl.pem), which "
         "'openssl verify -crl_check' and TLS peers use to refuse it.",
     )
-    revoke.add_argument("serial", metavar="SERIAL", help="serial number, hexadecimal (see 'cert list')")
+    revoke.add_argument(
+        "serial", metavar="SERIAL", help="serial number, hexadecimal (see 'cert list')"
+    )
     add_dir_argument(revoke)
     add_passphrase_argument(revoke)
     revoke.set_defaults(func=_revoke)

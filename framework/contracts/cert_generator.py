@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from keramos.framework.contracts.base import Driver
 
@@ -78,3 +78,12 @@ class CertGenerator(Driver):
     @abc.abstractmethod
     def ca_certificate(self, kind: str) -> bytes:
         """Return the PEM certificate of the ``kind`` CA (what peers verify against)."""
+
+    @abc.abstractmethod
+    def publish_crl(self, kind: str, revoked: Mapping[str, dt.datetime]) -> bytes:
+        """Build the ``kind`` CA's CRL listing ``revoked`` and publish it; return it as PEM.
+
+        ``revoked`` maps every revoked serial of that CA (lower-case hexadecimal) to its
+        revocation time: the CRL is rebuilt whole each time, so publishing is idempotent.
+        Raises :class:`keramos.framework.errors.DriverError` when it cannot be published.
+        """
