@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -435,6 +436,12 @@ class Connection(base.Connection):
         return iter([_to_atom(atom_type, data) for _parent, atom_type, data in rows])
 
 
+def make_sqlite_directory(url: sa.engine.URL) -> None:
+    """Create the directory of a SQLite database file (0700), so a first start just works."""
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        os.makedirs(os.path.dirname(os.path.abspath(url.database)), mode=0o700, exist_ok=True)
+
+
 def get_backend(connection: str, synchronous: str = "normal") -> LeanSQLBackend:
     """Return a :class:`LeanSQLBackend` for a SQLAlchemy URL, tables created.
 
@@ -446,8 +453,80 @@ def get_backend(connection: str, synchronous: str = "normal") -> LeanSQLBackend:
     """
     backend = LeanSQLBackend({"connection": connection, "synchronous": synchronous})
     try:
+        make_sqlite_directory(backend.engine.url)
         backend.upgrade()
     except BaseException:
         backend.close()
         raise
     return backend
+
+
+class VolatileBackend(base.Backend):
+    """A backend that keeps nothing: for flows run without durability.
+
+    taskflow's engine keeps every detail in memory anyway; its own memory backend copies and
+    re-validates a tree of paths on every save, which costs more than the flow itself. Saves
+    here return what they are given; lookups find nothing.
+    """
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self._connection = _VolatileConnection(self)
+
+    def get_connection(self) -> _VolatileConnection:
+        """The one, stateless, connection."""
+        return self._connection
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class _VolatileConnection(base.Connection):
+    def __init__(self, backend: VolatileBackend) -> None:
+        self._backend = backend
+
+    @property
+    def backend(self) -> VolatileBackend:
+        return self._backend
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def validate(self) -> None:
+        """Always usable."""
+
+    def upgrade(self) -> None:
+        """No schema."""
+
+    def clear_all(self) -> None:
+        """Nothing is kept."""
+
+    def update_atom_details(self, atom_detail: models.AtomDetail) -> models.AtomDetail:
+        return atom_detail
+
+    def update_flow_details(self, flow_detail: models.FlowDetail) -> models.FlowDetail:
+        return flow_detail
+
+    def save_logbook(self, book: models.LogBook) -> models.LogBook:
+        return book
+
+    def destroy_logbook(self, book_uuid: str) -> None:
+        """Nothing is kept."""
+
+    def get_logbook(self, book_uuid: str, lazy: bool = False) -> models.LogBook:
+        raise exc.NotFound(f"No logbook found with uuid '{book_uuid}' (nothing is kept)")
+
+    def get_logbooks(self, lazy: bool = False) -> Iterator[models.LogBook]:
+        return iter(())
+
+    def get_flows_for_book(self, book_uuid: str, lazy: bool = False) -> Iterator[models.FlowDetail]:
+        return iter(())
+
+    def get_flow_details(self, fd_uuid: str, lazy: bool = False) -> models.FlowDetail:
+        raise exc.NotFound(f"No flow details found with uuid '{fd_uuid}' (nothing is kept)")
+
+    def get_atom_details(self, ad_uuid: str) -> models.AtomDetail:
+        raise exc.NotFound(f"No atom details found with uuid '{ad_uuid}' (nothing is kept)")
+
+    def get_atoms_for_flow(self, fd_uuid: str) -> Iterator[models.AtomDetail]:
+        return iter(())

@@ -19,9 +19,8 @@ from typing import Any, Protocol
 import futurist
 from oslo_config import cfg
 from oslo_log import log as logging
-from taskflow import engines
+from taskflow import engines, states
 from taskflow import exceptions as tf_exceptions
-from taskflow import states
 from taskflow.persistence import models
 from taskflow.types import notifier as tf_notifier
 
@@ -36,6 +35,7 @@ from keramos.framework.errors import (
     UnknownEvent,
     describe,
 )
+from keramos.framework.persistence import VolatileBackend
 from keramos.framework.records import TaskRecord, TaskState, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -105,7 +105,8 @@ def _version_compatible(served: str, asked: str) -> bool:
 class FlowRunner:
     """Runs the flows of one worker (or one CLI or test process).
 
-    ``backend`` is a taskflow persistence backend, or ``None`` to run without durability.
+    ``backend`` is a taskflow persistence backend, or ``None`` to run without durability
+    (then nothing about a run outlives it).
     ``progress`` receives the task state changes of every run (unless a run names its own).
     The runner owns the thread pool the parallel engine shares between runs.
     """
@@ -125,7 +126,8 @@ class FlowRunner:
         self.drivers = drivers
         self.flows = dict(flows)
         self.sink = sink or LogSink()
-        self.backend = backend
+        self.backend = backend if backend is not None else VolatileBackend()
+        self.durable = backend is not None
         self._executor: futurist.ThreadPoolExecutor | None = None
         if conf.worker.engine == "parallel":
             self._executor = futurist.ThreadPoolExecutor(max_workers=conf.worker.max_parallel_tasks)
@@ -134,8 +136,7 @@ class FlowRunner:
         """Stop the shared thread pool and the persistence backend."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
-        if self.backend is not None:
-            self.backend.close()
+        self.backend.close()
 
     def validate(self, envelope: Any) -> Job:
         """Check a cast's envelope and payload; raise :class:`InvalidEvent` naming the problem."""
@@ -231,8 +232,6 @@ class FlowRunner:
         options: dict[str, Any] = {"engine": self.conf.worker.engine}
         if self._executor is not None:
             options["executor"] = self._executor
-        if self.backend is None:
-            return engines.load(flow, store=job.store, **options)
         return engines.load(
             flow,
             store=None if resume else job.store,
@@ -243,7 +242,7 @@ class FlowRunner:
         )
 
     def _forget(self, book) -> None:
-        if self.backend is None or book is None or self.conf.persistence.keep_completed:
+        if not self.durable or book is None or self.conf.persistence.keep_completed:
             return
         with contextlib.closing(self.backend.get_connection()) as connection:
             connection.destroy_logbook(book.uuid)
@@ -272,7 +271,7 @@ class FlowRunner:
         resume = flow_detail is not None
         on_progress = on_progress or self.progress
         try:
-            if self.backend is not None and flow_detail is None:
+            if flow_detail is None:
                 book, flow_detail = self._new_flow_detail(job)
             engine = self._load_engine(job, book, flow_detail, resume=resume)
             if on_progress is not None:
@@ -321,7 +320,7 @@ class FlowRunner:
 
     def unfinished(self, owner: str) -> list[tuple[Job, Any, Any]]:
         """The persisted flows ``owner`` started and did not finish, oldest first."""
-        if self.backend is None:
+        if not self.durable:
             return []
         found = []
         with contextlib.closing(self.backend.get_connection()) as connection:

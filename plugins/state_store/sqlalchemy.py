@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -16,6 +15,7 @@ from oslo_config import cfg
 
 from keramos.framework.contracts import StateStore
 from keramos.framework.errors import ConfigError, NotFound
+from keramos.framework.persistence import make_sqlite_directory
 from keramos.framework.records import RECORD_TYPES, Record, utcnow
 from keramos.plugins.state_store import check_changes, field_types
 
@@ -89,10 +89,7 @@ class SQLAlchemyStateStore(StateStore):
     def __init__(self, conf: cfg.ConfigOpts, *, url: str | None = None) -> None:
         super().__init__(conf)
         self.url = url or conf.state_store.connection
-        parsed = parse_url(self.url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            directory = os.path.dirname(os.path.abspath(parsed.database))
-            os.makedirs(directory, mode=0o700, exist_ok=True)
+        make_sqlite_directory(parse_url(self.url))
         self.engine = make_engine(self.url)
         try:
             METADATA.create_all(self.engine)
