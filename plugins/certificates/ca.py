@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import ipaddress
 import os
 import re
@@ -109,6 +110,25 @@ class CertificateAuthority:
     private_key: PrivateKey
     certificate_pem: bytes
 
+    @functools.cached_property
+    def not_valid_before(self) -> dt.datetime:
+        """Start of the CA certificate's validity (UTC)."""
+        return self.certificate.not_valid_before_utc
+
+    @functools.cached_property
+    def not_valid_after(self) -> dt.datetime:
+        """End of the CA certificate's validity (UTC)."""
+        return self.certificate.not_valid_after_utc
+
+    @functools.cached_property
+    def authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
+        """The extension naming this CA in what it signs (certificates and CRLs)."""
+        try:
+            ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        except x509.ExtensionNotFound:
+            return x509.AuthorityKeyIdentifier.from_issuer_public_key(self.certificate.public_key())
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value)
+
     @classmethod
     def create(
         cls,
@@ -196,8 +216,7 @@ class CertificateAuthority:
 
     def check_validity(self, now: dt.datetime) -> None:
         """Raise :class:`~errors.CAValidityError` unless the CA certificate is valid at ``now``."""
-        not_before = self.certificate.not_valid_before_utc
-        not_after = self.certificate.not_valid_after_utc
+        not_before, not_after = self.not_valid_before, self.not_valid_after
         if now < not_before:
             raise errors.CAValidityError(
                 f"{self.kind} CA certificate is not valid yet (valid from {not_before.isoformat()})"
@@ -224,8 +243,9 @@ class CertificateAuthority:
         check_common_name(common_name)
         extra_names = _ip_addresses(ip_addresses)
         key = generate_private_key(key_type)
-        certificate = self._sign_leaf(common_name, key.public_key(), extra_names, validity, now)
-        return self._issued(certificate, private_key_pem(key))
+        return self._sign_leaf(
+            common_name, key.public_key(), private_key_pem(key), extra_names, validity, now
+        )
 
     def sign_csr(
         self,
@@ -243,8 +263,7 @@ class CertificateAuthority:
         check_common_name(expected_common_name)
         csr = _load_csr(csr_pem)
         _check_csr_identity(csr, expected_common_name)
-        certificate = self._sign_leaf(expected_common_name, csr.public_key(), [], validity, now)
-        return self._issued(certificate, None)
+        return self._sign_leaf(expected_common_name, csr.public_key(), None, [], validity, now)
 
     def crl(
         self,
@@ -256,15 +275,12 @@ class CertificateAuthority:
         """A PEM CRL of this CA listing the ``revoked`` serials (hex) and their revocation times."""
         now = now or utcnow()
         self.check_validity(now)
-        ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self.certificate.subject)
             .last_update(now)
             .next_update(now + next_update)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
-            )
+            .add_extension(self.authority_key_identifier, critical=False)
             .add_extension(x509.CRLNumber(int(now.timestamp() * 1000)), critical=False)
         )
         for serial, revoked_at in sorted(revoked.items()):
@@ -285,20 +301,19 @@ class CertificateAuthority:
         self,
         common_name: str,
         public_key,
+        key_pem: bytes | None,
         extra_names: list[x509.GeneralName],
         validity: dt.timedelta,
         now: dt.datetime | None,
-    ) -> x509.Certificate:
+    ) -> IssuedCertificate:
         now = now or utcnow()
         self.check_validity(now)
         if validity <= dt.timedelta(0):
             raise DriverError(f"certificate validity must be positive, not {validity}")
-        not_before = max(now - CLOCK_SKEW, self.certificate.not_valid_before_utc)
-        not_after = min(now + validity, self.certificate.not_valid_after_utc)
+        not_before = max(now - CLOCK_SKEW, self.not_valid_before)
+        # Certificates carry whole seconds: what is recorded must be what is signed.
+        not_after = min(now + validity, self.not_valid_after).replace(microsecond=0)
         server = self.kind == CertKind.SERVER
-        ca_ski = self.certificate.extensions.get_extension_for_class(
-            x509.SubjectKeyIdentifier
-        ).value
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
@@ -333,22 +348,16 @@ class CertificateAuthority:
                 critical=False,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-                critical=False,
-            )
+            .add_extension(self.authority_key_identifier, critical=False)
         )
-        return builder.sign(self.private_key, hash_for(self.private_key))
-
-    def _issued(self, certificate: x509.Certificate, key_pem: bytes | None) -> IssuedCertificate:
-        common_name = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        certificate = builder.sign(self.private_key, hash_for(self.private_key))
         return IssuedCertificate(
             certificate_pem=certificate.public_bytes(serialization.Encoding.PEM),
             private_key_pem=key_pem,
             serial=serial_hex(certificate.serial_number),
             kind=self.kind,
-            subject=str(common_name),
-            not_after=certificate.not_valid_after_utc,
+            subject=common_name,
+            not_after=not_after,
             ca_certificate_pem=self.certificate_pem,
         )
 

@@ -128,6 +128,7 @@ def test_server_certificate_has_name_ips_and_server_usage(authorities):
     assert usage.digital_signature and not usage.key_cert_sign
     assert not certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert issued.kind == "server" and issued.subject == "amp-42"
+    assert issued.not_after == certificate.not_valid_after_utc
     assert issued.private_key_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
     certificate.verify_directly_issued_by(authorities[CertKind.SERVER].certificate)
 

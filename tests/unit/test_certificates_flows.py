@@ -18,10 +18,17 @@ from keramos.framework.contracts import CertKind
 from keramos.framework.errors import DriverError, NotFound, PayloadError
 from keramos.framework.loader import load_flow_classes
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord, utcnow
+from keramos.framework.testing import InProcessWorker
 from keramos.plugins.certificates import errors
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from certs_helpers import UnreachableAmphora, make_csr, make_drivers  # noqa: E402
+from certs_helpers import (  # noqa: E402
+    UnreachableAmphora,
+    make_csr,
+    make_drivers,
+    make_generator,
+    make_store,
+)
 
 
 def run(factory_class, drivers, payload) -> dict:
@@ -70,18 +77,14 @@ def test_issue_stores_the_bundle_and_records_the_certificate(drivers):
 
 def test_issue_for_the_controller_uses_the_client_ca(drivers):
     result = run(IssueCertificate, drivers, {"common_name": "controller-1", "kind": "client"})
-    certificate = x509.load_pem_x509_certificate(
-        result["issued_certificate"]["certificate_pem"].encode()
-    )
+    certificate = x509.load_pem_x509_certificate(result["issued_certificate"]["certificate_pem"].encode())
     certificate.verify_directly_issued_by(
         x509.load_pem_x509_certificate(drivers.cert_generator.ca_certificate(CertKind.CLIENT))
     )
 
 
 def test_issue_from_a_csr_keeps_no_key(drivers):
-    result = run(
-        IssueCertificate, drivers, {"common_name": "amp-9", "csr_pem": make_csr("amp-9").decode()}
-    )
+    result = run(IssueCertificate, drivers, {"common_name": "amp-9", "csr_pem": make_csr("amp-9").decode()})
     assert drivers.cert_manager.get(result["issued_certificate"]["cert_ref"]).private_key is None
 
 
@@ -113,9 +116,7 @@ def test_issue_payload_is_checked():
 
 
 def _amphora_with_certificate(drivers) -> str:
-    drivers.state_store.save(
-        AmphoraRecord(amphora_id="amp-1", status=AmphoraStatus.READY, address="192.0.2.10")
-    )
+    drivers.state_store.save(AmphoraRecord(amphora_id="amp-1", status=AmphoraStatus.READY, address="192.0.2.10"))
     issued = run(IssueCertificate, drivers, {"common_name": "amp-1", "amphora_id": "amp-1"})
     return issued["issued_certificate"]["serial"]
 
@@ -153,9 +154,7 @@ def test_rotate_failing_on_the_push_keeps_the_old_certificate_in_place_and_recor
 
 def test_rotate_failing_after_the_push_reinstalls_the_old_certificate(drivers, monkeypatch):
     old_serial = _amphora_with_certificate(drivers)
-    old_bundle = drivers.cert_manager.get(
-        drivers.state_store.get(CertificateRecord, old_serial).cert_ref
-    )
+    old_bundle = drivers.cert_manager.get(drivers.state_store.get(CertificateRecord, old_serial).cert_ref)
     real_update = drivers.state_store.update
 
     def failing_update(record_type, key, **changes):
@@ -244,3 +243,18 @@ def test_due_for_rotation_is_bounded_soonest_first_and_skips_others(drivers):
     ]
     assert [r.serial for r in certificates_due_for_rotation(store, now, window, 2)] == ["b", "c"]
     assert certificates_due_for_rotation(store, now, window, 0) == []
+
+
+def test_flows_run_through_the_worker_runner(tmp_path):
+    generator, store = make_generator(tmp_path), make_store(tmp_path)
+    failing = UnreachableAmphora(make_conf(config_files=[]))
+    with InProcessWorker(cert_generator=generator, cert_manager=store, amphora=failing) as worker:
+        worker.state_store.save(AmphoraRecord(amphora_id="amp-1", address="192.0.2.10"))
+        issued = worker.run("issue_certificate", {"common_name": "amp-1", "amphora_id": "amp-1"})
+        serial = issued["issued_certificate"]["serial"]
+        with pytest.raises(DriverError, match="unreachable"):
+            worker.run("rotate_certificate", {"amphora_id": "amp-1"})
+        assert [r.serial for r in worker.state_store.find(CertificateRecord)] == [serial]
+        revoked = worker.run("revoke_certificate", {"serial": serial})
+        assert revoked["kind"] == "server"
+        assert worker.state_store.get(CertificateRecord, serial).status == "revoked"
