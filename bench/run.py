@@ -1,0 +1,46 @@
+"""Run every Keramos benchmark and print one table.
+
+Each row compares Keramos with the raw library underneath, measured in the same run; ``ratio``
+is Keramos over raw. ``python bench/run.py [--only NAME ...] [--quick]``; NAME is a module
+suffix (``rpc``, ``runner``, ``persistence``, ...). Progress goes to stderr, the table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import format_table  # noqa: E402
+
+#: module suffix -> (arguments for a full run, arguments for --quick)
+BENCHMARKS: dict[str, tuple[dict, dict]] = {
+    "rpc": ({"casts": 3000}, {"casts": 500}),
+    "runner": ({"duration": 3.0}, {"duration": 1.0}),
+    "persistence": ({"duration": 3.0}, {"duration": 1.0}),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), metavar="NAME")
+    parser.add_argument("--quick", action="store_true", help="smaller samples, noisier numbers")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    table = []
+    for name in args.only or BENCHMARKS:
+        full, quick = BENCHMARKS[name]
+        module = importlib.import_module(f"bench_{name}")
+        table += module.rows(**(quick if args.quick else full))
+    print(format_table(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
