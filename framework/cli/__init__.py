@@ -19,7 +19,9 @@ from keramos.framework.errors import KeramosError
 from keramos.framework.warnings_filter import silence_dependency_warnings
 
 #: Command modules under keramos.framework.cli, in the order --help lists them.
-COMMAND_MODULES: tuple[str, ...] = ("demo", "run", "cast", "status", "drivers", "ca", "cert")
+COMMAND_MODULES: tuple[str, ...] = (
+    "demo", "run", "cast", "status", "drivers", "ca", "cert", "image"
+)
 
 
 def _conf_factory(args: argparse.Namespace):

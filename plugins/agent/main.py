@@ -26,7 +26,8 @@ from keramos.plugins.agent.server import create_app
 list_opts = options.list_opts
 
 
-def _tls_context_factory(conf: Any, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+def tls_context(conf: Any, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    """gunicorn's ``ssl_context`` hook: its context, TLS 1.2 at least, client certificate required."""
     context = default_factory()
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED
@@ -61,7 +62,7 @@ class AgentApplication(BaseApplication):
             "keyfile": group.server_key or group.server_cert,
             "ca_certs": group.client_ca,
             "cert_reqs": ssl.CERT_REQUIRED,
-            "ssl_context": _tls_context_factory,
+            "ssl_context": tls_context,
             "worker_class": "gthread",
             "workers": group.workers,
             "threads": group.threads,
