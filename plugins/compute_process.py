@@ -133,6 +133,11 @@ class ProcessCompute(ComputeDriver):
         self.stop_timeout = group.stop_timeout
         if not os.access(self.python, os.X_OK):
             raise ConfigError(f"[{GROUP}] python: {self.python} is not executable")
+        if shutil.which(self.haproxy_binary) is None:
+            raise ConfigError(
+                f"[{GROUP}] haproxy_binary: {self.haproxy_binary} not found "
+                "(install the Debian package haproxy)"
+            )
         try:
             os.makedirs(self.instances_dir, mode=0o700, exist_ok=True)
         except OSError as error:

@@ -155,6 +155,14 @@ def test_pushed_config_serves_traffic_and_is_versioned(deployment):
 
         assert deployment.push(second) == {"running_version": 2}
         wait_for_body(deployment, b"second backend\n")
+
+        for endpoint in deployment.endpoints.values():
+            assert "stopped" in deployment.rest.action(endpoint, LB_ID, "stop")
+        assert port_refuses(deployment.listener_port)
+        for endpoint in deployment.endpoints.values():
+            assert "started" in deployment.rest.action(endpoint, LB_ID, "start")
+            assert "already running" in deployment.rest.action(endpoint, LB_ID, "start")
+        wait_for_body(deployment, b"second backend\n")
         record = deployment.worker.state_store.get(LoadBalancerRecord, LB_ID)
         assert record.running_version == 2 and f":{second} " in record.config
 

@@ -264,3 +264,24 @@ def test_haproxy_is_only_ever_run_with_argument_lists(client, monkeypatch):
     assert calls
     for args, shell in calls:
         assert isinstance(args, list) and shell is False
+
+
+def test_details_add_load_memory_disk_and_process_count(client):
+    push(client)
+    details = client.get("/1.0/details").get_json()
+    assert details["api_version"] == "1.0" and details["amphora_id"] == AMPHORA_ID
+    assert len(details["load"]) == 3
+    assert details["disk"]["available"] > 0
+    assert details["haproxy_count"] == 0
+    assert LB_ID in details["loadbalancers"]
+
+
+def test_a_deleted_load_balancer_keeps_its_version_so_stale_pushes_stay_refused(client):
+    push(client, CONFIG, "4")
+    assert client.delete(f"/1.0/loadbalancer/{LB_ID}").status_code == 200
+    assert_json_error(client.get(f"/1.0/loadbalancer/{LB_ID}/haproxy"), 404)
+    assert client.get("/1.0/info").get_json()["loadbalancers"][LB_ID]["config_version"] == 4
+    assert_json_error(push(client, CONFIG, "3"), 409)
+    assert_json_error(push(client, CONFIG, "4"), 409)
+    assert push(client, CONFIG, "5").status_code == 202
+    assert client.delete("/1.0/loadbalancer/never-pushed").status_code == 200
