@@ -62,9 +62,7 @@ def crl_path(directory: str, kind: str) -> str:
 
 def _checked_kind(kind: str) -> str:
     if kind not in CertKind.ALL:
-        raise DriverError(
-            f"certificate kind must be one of {', '.join(CertKind.ALL)}, not {kind!r}"
-        )
+        raise DriverError(f"certificate kind must be one of {', '.join(CertKind.ALL)}, not {kind!r}")
     return kind
 
 
@@ -172,9 +170,7 @@ class CertificateAuthority:
                 critical=True,
             )
             .add_extension(ski, critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
-            )
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
             .sign(key, hash_for(key))
         )
         return cls(kind, certificate, key, certificate.public_bytes(serialization.Encoding.PEM))
@@ -203,13 +199,9 @@ class CertificateAuthority:
         except x509.ExtensionNotFound:
             is_ca = False
         if not is_ca:
-            raise errors.CAUnusable(
-                f"{cert_path} is not a CA certificate (basicConstraints CA:FALSE)"
-            )
+            raise errors.CAUnusable(f"{cert_path} is not a CA certificate (basicConstraints CA:FALSE)")
         if not key_matches(certificate, key):
-            raise errors.CAKeyMismatch(
-                f"{key_path} is not the key of the {kind} CA certificate {cert_path}"
-            )
+            raise errors.CAKeyMismatch(f"{key_path} is not the key of the {kind} CA certificate {cert_path}")
         authority = cls(kind, certificate, key, cert_data)
         authority.check_validity(now or utcnow())
         return authority
@@ -222,9 +214,7 @@ class CertificateAuthority:
                 f"{self.kind} CA certificate is not valid yet (valid from {not_before.isoformat()})"
             )
         if now >= not_after:
-            raise errors.CAValidityError(
-                f"{self.kind} CA certificate expired on {not_after.isoformat()}"
-            )
+            raise errors.CAValidityError(f"{self.kind} CA certificate expired on {not_after.isoformat()}")
 
     def key_pem(self, passphrase: bytes) -> bytes:
         """This CA's key as PEM encrypted with ``passphrase``."""
@@ -243,9 +233,7 @@ class CertificateAuthority:
         check_common_name(common_name)
         extra_names = _ip_addresses(ip_addresses)
         key = generate_private_key(key_type)
-        return self._sign_leaf(
-            common_name, key.public_key(), private_key_pem(key), extra_names, validity, now
-        )
+        return self._sign_leaf(common_name, key.public_key(), private_key_pem(key), extra_names, validity, now)
 
     def sign_csr(
         self,
@@ -289,10 +277,7 @@ class CertificateAuthority:
             except ValueError:
                 raise DriverError(f"serial {serial!r} is not hexadecimal") from None
             builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder()
-                .serial_number(number)
-                .revocation_date(revoked_at)
-                .build()
+                x509.RevokedCertificateBuilder().serial_number(number).revocation_date(revoked_at).build()
             )
         crl = builder.sign(self.private_key, hash_for(self.private_key))
         return crl.public_bytes(serialization.Encoding.PEM)
@@ -338,9 +323,7 @@ class CertificateAuthority:
                 critical=True,
             )
             .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
                 critical=False,
             )
             .add_extension(
@@ -367,9 +350,7 @@ def _read_ca_file(path: str, kind: str) -> bytes:
         with open(path, "rb") as stream:
             return stream.read()
     except FileNotFoundError:
-        raise errors.CAUnusable(
-            f"no {kind} CA file {path}; create the CAs with 'keramos ca init'"
-        ) from None
+        raise errors.CAUnusable(f"no {kind} CA file {path}; create the CAs with 'keramos ca init'") from None
     except OSError as error:
         raise errors.CAUnusable(f"cannot read {kind} CA file {path}: {error.strerror}") from None
 
@@ -380,9 +361,7 @@ def _load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
     except ValueError as error:
-        raise errors.MalformedPEM(
-            f"CSR is not a PEM certificate signing request ({error})"
-        ) from None
+        raise errors.MalformedPEM(f"CSR is not a PEM certificate signing request ({error})") from None
     try:
         valid = csr.is_signature_valid
         public_key = csr.public_key()
@@ -395,10 +374,7 @@ def _load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
             raise errors.CSRRejected(
                 f"CSR carries a {public_key.key_size}-bit RSA key; at least {_MIN_RSA_BITS} needed"
             )
-    elif not (
-        isinstance(public_key, ec.EllipticCurvePublicKey)
-        and isinstance(public_key.curve, _ACCEPTED_CURVES)
-    ):
+    elif not (isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(public_key.curve, _ACCEPTED_CURVES)):
         raise errors.CSRRejected("CSR key must be RSA (2048 bits or more) or EC P-256/P-384/P-521")
     return csr
 
@@ -415,9 +391,23 @@ def _check_csr_identity(csr: x509.CertificateSigningRequest, expected: str) -> N
         return
     others = [str(getattr(name, "value", name)) for name in san if name != x509.DNSName(expected)]
     if others:
-        raise errors.IdentityMismatch(
-            f"CSR asks for names other than {expected!r}: {', '.join(others)}"
-        )
+        raise errors.IdentityMismatch(f"CSR asks for names other than {expected!r}: {', '.join(others)}")
+
+
+def published_revocations(path: str, authority: CertificateAuthority) -> dict[str, dt.datetime]:
+    """The serials (hex) and revocation times listed by the CRL at ``path``.
+
+    Empty when there is no CRL yet, or when it does not parse or was not signed by
+    ``authority`` (a CA replaced with ``--force`` starts a new CRL).
+    """
+    try:
+        with open(path, "rb") as stream:
+            crl = x509.load_pem_x509_crl(stream.read())
+    except (FileNotFoundError, ValueError):
+        return {}
+    if crl.issuer != authority.certificate.subject or not crl.is_signature_valid(authority.certificate.public_key()):
+        return {}
+    return {serial_hex(entry.serial_number): entry.revocation_date_utc for entry in crl}
 
 
 def create_dual_ca(
@@ -436,9 +426,7 @@ def create_dual_ca(
     """
     check_passphrase(passphrase)
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    paths = [
-        p(directory, kind) for kind in CertKind.ALL for p in (ca_certificate_path, ca_key_path)
-    ]
+    paths = [p(directory, kind) for kind in CertKind.ALL for p in (ca_certificate_path, ca_key_path)]
     existing = [path for path in paths if os.path.exists(path)]
     if existing and not force:
         raise errors.CAExists(
@@ -446,8 +434,7 @@ def create_dual_ca(
             "use --force to replace them (every certificate they issued stops verifying)"
         )
     authorities = {
-        kind: CertificateAuthority.create(kind, key_type=key_type, validity=validity)
-        for kind in CertKind.ALL
+        kind: CertificateAuthority.create(kind, key_type=key_type, validity=validity) for kind in CertKind.ALL
     }
     files: dict[str, tuple[bytes, int]] = {}
     for kind, authority in authorities.items():
@@ -462,15 +449,10 @@ def load_dual_ca(
 ) -> dict[str, CertificateAuthority]:
     """Load both CAs from ``directory`` and check that they are really two different CAs."""
     check_passphrase(passphrase)
-    authorities = {
-        kind: CertificateAuthority.load(directory, kind, passphrase, now=now)
-        for kind in CertKind.ALL
-    }
+    authorities = {kind: CertificateAuthority.load(directory, kind, passphrase, now=now) for kind in CertKind.ALL}
     server, client = authorities[CertKind.SERVER], authorities[CertKind.CLIENT]
     if server.certificate.public_key() == client.certificate.public_key():
-        raise errors.CAUnusable(
-            f"the server CA and the client CA in {directory} share one key; they must differ"
-        )
+        raise errors.CAUnusable(f"the server CA and the client CA in {directory} share one key; they must differ")
     return authorities
 
 

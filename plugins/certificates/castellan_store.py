@@ -70,13 +70,9 @@ class CastellanCertManager(CertManager):
             self._exception.AuthTypeInvalidError,
             self._exception.InsufficientCredentialDataError,
         ) as error:
-            raise ConfigError(
-                f"castellan credentials: {error}; set [key_manager] auth_type and its options"
-            ) from None
+            raise ConfigError(f"castellan credentials: {error}; set [key_manager] auth_type and its options") from None
         except (ImportError, RuntimeError, cfg.Error) as error:
-            raise ConfigError(
-                f"castellan key manager [key_manager] backend cannot be loaded: {error}"
-            ) from None
+            raise ConfigError(f"castellan key manager [key_manager] backend cannot be loaded: {error}") from None
         self.name_prefix: str = conf.cert_manager_castellan.secret_name_prefix
 
     @contextmanager
@@ -85,17 +81,13 @@ class CastellanCertManager(CertManager):
         try:
             yield
         except exception.ManagedObjectNotFoundError:
-            raise errors.BundleNotFound(
-                f"no certificate bundle {ref} in the secret store"
-            ) from None
+            raise errors.BundleNotFound(f"no certificate bundle {ref} in the secret store") from None
         except (
             exception.Forbidden,
             exception.InsufficientCredentialDataError,
             exception.AuthTypeInvalidError,
         ) as error:
-            raise errors.Forbidden(
-                f"the secret store refused to {action} certificate bundle {ref}: {error}"
-            ) from None
+            raise errors.Forbidden(f"the secret store refused to {action} certificate bundle {ref}: {error}") from None
         except (exception.KeyManagerError, ConnectionError, TimeoutError) as error:
             raise errors.StoreUnreachable(
                 f"cannot {action} certificate bundle {ref}: secret store error: {error}"
@@ -112,9 +104,7 @@ class CastellanCertManager(CertManager):
             "intermediates": [item.decode() for item in bundle.intermediates],
             "private_key": None if bundle.private_key is None else bundle.private_key.decode(),
             "private_key_passphrase": (
-                None
-                if bundle.private_key_passphrase is None
-                else bundle.private_key_passphrase.decode()
+                None if bundle.private_key_passphrase is None else bundle.private_key_passphrase.decode()
             ),
         }
         secret = self._castellan["opaque_data"].OpaqueData(
@@ -132,9 +122,7 @@ class CastellanCertManager(CertManager):
             passphrase = document["private_key_passphrase"]
             certificate = document["certificate"].encode()
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise errors.MalformedPEM(
-                f"secret {ref} is not a Keramos certificate bundle (malformed content)"
-            ) from None
+            raise errors.MalformedPEM(f"secret {ref} is not a Keramos certificate bundle (malformed content)") from None
         load_certificate(certificate, what=f"certificate of bundle {ref}")
         return CertificateBundle(
             certificate=certificate,

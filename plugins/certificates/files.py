@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
@@ -54,3 +55,14 @@ def write_all_atomic(files: Mapping[str, tuple[bytes, int]]) -> None:
         for temp_path in written.values():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp_path)
+
+
+@contextlib.contextmanager
+def locked(path: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created 0600 if missing) for the block."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

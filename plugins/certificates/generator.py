@@ -9,14 +9,20 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import threading
 from collections.abc import Mapping, Sequence
 
 from oslo_config import cfg
 
 from keramos.framework.contracts import CertGenerator, CertKind, IssuedCertificate
 from keramos.framework.errors import ConfigError, DriverError
-from keramos.plugins.certificates.ca import CertificateAuthority, crl_path, load_dual_ca
-from keramos.plugins.certificates.files import PUBLIC_MODE, write_atomic
+from keramos.plugins.certificates.ca import (
+    CertificateAuthority,
+    crl_path,
+    load_dual_ca,
+    published_revocations,
+)
+from keramos.plugins.certificates.files import PUBLIC_MODE, locked, write_atomic
 from keramos.plugins.certificates.keys import DEFAULT_KEY_TYPE, KEY_TYPES
 
 GROUP = "certificates"
@@ -92,9 +98,7 @@ def parse_duration(value: str) -> dt.timedelta:
     """Parse ``'86400'`` (seconds), ``'86400s'`` or ``'30d'`` (days) into a timedelta."""
     match = re.fullmatch(r"\s*(\d+)\s*([sd]?)\s*", str(value))
     if not match:
-        raise ConfigError(
-            f"duration {value!r} is neither seconds ('86400') nor days with a 'd' suffix ('30d')"
-        )
+        raise ConfigError(f"duration {value!r} is neither seconds ('86400') nor days with a 'd' suffix ('30d')")
     amount, unit = int(match.group(1)), match.group(2)
     return dt.timedelta(days=amount) if unit == "d" else dt.timedelta(seconds=amount)
 
@@ -122,9 +126,7 @@ def configured_passphrase(conf: cfg.ConfigOpts) -> bytes | None:
     register_opts(conf)
     group = conf.certificates
     if group.ca_passphrase and group.ca_passphrase_file:
-        raise ConfigError(
-            "[certificates] ca_passphrase and ca_passphrase_file are both set; keep one"
-        )
+        raise ConfigError("[certificates] ca_passphrase and ca_passphrase_file are both set; keep one")
     if group.ca_passphrase_file:
         return read_passphrase_file(group.ca_passphrase_file)
     if group.ca_passphrase:
@@ -144,22 +146,19 @@ class LocalCertGenerator(CertGenerator):
         group = conf.certificates
         passphrase = passphrase if passphrase is not None else configured_passphrase(conf)
         if not passphrase:
-            raise ConfigError(
-                "no CA passphrase: set [certificates] ca_passphrase_file (or ca_passphrase)"
-            )
+            raise ConfigError("no CA passphrase: set [certificates] ca_passphrase_file (or ca_passphrase)")
         self.ca_dir: str = group.ca_dir
         self.key_type: str = group.key_type
         self.validity = dt.timedelta(days=group.validity_days)
         self.crl_validity = dt.timedelta(days=group.crl_validity_days)
         self.authorities: dict[str, CertificateAuthority] = load_dual_ca(self.ca_dir, passphrase)
+        self._crl_lock = threading.Lock()
 
     def _authority(self, kind: str) -> CertificateAuthority:
         try:
             return self.authorities[kind]
         except KeyError:
-            raise DriverError(
-                f"certificate kind must be one of {', '.join(CertKind.ALL)}, not {kind!r}"
-            ) from None
+            raise DriverError(f"certificate kind must be one of {', '.join(CertKind.ALL)}, not {kind!r}") from None
 
     def issue(
         self,
@@ -192,15 +191,21 @@ class LocalCertGenerator(CertGenerator):
         return self._authority(kind).certificate_pem
 
     def publish_crl(self, kind: str, revoked: Mapping[str, dt.datetime]) -> bytes:
-        """Write the ``kind`` CA's CRL to ``<ca_dir>/<kind>_ca_crl.pem`` and return it."""
-        crl = self._authority(kind).crl(revoked, next_update=self.crl_validity)
+        """Write the ``kind`` CA's CRL to ``<ca_dir>/<kind>_ca_crl.pem`` and return it.
+
+        The published CRL only grows: serials that the CRL already on disk lists (signed by
+        this CA) stay listed, so two revocations published at once by different workers cannot
+        drop each other. A file lock serialises publishers sharing ``ca_dir``.
+        """
+        authority = self._authority(kind)
         path = crl_path(self.ca_dir, kind)
         try:
-            write_atomic(path, crl, PUBLIC_MODE)
+            with self._crl_lock, locked(f"{path}.lock"):
+                merged = {**published_revocations(path, authority), **revoked}
+                crl = authority.crl(merged, next_update=self.crl_validity)
+                write_atomic(path, crl, PUBLIC_MODE)
         except OSError as error:
-            raise DriverError(
-                f"cannot publish the {kind} CRL to {path}: {error.strerror}"
-            ) from None
+            raise DriverError(f"cannot publish the {kind} CRL to {path}: {error.strerror}") from None
         return crl
 
     def crl_location(self, kind: str) -> str:

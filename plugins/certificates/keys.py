@@ -39,14 +39,8 @@ def hash_for(key: PrivateKey) -> hashes.HashAlgorithm:
 
 def private_key_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
     """``key`` as PKCS#8 PEM, encrypted with ``passphrase`` when one is given."""
-    encryption = (
-        serialization.BestAvailableEncryption(passphrase)
-        if passphrase
-        else serialization.NoEncryption()
-    )
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-    )
+    encryption = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
 
 
 def load_private_key(data: bytes, passphrase: bytes | None, *, what: str) -> PrivateKey:

@@ -41,8 +41,7 @@ local_store_opts = [
     cfg.StrOpt(
         "passphrase",
         secret=True,
-        help="Passphrase that encrypts the private keys of stored bundles. Prefer "
-        "passphrase_file; set only one.",
+        help="Passphrase that encrypts the private keys of stored bundles. Prefer passphrase_file; set only one.",
     ),
     cfg.StrOpt(
         "passphrase_file",
@@ -68,9 +67,7 @@ def validate_bundle(bundle: CertificateBundle) -> Any:
         load_certificate(intermediate, what=f"intermediate certificate #{index + 1}")
     if bundle.private_key is None:
         return None
-    key = load_private_key(
-        bundle.private_key, bundle.private_key_passphrase, what="the bundle's private key"
-    )
+    key = load_private_key(bundle.private_key, bundle.private_key_passphrase, what="the bundle's private key")
     if not key_matches(certificate, key):
         raise errors.KeyMismatch("the bundle's private key is not the key of its certificate")
     return key
@@ -90,9 +87,7 @@ class LocalCertManager(CertManager):
         elif group.passphrase:
             self._passphrase = group.passphrase.encode()
         else:
-            raise ConfigError(
-                f"[{GROUP}] passphrase_file (or passphrase) must be set: stored keys are encrypted"
-            )
+            raise ConfigError(f"[{GROUP}] passphrase_file (or passphrase) must be set: stored keys are encrypted")
         self.storage_path: str = group.storage_path
         try:
             os.makedirs(self.storage_path, mode=0o700, exist_ok=True)
@@ -110,15 +105,13 @@ class LocalCertManager(CertManager):
         if isinstance(error, PermissionError):
             return errors.Forbidden(f"cannot {action} certificate bundle {ref}: permission denied")
         return errors.StoreUnreachable(
-            f"cannot {action} certificate bundle {ref} in {self.storage_path}: "
-            f"{error.strerror or error}"
+            f"cannot {action} certificate bundle {ref} in {self.storage_path}: {error.strerror or error}"
         )
 
     def _check_reachable(self, action: str, ref: str) -> None:
         if not os.path.isdir(self.storage_path):
             raise errors.StoreUnreachable(
-                f"cannot {action} certificate bundle {ref}: storage directory "
-                f"{self.storage_path} is missing"
+                f"cannot {action} certificate bundle {ref}: storage directory {self.storage_path} is missing"
             )
 
     def store(self, bundle: CertificateBundle, *, name: str) -> str:
@@ -160,9 +153,7 @@ class LocalCertManager(CertManager):
         private_key = None
         if stored_key is not None:
             try:
-                key = load_private_key(
-                    stored_key.encode(), self._passphrase, what=f"private key of bundle {ref}"
-                )
+                key = load_private_key(stored_key.encode(), self._passphrase, what=f"private key of bundle {ref}")
             except errors.BadPassphrase:
                 raise errors.BadPassphrase(
                     f"[{GROUP}] passphrase does not decrypt the private key of bundle {ref}; "

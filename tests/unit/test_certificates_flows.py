@@ -258,3 +258,17 @@ def test_flows_run_through_the_worker_runner(tmp_path):
         revoked = worker.run("revoke_certificate", {"serial": serial})
         assert revoked["kind"] == "server"
         assert worker.state_store.get(CertificateRecord, serial).status == "revoked"
+
+
+def test_rotate_an_amphora_made_by_create_amphora(tmp_path):
+    generator, store = make_generator(tmp_path), make_store(tmp_path)
+    with InProcessWorker(cert_generator=generator, cert_manager=store) as worker:
+        worker.run("create_amphora", {"amphora_id": "amp-5", "image_id": "image-1"})
+        [first] = worker.state_store.find(CertificateRecord, amphora_id="amp-5")
+        rotated = worker.run("rotate_certificate", {"amphora_id": "amp-5"})
+        assert rotated["previous_serial"] == first.serial
+        new_serial = rotated["issued_certificate"]["serial"]
+        assert worker.state_store.get(CertificateRecord, first.serial).status == "superseded"
+        assert worker.state_store.get(AmphoraRecord, "amp-5").cert_serial == new_serial
+        pushed = worker.drivers.amphora.certificates["amp-5"]
+        assert pushed.startswith(rotated["issued_certificate"]["certificate_pem"].encode())

@@ -74,9 +74,7 @@ def test_ca_keys_are_decrypted_once_not_per_signing(tmp_path, monkeypatch):
     calls = []
     real = keys.load_private_key
     for module in (ca, keys):
-        monkeypatch.setattr(
-            module, "load_private_key", lambda *a, **k: calls.append(a) or real(*a, **k)
-        )
+        monkeypatch.setattr(module, "load_private_key", lambda *a, **k: calls.append(a) or real(*a, **k))
     for _ in range(5):
         generator.issue("amp-1", CertKind.SERVER)
     assert calls == []
@@ -167,3 +165,21 @@ def test_rotation_window_refuses_anything_else(text):
 def test_rotation_settings_read_the_configuration(tmp_path):
     conf = cert_conf(tmp_path, str(tmp_path), rotation_window="7d", rotation_batch_size=3)
     assert rotation_settings(conf) == (dt.timedelta(days=7), 3)
+
+
+def test_published_crl_keeps_serials_published_before(tmp_path):
+    generator = make_generator(tmp_path)
+    first, second = (generator.issue(f"amp-{n}", CertKind.SERVER) for n in (1, 2))
+    generator.publish_crl(CertKind.SERVER, {first.serial: utcnow()})
+    crl = x509.load_pem_x509_crl(generator.publish_crl(CertKind.SERVER, {second.serial: utcnow()}))
+    assert {format(entry.serial_number, "032x") for entry in crl} == {first.serial, second.serial}
+
+
+def test_crl_of_a_replaced_ca_is_not_carried_over(tmp_path):
+    generator = make_generator(tmp_path)
+    old = generator.issue("amp-1", CertKind.SERVER)
+    generator.publish_crl(CertKind.SERVER, {old.serial: utcnow()})
+    ca.create_dual_ca(generator.ca_dir, PASSPHRASE, force=True)
+    replaced = make_generator(tmp_path, ca_dir=generator.ca_dir)
+    crl = x509.load_pem_x509_crl(replaced.publish_crl(CertKind.SERVER, {}))
+    assert len(crl) == 0
