@@ -236,7 +236,10 @@ class VerifiedImageCache:
             if stat.st_size > self.max_size:
                 LOG.warning(
                     "image %s (%d bytes) is larger than [%s] max_size (%d): verified, not cached",
-                    image_id, stat.st_size, GROUP, self.max_size,
+                    image_id,
+                    stat.st_size,
+                    GROUP,
+                    self.max_size,
                 )
                 return None
             with self._locked("cache"):

@@ -159,9 +159,7 @@ class CertificateValidator:
         self.crls = list(crls)
         self.max_chain_depth = max_chain_depth
         self._store = verification.Store(self.trusted_cas)
-        self._trusted_der = {
-            ca.public_bytes(serialization.Encoding.DER) for ca in self.trusted_cas
-        }
+        self._trusted_der = {ca.public_bytes(serialization.Encoding.DER) for ca in self.trusted_cas}
 
     @classmethod
     def from_conf(cls, conf: cfg.ConfigOpts) -> CertificateValidator:
@@ -271,7 +269,7 @@ class CertificateValidator:
     def _check_revocation(self, chain: list[x509.Certificate], now: dt.datetime) -> None:
         if not self.crls:
             return
-        for certificate, issuer in zip(chain, chain[1:]):
+        for certificate, issuer in zip(chain, chain[1:], strict=False):
             for crl in self.crls:
                 if crl.issuer != issuer.subject:
                     continue

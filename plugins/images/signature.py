@@ -273,7 +273,7 @@ def rsa_pss_made_by_key(public_key: rsa.RSAPublicKey, spec: SignatureSpec) -> bo
     if zero_bits and masked_block[0] >> (8 - zero_bits):
         return False
     mask = _mgf1(seed, len(masked_block), spec.hashlib_name)
-    block = bytearray(a ^ b for a, b in zip(masked_block, mask))
+    block = bytearray(a ^ b for a, b in zip(masked_block, mask, strict=True))
     block[0] &= 0xFF >> zero_bits
     separator = next((index for index, byte in enumerate(block) if byte), None)
     if separator is None or block[separator] != 0x01:
@@ -293,7 +293,10 @@ def verify_digest(spec: SignatureSpec, public_key: PublicKey, digest: bytes) -> 
     try:
         if isinstance(public_key, rsa.RSAPublicKey):
             public_key.verify(
-                spec.signature, digest, _pss_padding(hash_algorithm, spec.pss_salt_length), prehashed
+                spec.signature,
+                digest,
+                _pss_padding(hash_algorithm, spec.pss_salt_length),
+                prehashed,
             )
         elif isinstance(public_key, dsa.DSAPublicKey):
             public_key.verify(spec.signature, digest, prehashed)

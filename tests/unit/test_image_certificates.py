@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from tests.unit.image_helpers import DAY, NOW, issue, new_key, pki, write_ca_file
 
 from keramos.framework.config import make_conf
 from keramos.framework.errors import ConfigError
@@ -17,6 +16,7 @@ from keramos.plugins.images.certificate_validation import (
     register_opts,
 )
 from keramos.plugins.images.signature import Reason, SignatureVerificationError
+from tests.unit.image_helpers import DAY, NOW, issue, new_key, pki, write_ca_file
 
 
 def validator(**kwargs) -> CertificateValidator:
@@ -32,7 +32,9 @@ def reason(call) -> str:
 @pytest.mark.parametrize("kind", ["rsa", "dsa", "p256", "p384", "p521"])
 def test_chain_through_rsa_pss_signed_intermediate_validates(kind):
     shared = pki()
-    chain = validator().validate(shared.signers[kind].certificate, [shared.intermediate.certificate])
+    chain = validator().validate(
+        shared.signers[kind].certificate, [shared.intermediate.certificate]
+    )
     assert [cert.subject for cert in chain] == [
         shared.signers[kind].certificate.subject,
         shared.intermediate.certificate.subject,
@@ -44,7 +46,9 @@ def test_pkcs1_and_ecdsa_signed_chains_validate():
     root = issue("ecdsa root", new_key("p521", 2), ca=True, hash_algorithm=hashes.SHA512())
     middle = issue("rsa middle", new_key("rsa", 2), root, ca=True, path_length=0)
     leaf = issue("leaf", new_key("p256", 2), middle)
-    chain = CertificateValidator([root.certificate]).validate(leaf.certificate, [middle.certificate])
+    chain = CertificateValidator([root.certificate]).validate(
+        leaf.certificate, [middle.certificate]
+    )
     assert len(chain) == 3
 
 
@@ -71,7 +75,10 @@ def test_certificate_from_another_ca_is_untrusted():
 
 def test_expired_signing_certificate():
     leaf = issue(
-        "old signer", new_key("rsa"), pki().intermediate, not_before=NOW - 30 * DAY,
+        "old signer",
+        new_key("rsa"),
+        pki().intermediate,
+        not_before=NOW - 30 * DAY,
         not_after=NOW - DAY,
     )
     with pytest.raises(SignatureVerificationError) as excinfo:
@@ -82,16 +89,22 @@ def test_expired_signing_certificate():
 
 def test_not_yet_valid_signing_certificate():
     leaf = issue("future", new_key("rsa"), pki().intermediate, not_before=NOW + DAY)
-    assert reason(
-        lambda: validator().validate(leaf.certificate, [pki().intermediate.certificate])
-    ) == Reason.CERTIFICATE_NOT_YET_VALID
+    assert (
+        reason(lambda: validator().validate(leaf.certificate, [pki().intermediate.certificate]))
+        == Reason.CERTIFICATE_NOT_YET_VALID
+    )
 
 
 def test_expired_intermediate_is_reported_as_expired():
     root = pki().root
     middle = issue(
-        "expired middle", new_key("p256", 5), root, ca=True, path_length=0,
-        not_before=NOW - 30 * DAY, not_after=NOW - DAY,
+        "expired middle",
+        new_key("p256", 5),
+        root,
+        ca=True,
+        path_length=0,
+        not_before=NOW - 30 * DAY,
+        not_after=NOW - DAY,
     )
     leaf = issue("leaf", new_key("rsa"), middle, not_before=NOW - 2 * DAY)
     with pytest.raises(SignatureVerificationError) as excinfo:
@@ -102,9 +115,10 @@ def test_expired_intermediate_is_reported_as_expired():
 
 def test_key_usage_without_digital_signature_is_refused():
     leaf = issue("encipher only", new_key("rsa"), pki().intermediate, digital_signature=False)
-    assert reason(
-        lambda: validator().validate(leaf.certificate, [pki().intermediate.certificate])
-    ) == Reason.CERTIFICATE_KEY_USAGE
+    assert (
+        reason(lambda: validator().validate(leaf.certificate, [pki().intermediate.certificate]))
+        == Reason.CERTIFICATE_KEY_USAGE
+    )
 
 
 def test_no_key_usage_extension_allows_signatures():
@@ -117,21 +131,28 @@ def test_path_length_of_a_ca_is_enforced():
     # The intermediate has path length 0: it may not issue another CA.
     sub_ca = issue("sub ca", new_key("p256", 6), shared.intermediate, ca=True)
     leaf = issue("deep leaf", new_key("rsa"), sub_ca)
-    assert reason(
-        lambda: validator().validate(
-            leaf.certificate, [sub_ca.certificate, shared.intermediate.certificate]
+    assert (
+        reason(
+            lambda: validator().validate(
+                leaf.certificate, [sub_ca.certificate, shared.intermediate.certificate]
+            )
         )
-    ) == Reason.CERTIFICATE_UNTRUSTED
+        == Reason.CERTIFICATE_UNTRUSTED
+    )
 
 
 def test_end_entity_certificate_cannot_act_as_ca():
     shared = pki()
     leaf = issue("child of a leaf", new_key("rsa"), shared.signers["p256"])
-    assert reason(
-        lambda: validator().validate(
-            leaf.certificate, [shared.signers["p256"].certificate, shared.intermediate.certificate]
+    assert (
+        reason(
+            lambda: validator().validate(
+                leaf.certificate,
+                [shared.signers["p256"].certificate, shared.intermediate.certificate],
+            )
         )
-    ) == Reason.CERTIFICATE_UNTRUSTED
+        == Reason.CERTIFICATE_UNTRUSTED
+    )
 
 
 def test_directly_trusted_self_signed_certificate():
@@ -149,7 +170,10 @@ def _crl(issuer, serials, signer_key=None) -> x509.CertificateRevocationList:
     )
     for serial in serials:
         builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(NOW - DAY).build()
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(NOW - DAY)
+            .build()
         )
     return builder.sign(signer_key or issuer.key, hashes.SHA256())
 
@@ -166,11 +190,14 @@ def test_revoked_signing_certificate_is_refused():
 def test_revoked_intermediate_is_refused():
     shared = pki()
     crl = _crl(shared.root, [shared.intermediate.certificate.serial_number])
-    assert reason(
-        lambda: validator(crls=[crl]).validate(
-            shared.signers["p256"].certificate, [shared.intermediate.certificate]
+    assert (
+        reason(
+            lambda: validator(crls=[crl]).validate(
+                shared.signers["p256"].certificate, [shared.intermediate.certificate]
+            )
         )
-    ) == Reason.CERTIFICATE_REVOKED
+        == Reason.CERTIFICATE_REVOKED
+    )
 
 
 def test_crl_not_signed_by_the_issuer_is_ignored():
@@ -204,7 +231,9 @@ def test_from_conf_reads_cas_intermediates_and_crls(tmp_path):
     crl_path = tmp_path / "crl.pem"
     crl_path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
     conf.set_override(
-        "trusted_ca_file", write_ca_file(tmp_path / "ca.pem", shared.root), group="image_verification"
+        "trusted_ca_file",
+        write_ca_file(tmp_path / "ca.pem", shared.root),
+        group="image_verification",
     )
     conf.set_override(
         "intermediate_ca_file",

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from tests.unit.image_helpers import pki
 
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import ImageStore, KeyManager
@@ -22,6 +21,7 @@ from keramos.framework.errors import ConfigError, DriverError, NotFound
 from keramos.plugins.images.file_store import FileImageStore
 from keramos.plugins.images.http_store import HttpImageStore
 from keramos.plugins.images.key_managers import CastellanKeyManager, LocalKeyManager
+from tests.unit.image_helpers import pki
 
 DATA = os.urandom(3 * 65536 + 5)
 
@@ -121,8 +121,14 @@ def glance_server() -> Iterator[str]:
 
 
 def test_http_store_streams_properties_and_data(conf, glance_server):
-    document = {"id": "abc", "size": len(DATA), "img_signature": "c2ln", "tags": [],
-                "min_ram": 0, "owner": None}
+    document = {
+        "id": "abc",
+        "size": len(DATA),
+        "img_signature": "c2ln",
+        "tags": [],
+        "min_ram": 0,
+        "owner": None,
+    }
     GlanceHandler.images["abc"] = (document, DATA)
     store = _http_store(conf, glance_server, token="secret-token")
     properties = store.properties("abc")
@@ -253,7 +259,9 @@ def test_castellan_key_manager_stores_der_and_maps_not_found(conf, monkeypatch):
     manager = CastellanKeyManager(conf)
     certificate = pki().signers["p256"].certificate
     object_id = manager.store_certificate(pki().signers["p256"].certificate_pem)
-    assert manager.get_certificate(object_id) == certificate.public_bytes(serialization.Encoding.DER)
+    assert manager.get_certificate(object_id) == certificate.public_bytes(
+        serialization.Encoding.DER
+    )
     manager.delete(object_id)
     manager.delete(object_id)
     assert stored == {}

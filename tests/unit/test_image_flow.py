@@ -8,7 +8,6 @@ import os
 import threading
 
 import pytest
-from tests.unit.image_helpers import DAY, NOW, Issued, issue, new_key, pki, sign, write_ca_file
 
 from keramos.flows.images import VerifyImage
 from keramos.framework.errors import ConfigError
@@ -20,6 +19,7 @@ from keramos.plugins.images.certificate_validation import register_opts
 from keramos.plugins.images.file_store import FileImageStore
 from keramos.plugins.images.key_managers import LocalKeyManager
 from keramos.plugins.images.signature import Reason, SignatureVerificationError
+from tests.unit.image_helpers import DAY, NOW, Issued, issue, new_key, pki, sign, write_ca_file
 
 DATA = os.urandom(700_000)
 
@@ -33,8 +33,13 @@ class Setup:
     keys: LocalKeyManager
 
     def add_image(
-        self, image_id: str, signer: Issued, hash_method: str = "SHA-256", data: bytes = DATA,
-        chain: tuple[Issued, ...] | None = None, **changes: str | None,
+        self,
+        image_id: str,
+        signer: Issued,
+        hash_method: str = "SHA-256",
+        data: bytes = DATA,
+        chain: tuple[Issued, ...] | None = None,
+        **changes: str | None,
     ) -> str:
         """Store ``signer``'s certificate (with the intermediate) and an image it signed."""
         chain = (pki().intermediate,) if chain is None else chain
@@ -53,11 +58,13 @@ class Setup:
         return self.worker.run("verify_image", {"image_id": image_id})["image"]
 
     def failure(self, image_id: str) -> SignatureVerificationError:
-        request_id = self.worker.cast("verify_image", {"image_id": image_id})
         with pytest.raises(SignatureVerificationError) as excinfo:
-            self.worker.wait(request_id)
-        task = self.worker.state_store.get(TaskRecord, request_id)
+            self.worker.run("verify_image", {"image_id": image_id})
+        task = self.worker.state_store.find(TaskRecord, event="verify_image", resource_id=image_id)[
+            -1
+        ]
         assert task.state == TaskState.FAILURE and excinfo.value.reason in task.message
+        assert task.error_type == "SignatureVerificationError"
         image = self.worker.state_store.get(ImageRecord, image_id)
         assert image.status == "killed" and excinfo.value.reason in image.message
         cache = os.path.join(self.worker.conf.state_path, "image_cache")
@@ -104,7 +111,9 @@ def test_signed_image_becomes_active_and_cached(setup, kind, hash_method):
         assert cached.read() == DATA
     record = setup.worker.state_store.get(ImageRecord, "img")
     assert (record.status, record.size, record.certificate_uuid) == (
-        "active", len(DATA), certificate_uuid
+        "active",
+        len(DATA),
+        certificate_uuid,
     )
 
 
@@ -114,6 +123,8 @@ def test_second_verification_is_served_from_the_cache(setup):
     os.unlink(setup.data_path("img"))  # the store could not serve the data again
     second = setup.verify("img")
     assert second["cache_hit"] is True and second["path"] == first["path"]
+    tasks = setup.worker.state_store.find(TaskRecord, event="verify_image", resource_id="img")
+    assert [task.state for task in tasks] == [TaskState.SUCCESS, TaskState.SUCCESS]
 
 
 def _flip_byte(path: str, offset: int) -> None:
@@ -149,8 +160,11 @@ def test_signature_from_another_key_kills_the_image_as_wrong_key(setup, kind):
 
 def test_expired_certificate_kills_the_image(setup):
     expired = issue(
-        "expired signer", new_key("rsa"), pki().intermediate,
-        not_before=NOW - 10 * DAY, not_after=NOW - DAY,
+        "expired signer",
+        new_key("rsa"),
+        pki().intermediate,
+        not_before=NOW - 10 * DAY,
+        not_after=NOW - DAY,
     )
     setup.add_image("img", expired)
     assert setup.failure("img").reason == Reason.CERTIFICATE_EXPIRED

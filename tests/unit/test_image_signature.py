@@ -11,7 +11,6 @@ import pytest
 
 from keramos.plugins.images import signature
 from keramos.plugins.images.signature import Reason, SignatureVerificationError
-
 from tests.unit.image_helpers import chunked, new_key, pki, sign
 
 DATA = os.urandom(256 * 1024 + 17)
