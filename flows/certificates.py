@@ -22,9 +22,7 @@ class IssueCertificate(FlowFactory):
     name = "issue_certificate"
     version = "1.0"
     payload = {
-        "common_name": Field(
-            str, pattern=IDENTIFIER_PATTERN, help="CN and SAN: an amphora id or a controller name"
-        ),
+        "common_name": Field(str, pattern=IDENTIFIER_PATTERN, help="CN and SAN: an amphora id or a controller name"),
         "kind": Field(str, default=CertKind.SERVER, choices=CertKind.ALL, help="which CA signs"),
         "amphora_id": Field(str, default=None, help="the amphora the certificate belongs to"),
         "ip_addresses": Field(list, default=(), help="IP addresses added to the SAN"),

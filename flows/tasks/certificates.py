@@ -59,9 +59,7 @@ def revoked_serials(state_store: StateStore, kind: str) -> dict[str, dt.datetime
     """Every revoked serial of the ``kind`` CA with its revocation time: what its CRL lists."""
     return {
         record.serial: record.revoked_at or record.updated_at
-        for record in state_store.find(
-            CertificateRecord, kind=kind, status=CertificateStatus.REVOKED
-        )
+        for record in state_store.find(CertificateRecord, kind=kind, status=CertificateStatus.REVOKED)
     }
 
 
@@ -80,9 +78,7 @@ class IssueCertificate(task.Task):
     Revert deletes the stored bundle.
     """
 
-    def __init__(
-        self, cert_generator: CertGenerator, cert_manager: CertManager, **kwargs: Any
-    ) -> None:
+    def __init__(self, cert_generator: CertGenerator, cert_manager: CertManager, **kwargs: Any) -> None:
         kwargs.setdefault("name", "issue_certificate")
         super().__init__(provides="issued_certificate", **kwargs)
         self.cert_generator = cert_generator
@@ -105,10 +101,8 @@ class IssueCertificate(task.Task):
             issued = self.cert_generator.issue(
                 common_name, kind, ip_addresses=tuple(ip_addresses or ()), validity=validity
             )
-        bundle = CertificateBundle(
-            certificate=issued.certificate_pem, private_key=issued.private_key_pem
-        )
-        cert_ref = self.cert_manager.store(bundle, name=f"{common_name}-{kind}-{issued.serial}")
+        bundle = CertificateBundle(certificate=issued.certificate_pem, private_key=issued.private_key_pem)
+        cert_ref = self.cert_manager.store(bundle, name=f"{common_name}-{kind}")
         return {
             "serial": issued.serial,
             "kind": issued.kind,
@@ -154,14 +148,10 @@ class RecordCertificate(task.Task):
             )
         )
         if previous_serial is not None:
-            self.state_store.update(
-                CertificateRecord, previous_serial, status=CertificateStatus.SUPERSEDED
-            )
+            self.state_store.update(CertificateRecord, previous_serial, status=CertificateStatus.SUPERSEDED)
         if amphora_id is not None and issued_certificate["kind"] == CertKind.SERVER:
             if self.state_store.get(AmphoraRecord, amphora_id) is not None:
-                self.state_store.update(
-                    AmphoraRecord, amphora_id, cert_serial=issued_certificate["serial"]
-                )
+                self.state_store.update(AmphoraRecord, amphora_id, cert_serial=issued_certificate["serial"])
 
     def revert(
         self,
@@ -174,9 +164,7 @@ class RecordCertificate(task.Task):
         self.state_store.delete(CertificateRecord, issued_certificate["serial"])
         if previous_serial is not None:
             if self.state_store.get(CertificateRecord, previous_serial) is not None:
-                self.state_store.update(
-                    CertificateRecord, previous_serial, status=CertificateStatus.ACTIVE
-                )
+                self.state_store.update(CertificateRecord, previous_serial, status=CertificateStatus.ACTIVE)
         if amphora_id is not None:
             amphora = self.state_store.get(AmphoraRecord, amphora_id)
             if amphora is not None and amphora.cert_serial == issued_certificate["serial"]:
@@ -303,23 +291,17 @@ class RevokeCertificateRecord(task.Task):
             return
         _kind, previous_status = result
         if previous_status != CertificateStatus.REVOKED:
-            self.state_store.update(
-                CertificateRecord, serial.lower(), status=previous_status, revoked_at=None
-            )
+            self.state_store.update(CertificateRecord, serial.lower(), status=previous_status, revoked_at=None)
 
 
 class PublishCRL(task.Task):
     """Publish the CRL of the revoked certificate's CA; provides ``crl_pem``."""
 
-    def __init__(
-        self, cert_generator: CertGenerator, state_store: StateStore, **kwargs: Any
-    ) -> None:
+    def __init__(self, cert_generator: CertGenerator, state_store: StateStore, **kwargs: Any) -> None:
         kwargs.setdefault("name", "publish_crl")
         super().__init__(provides="crl_pem", **kwargs)
         self.cert_generator = cert_generator
         self.state_store = state_store
 
     def execute(self, kind: str) -> str:
-        return self.cert_generator.publish_crl(
-            kind, revoked_serials(self.state_store, kind)
-        ).decode()
+        return self.cert_generator.publish_crl(kind, revoked_serials(self.state_store, kind)).decode()

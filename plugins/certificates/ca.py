@@ -41,6 +41,8 @@ from keramos.plugins.certificates.keys import (
 
 #: Leaf certificates start this long before they are issued, for clocks slightly behind.
 CLOCK_SKEW = dt.timedelta(minutes=5)
+#: X.509's upper bound on a common name (RFC 5280, ub-common-name).
+MAX_COMMON_NAME = 64
 _MIN_RSA_BITS = 2048
 _ACCEPTED_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 
@@ -67,11 +69,16 @@ def _checked_kind(kind: str) -> str:
 
 
 def check_common_name(common_name: str) -> str:
-    """Return ``common_name`` if it is a Keramos identifier (what CN and SAN may carry)."""
-    if not isinstance(common_name, str) or not re.fullmatch(IDENTIFIER_PATTERN, common_name):
+    """Return ``common_name`` if it is a Keramos identifier that fits a certificate's CN."""
+    if (
+        not isinstance(common_name, str)
+        or not re.fullmatch(IDENTIFIER_PATTERN, common_name)
+        or len(common_name) > MAX_COMMON_NAME
+    ):
         raise DriverError(
             f"common name {common_name!r} is not an identifier: letters, digits, '.', '_', '-', "
-            "starting with a letter or digit, at most 128 characters"
+            f"starting with a letter or digit, at most {MAX_COMMON_NAME} characters (the X.509 "
+            "limit of a common name)"
         )
     return common_name
 
@@ -80,6 +87,8 @@ def _ip_addresses(values: Sequence[str]) -> list[x509.IPAddress]:
     names = []
     for value in values:
         try:
+            if not isinstance(value, str):
+                raise ValueError(value)
             names.append(x509.IPAddress(ipaddress.ip_address(value)))
         except ValueError:
             raise DriverError(f"{value!r} is not an IP address") from None

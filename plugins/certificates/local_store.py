@@ -18,7 +18,6 @@ from oslo_config import cfg
 
 from keramos.framework.contracts import CertificateBundle, CertManager
 from keramos.framework.errors import ConfigError, DriverError
-from keramos.framework.schema import IDENTIFIER_PATTERN
 from keramos.plugins.certificates import errors
 from keramos.plugins.certificates.files import PRIVATE_MODE, write_atomic
 from keramos.plugins.certificates.generator import read_passphrase_file
@@ -30,7 +29,9 @@ from keramos.plugins.certificates.keys import (
 )
 
 GROUP = "cert_manager_local"
-_REF_PATTERN = re.compile(rf"{IDENTIFIER_PATTERN}\.[0-9a-f]{{32}}")
+#: Bundle names become file names: no slashes, no leading dot, room left for the reference suffix.
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+_REF_PATTERN = re.compile(rf"{_NAME_PATTERN.pattern}\.[0-9a-f]{{32}}")
 
 local_store_opts = [
     cfg.StrOpt(
@@ -115,8 +116,10 @@ class LocalCertManager(CertManager):
             )
 
     def store(self, bundle: CertificateBundle, *, name: str) -> str:
-        if not isinstance(name, str) or not re.fullmatch(IDENTIFIER_PATTERN, name):
-            raise DriverError(f"bundle name {name!r} is not an identifier")
+        if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
+            raise DriverError(
+                f"bundle name {name!r} is not an identifier (letters, digits, '.', '_', '-', at most 200 characters)"
+            )
         key = validate_bundle(bundle)
         ref = f"{name}.{uuid.uuid4().hex}"
         document = {

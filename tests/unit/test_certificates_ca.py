@@ -60,12 +60,8 @@ def test_init_writes_two_distinct_cas_keys_encrypted_and_private(ca_dir):
         assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
         with open(key_file, "rb") as stream:
             assert b"BEGIN ENCRYPTED PRIVATE KEY" in stream.read()
-    server = x509.load_pem_x509_certificate(
-        open(ca_certificate_path(ca_dir, "server"), "rb").read()
-    )
-    client = x509.load_pem_x509_certificate(
-        open(ca_certificate_path(ca_dir, "client"), "rb").read()
-    )
+    server = x509.load_pem_x509_certificate(open(ca_certificate_path(ca_dir, "server"), "rb").read())
+    client = x509.load_pem_x509_certificate(open(ca_certificate_path(ca_dir, "client"), "rb").read())
     assert server.subject != client.subject
     assert server.public_key() != client.public_key()
     usage = server.extensions.get_extension_for_class(x509.KeyUsage).value
@@ -111,9 +107,7 @@ def test_unknown_key_type_is_a_config_error(tmp_path):
 
 
 def test_server_certificate_has_name_ips_and_server_usage(authorities):
-    issued = authorities[CertKind.SERVER].issue(
-        "amp-42", ip_addresses=["192.0.2.7", "2001:db8::1"], validity=DAY
-    )
+    issued = authorities[CertKind.SERVER].issue("amp-42", ip_addresses=["192.0.2.7", "2001:db8::1"], validity=DAY)
     certificate = x509.load_pem_x509_certificate(issued.certificate_pem)
     assert certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "amp-42"
     san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -165,15 +159,16 @@ def test_validity_is_configurable_and_never_outlives_the_ca(authorities):
         authority.issue("amp-1", validity=dt.timedelta(0))
 
 
-@pytest.mark.parametrize("name", ["", "../etc/passwd", "amp 1", "-amp", "a" * 129, "amp/1"])
+@pytest.mark.parametrize("name", ["", "../etc/passwd", "amp 1", "-amp", "a" * 65, "amp/1"])
 def test_a_name_that_is_not_an_identifier_is_refused(authorities, name):
     with pytest.raises(DriverError, match="is not an identifier"):
         authorities[CertKind.SERVER].issue(name, validity=DAY)
 
 
-def test_an_invalid_ip_is_refused(authorities):
-    with pytest.raises(DriverError, match="'300.1.1.1' is not an IP address"):
-        authorities[CertKind.SERVER].issue("amp-1", ip_addresses=["300.1.1.1"], validity=DAY)
+@pytest.mark.parametrize(("value", "shown"), [("300.1.1.1", "'300.1.1.1'"), (5, "5")])
+def test_an_invalid_ip_is_refused(authorities, value, shown):
+    with pytest.raises(DriverError, match=f"{shown} is not an IP address"):
+        authorities[CertKind.SERVER].issue("amp-1", ip_addresses=[value], validity=DAY)
 
 
 def test_csr_is_signed_for_its_amphora_and_the_key_stays_with_it(authorities):
@@ -191,9 +186,7 @@ def test_csr_is_signed_for_its_amphora_and_the_key_stays_with_it(authorities):
 
 def test_csr_for_another_amphora_is_refused(authorities):
     with pytest.raises(errors.IdentityMismatch, match="common name is amp-8, expected 'amp-7'"):
-        authorities[CertKind.SERVER].sign_csr(
-            make_csr("amp-8"), expected_common_name="amp-7", validity=DAY
-        )
+        authorities[CertKind.SERVER].sign_csr(make_csr("amp-8"), expected_common_name="amp-7", validity=DAY)
 
 
 def test_csr_asking_for_extra_names_is_refused(authorities):
@@ -207,9 +200,7 @@ def test_csr_asking_for_extra_names_is_refused(authorities):
 
 def test_csr_without_common_name_is_refused(authorities):
     with pytest.raises(errors.IdentityMismatch, match="common name is missing"):
-        authorities[CertKind.SERVER].sign_csr(
-            make_csr(None), expected_common_name="amp-7", validity=DAY
-        )
+        authorities[CertKind.SERVER].sign_csr(make_csr(None), expected_common_name="amp-7", validity=DAY)
 
 
 def test_csr_whose_signature_does_not_verify_is_refused(authorities):
@@ -240,9 +231,7 @@ def test_malformed_csr_is_refused_as_malformed_pem(authorities, data):
 
 
 def test_wrong_passphrase_names_the_problem(ca_dir):
-    with pytest.raises(
-        errors.CAWrongPassphrase, match="server CA key.*passphrase does not decrypt"
-    ):
+    with pytest.raises(errors.CAWrongPassphrase, match="server CA key.*passphrase does not decrypt"):
         load_dual_ca(ca_dir, b"not the passphrase")
 
 
@@ -253,11 +242,7 @@ def test_missing_ca_tells_to_run_ca_init(tmp_path):
 
 @pytest.mark.parametrize("which", ["certificate", "key"])
 def test_malformed_ca_file_names_the_file(ca_dir, which):
-    path = (
-        ca_certificate_path(ca_dir, "client")
-        if which == "certificate"
-        else ca_key_path(ca_dir, "client")
-    )
+    path = ca_certificate_path(ca_dir, "client") if which == "certificate" else ca_key_path(ca_dir, "client")
     write_atomic(path, b"-----BEGIN GARBAGE-----\nnope\n-----END GARBAGE-----\n")
     with pytest.raises(errors.CAMalformed, match=os.path.basename(path)):
         load_dual_ca(ca_dir, PASSPHRASE)
@@ -266,9 +251,7 @@ def test_malformed_ca_file_names_the_file(ca_dir, which):
 def test_key_not_matching_its_ca_certificate_is_refused(ca_dir):
     server_key = open(ca_key_path(ca_dir, "server"), "rb").read()
     write_atomic(ca_key_path(ca_dir, "client"), server_key)
-    with pytest.raises(
-        errors.CAKeyMismatch, match="client_ca_key.pem is not the key of the client CA"
-    ):
+    with pytest.raises(errors.CAKeyMismatch, match="client_ca_key.pem is not the key of the client CA"):
         load_dual_ca(ca_dir, PASSPHRASE)
 
 

@@ -35,8 +35,7 @@ def keramos(tmp_path, monkeypatch):
     """Run a certificate command with a configuration under ``tmp_path``; return (status, out)."""
     config_file = tmp_path / "keramos.conf"
     config_file.write_text(
-        f"[DEFAULT]\nstate_path = {tmp_path}\n"
-        f"[state_store]\nconnection = sqlite:///{tmp_path}/state.sqlite\n"
+        f"[DEFAULT]\nstate_path = {tmp_path}\n[state_store]\nconnection = sqlite:///{tmp_path}/state.sqlite\n"
     )
     monkeypatch.delenv(ca_cli.PASSPHRASE_ENV, raising=False)
 
@@ -84,9 +83,7 @@ def test_ca_init_refuses_to_overwrite_then_force_replaces(ca_dir, keramos, passp
     with pytest.raises(errors.CAExists, match="--force"):
         keramos("ca", "init", "--dir", ca_dir, "--passphrase-file", passphrase_file)
     assert open(os.path.join(ca_dir, "server_ca.pem"), "rb").read() == before
-    assert (
-        keramos("ca", "init", "--dir", ca_dir, "--passphrase-file", passphrase_file, "--force") == 0
-    )
+    assert keramos("ca", "init", "--dir", ca_dir, "--passphrase-file", passphrase_file, "--force") == 0
     assert open(os.path.join(ca_dir, "server_ca.pem"), "rb").read() != before
 
 
@@ -102,9 +99,7 @@ def test_ca_init_key_type(tmp_path, keramos, passphrase_file):
         "--passphrase-file",
         passphrase_file,
     )
-    certificate = x509.load_pem_x509_certificate(
-        open(os.path.join(directory, "client_ca.pem"), "rb").read()
-    )
+    certificate = x509.load_pem_x509_certificate(open(os.path.join(directory, "client_ca.pem"), "rb").read())
     assert certificate.public_key().key_size == 2048
 
 
@@ -114,9 +109,7 @@ def test_passphrase_is_never_a_command_line_argument():
 
 
 def test_without_any_passphrase_the_error_lists_the_three_sources(tmp_path, keramos):
-    with pytest.raises(
-        ConfigError, match=r"--passphrase-file.*KERAMOS_CA_PASSPHRASE.*ca_passphrase_file"
-    ):
+    with pytest.raises(ConfigError, match=r"--passphrase-file.*KERAMOS_CA_PASSPHRASE.*ca_passphrase_file"):
         keramos("ca", "init", "--dir", str(tmp_path / "ca"))
     assert not (tmp_path / "ca").exists()
 
@@ -164,15 +157,11 @@ def test_cert_issue_writes_cert_and_private_key(tmp_path, keramos, ca_dir, passp
     certificate = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
     key = serialization.load_pem_private_key((out / "key.pem").read_bytes(), None)
     assert certificate.public_key() == key.public_key()
-    client_ca = x509.load_pem_x509_certificate(
-        open(os.path.join(ca_dir, "client_ca.pem"), "rb").read()
-    )
+    client_ca = x509.load_pem_x509_certificate(open(os.path.join(ca_dir, "client_ca.pem"), "rb").read())
     certificate.verify_directly_issued_by(client_ca)
 
 
-def test_cert_issue_refuses_to_overwrite_and_rejects_bad_input(
-    tmp_path, keramos, ca_dir, passphrase_file
-):
+def test_cert_issue_refuses_to_overwrite_and_rejects_bad_input(tmp_path, keramos, ca_dir, passphrase_file):
     out = tmp_path / "out"
     common = (
         "--dir",
@@ -210,18 +199,13 @@ def test_cert_list_and_revoke(tmp_path, keramos, ca_dir, passphrase_file, capsys
         "--passphrase-file",
         passphrase_file,
     )
-    serial = x509.load_pem_x509_certificate(
-        (tmp_path / "a" / "cert.pem").read_bytes()
-    ).serial_number
+    serial = x509.load_pem_x509_certificate((tmp_path / "a" / "cert.pem").read_bytes()).serial_number
     serial_hex = format(serial, "032x")
     capsys.readouterr()
     assert keramos("cert", "list") == 0
     listing = capsys.readouterr().out
     assert serial_hex in listing and "active" in listing and "amp-1" in listing
-    assert (
-        keramos("cert", "revoke", serial_hex, "--dir", ca_dir, "--passphrase-file", passphrase_file)
-        == 0
-    )
+    assert keramos("cert", "revoke", serial_hex, "--dir", ca_dir, "--passphrase-file", passphrase_file) == 0
     assert "server_ca_crl.pem" in capsys.readouterr().out
     crl = x509.load_pem_x509_crl(open(os.path.join(ca_dir, "server_ca_crl.pem"), "rb").read())
     assert crl.get_revoked_certificate_by_serial_number(serial) is not None

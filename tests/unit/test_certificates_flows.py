@@ -75,6 +75,13 @@ def test_issue_stores_the_bundle_and_records_the_certificate(drivers):
     assert bundle.private_key is not None
 
 
+def test_issue_for_the_longest_name_stores_its_bundle_and_longer_is_refused(drivers):
+    result = run(IssueCertificate, drivers, {"common_name": "a" * 64, "kind": "client"})
+    assert drivers.cert_manager.get(result["issued_certificate"]["cert_ref"]).private_key
+    with pytest.raises(DriverError, match="at most 64 characters"):
+        run(IssueCertificate, drivers, {"common_name": "a" * 65})
+
+
 def test_issue_for_the_controller_uses_the_client_ca(drivers):
     result = run(IssueCertificate, drivers, {"common_name": "controller-1", "kind": "client"})
     certificate = x509.load_pem_x509_certificate(result["issued_certificate"]["certificate_pem"].encode())

@@ -66,21 +66,15 @@ def test_local_round_trip_keeps_the_key_encrypted_in_a_private_file(store, bundl
     assert fetched.certificate == bundle.certificate
     assert fetched.intermediates == bundle.intermediates
     original = load_private_key(bundle.private_key, None, what="original")
-    assert load_private_key(fetched.private_key, None, what="fetched").private_numbers() == (
-        original.private_numbers()
-    )
+    assert load_private_key(fetched.private_key, None, what="fetched").private_numbers() == (original.private_numbers())
 
 
 def test_local_store_accepts_a_key_encrypted_with_its_own_passphrase(store, bundle):
     key = load_private_key(bundle.private_key, None, what="key")
-    encrypted = CertificateBundle(
-        bundle.certificate, private_key_pem(key, b"bundle secret"), (), b"bundle secret"
-    )
+    encrypted = CertificateBundle(bundle.certificate, private_key_pem(key, b"bundle secret"), (), b"bundle secret")
     fetched = store.get(store.store(encrypted, name="amp-1"))
     assert fetched.private_key_passphrase is None
-    assert load_private_key(fetched.private_key, None, what="fetched").private_numbers() == (
-        key.private_numbers()
-    )
+    assert load_private_key(fetched.private_key, None, what="fetched").private_numbers() == (key.private_numbers())
 
 
 def test_local_store_keeps_a_certificate_without_key(store, issued):
@@ -137,9 +131,7 @@ def test_malformed_pem_is_refused_and_nothing_is_written(store, bundle, part):
 
 
 def test_key_not_matching_the_certificate_is_refused(store, issued):
-    mismatched = CertificateBundle(
-        issued["server"].certificate_pem, issued["other"].private_key_pem
-    )
+    mismatched = CertificateBundle(issued["server"].certificate_pem, issued["other"].private_key_pem)
     with pytest.raises(errors.KeyMismatch, match="not the key of its certificate"):
         store.store(mismatched, name="amp-1")
 
@@ -161,9 +153,7 @@ def test_unreachable_storage_is_retryable(store, bundle):
     ref = store.store(bundle, name="amp-1")
     shutil.rmtree(store.storage_path)
     for call in (lambda: store.get(ref), lambda: store.store(bundle, name="amp-1")):
-        with pytest.raises(
-            errors.StoreUnreachable, match="storage directory .* is missing"
-        ) as info:
+        with pytest.raises(errors.StoreUnreachable, match="storage directory .* is missing") as info:
             call()
         assert info.value.retryable
 
