@@ -6,8 +6,11 @@ import os
 import re
 import tempfile
 
-#: Load balancer and amphora ids: they become directory names, so no dots, no slashes.
-ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+from keramos.framework.schema import IDENTIFIER_PATTERN
+
+#: Load balancer and amphora ids (Keramos's identifier pattern): they become directory names,
+#: so no separators and no leading dot (which also rules out "." and "..").
+ID_RE = re.compile(IDENTIFIER_PATTERN)
 #: Listener certificate file names: one path component ending in .pem, never starting with a dot.
 PEM_FILENAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*\.pem")
 _MAX_FILENAME = 128

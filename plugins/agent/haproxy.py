@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from keramos.plugins.agent.files import atomic_write, contained_path, is_valid_id
+from keramos.plugins.agent.files import atomic_write, is_valid_id
 
 _STOP_GRACE_SECONDS = 5.0
 
@@ -105,15 +105,17 @@ class HaproxyManager:
         self.state_dir = os.path.abspath(state_dir)
         self.binary = binary
         self.timeout = timeout
-        self.root = os.path.join(self.state_dir, "loadbalancers")
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.join(self.state_dir, "loadbalancers"), mode=0o700, exist_ok=True)
+        self.root = os.path.realpath(os.path.join(self.state_dir, "loadbalancers"))
         self._version: str | None = None
 
     def lb_dir(self, lb_id: str) -> str:
         """The directory of ``lb_id`` (ValueError for an id that is not a safe name)."""
         if not is_valid_id(lb_id):
             raise ValueError(f"invalid load balancer id {lb_id!r}")
-        return contained_path(self.root, lb_id)
+        # A valid id has no separator and no leading dot: joined to the resolved root, it stays
+        # inside it without resolving the path again on every call.
+        return os.path.join(self.root, lb_id)
 
     def config_path(self, lb_id: str) -> str:
         """Where the stored configuration of ``lb_id`` lives."""

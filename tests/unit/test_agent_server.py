@@ -167,7 +167,7 @@ def test_push_for_another_amphora_is_refused(client):
     assert_json_error(client.get(f"/1.0/loadbalancer/{LB_ID}/haproxy"), 404)
 
 
-@pytest.mark.parametrize("lb_id", ["..", ".hidden", "a.b", "x" * 200])
+@pytest.mark.parametrize("lb_id", ["..", ".hidden", "a%20b", "-x", "x" * 200])
 def test_unsafe_load_balancer_ids_are_refused(client, lb_id):
     response = push(client, lb_id=lb_id)
     assert response.status_code in (400, 404)
