@@ -51,8 +51,21 @@ worker_opts = [
         "executor_threads",
         default=16,
         min=1,
-        help="Threads per worker process that run flows; also the number of casts one process "
-        "runs at once.",
+        help="Threads per worker process that run flows: how many flows one process runs at once.",
+    ),
+    cfg.IntOpt(
+        "accept_threads",
+        default=4,
+        min=1,
+        help="Threads per worker process that take casts off the queue, validate them and record "
+        "them as pending before handing them to the flow threads.",
+    ),
+    cfg.IntOpt(
+        "max_queued_flows",
+        default=1000,
+        min=1,
+        help="Accepted flows that may wait for a flow thread; beyond this, accepting the next "
+        "cast waits until a flow ends.",
     ),
     cfg.StrOpt(
         "engine",

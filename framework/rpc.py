@@ -7,16 +7,18 @@ oslo.messaging; the runner it drives does not.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+import futurist
 import oslo_messaging
 from oslo_config import cfg
 from oslo_log import log as logging
 
 from keramos.framework.errors import FlowFailed, InvalidEvent
 from keramos.framework.records import TaskRecord
-from keramos.framework.runner import FlowRunner, jsonable
+from keramos.framework.runner import FlowRunner, Job, jsonable
 
 LOG = logging.getLogger(__name__)
 
@@ -63,6 +65,10 @@ class NotifierSink:
 class WorkerEndpoint:
     """What the worker serves over RPC: ``handle_event`` (cast) and ``get_status`` (call).
 
+    ``handle_event`` only accepts a cast: it validates it, records it ``pending`` with its
+    durable flow detail, and queues it for the flow threads (``[worker] executor_threads``), so
+    that taking casts off the queue never waits behind running flows. At most
+    ``[worker] max_queued_flows`` accepted flows wait; past that, accepting waits.
     ``on_failure`` is told of every flow that failed (the in-process testing kit uses it to
     re-raise the flow's own error in the test).
     """
@@ -74,31 +80,58 @@ class WorkerEndpoint:
     ) -> None:
         self.runner = runner
         self.on_failure = on_failure
+        conf = runner.conf.worker
+        self._flows = futurist.ThreadPoolExecutor(max_workers=conf.executor_threads)
+        self._slots = threading.BoundedSemaphore(conf.executor_threads + conf.max_queued_flows)
         self._active = 0
         self._active_lock = threading.Lock()
 
     @property
     def active(self) -> int:
-        """How many flows this endpoint is running right now."""
+        """How many accepted flows are running or waiting for a flow thread."""
         return self._active
 
     def handle_event(self, ctxt: dict[str, Any], envelope: Any) -> None:
-        """Run the flow of one cast; every outcome is recorded, none escapes to the transport."""
+        """Accept one cast and queue its flow; every outcome is recorded, none is raised."""
+        try:
+            job = self.runner.validate(envelope)
+        except InvalidEvent as error:
+            self.runner.reject(error)
+            return
+        try:
+            book, flow_detail = self.runner.accept(job)
+        except Exception:
+            LOG.exception("could not accept cast %s", job.request_id)
+            return
+        self._slots.acquire()
         with self._active_lock:
             self._active += 1
+        self._flows.submit(self._run, job, book, flow_detail)
+
+    def _run(self, job: Job, book: Any, flow_detail: Any) -> None:
         try:
-            self.runner.submit(envelope)
-        except InvalidEvent:
-            pass
+            self.runner.run(job, book, flow_detail)
         except FlowFailed as failure:
             if self.on_failure is not None:
                 self.on_failure(failure)
         except Exception:
-            request_id = envelope.get("request_id") if isinstance(envelope, dict) else None
-            LOG.exception("unexpected error handling cast %s", request_id)
+            LOG.exception("unexpected error running %s (%s)", job.event, job.request_id)
         finally:
             with self._active_lock:
                 self._active -= 1
+            self._slots.release()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for accepted flows to end; ``True`` if they all did.
+
+        Flows that have not ended are left in the persistence backend, to be resumed.
+        """
+        deadline = time.monotonic() + timeout
+        while self._active and time.monotonic() < deadline:
+            time.sleep(0.05)
+        drained = self._active == 0
+        self._flows.shutdown(wait=drained)
+        return drained
 
     def get_status(self, ctxt: dict[str, Any], request_id: str) -> dict[str, Any] | None:
         """The task record of ``request_id`` as a dict, or ``None`` if unknown."""
@@ -113,8 +146,8 @@ class WorkerEndpoint:
 def rpc_server(
     conf: cfg.ConfigOpts, transport: oslo_messaging.Transport, endpoint: WorkerEndpoint
 ) -> oslo_messaging.MessageHandlingServer:
-    """An RPC server on the worker topic running casts on ``[worker] executor_threads``."""
-    conf.set_override("executor_thread_pool_size", conf.worker.executor_threads)
+    """An RPC server on the worker topic accepting casts on ``[worker] accept_threads``."""
+    conf.set_override("executor_thread_pool_size", conf.worker.accept_threads)
     return oslo_messaging.get_rpc_server(
         transport,
         worker_target(conf, server=conf.host),

@@ -191,13 +191,18 @@ class FlowRunner:
                 )
             )
 
-    def accept(self, job: Job) -> None:
-        """Record a validated job as ``pending`` (the caller can now ask for its status)."""
+    def accept(self, job: Job) -> tuple[models.LogBook, models.FlowDetail]:
+        """Record a validated job as ``pending`` and save its flow detail.
+
+        From here on the caller can ask for its status, and (when durable) a worker killed
+        before the flow ends resumes it. Returns what :meth:`run` takes.
+        """
         factory = self.flows[job.event]
         resource_id = job.payload.get(factory.resource_field) if factory.resource_field else None
         self.drivers.state_store.save(
             TaskRecord(request_id=job.request_id, event=job.event, resource_id=resource_id)
         )
+        return self._new_flow_detail(job)
 
     def submit(self, envelope: Any, *, on_progress: ProgressCallback | None = None) -> dict:
         """Validate, record and run one cast; invalid casts are rejected and reported.
@@ -209,8 +214,8 @@ class FlowRunner:
         except InvalidEvent as error:
             self.reject(error)
             raise
-        self.accept(job)
-        return self.run(job, on_progress=on_progress)
+        book, flow_detail = self.accept(job)
+        return self.run(job, book, flow_detail, on_progress=on_progress)
 
     def _new_flow_detail(self, job: Job) -> tuple[models.LogBook, models.FlowDetail]:
         book = models.LogBook(f"{job.event}:{job.request_id}")
@@ -227,14 +232,14 @@ class FlowRunner:
             connection.save_logbook(book)
         return book, flow_detail
 
-    def _load_engine(self, job: Job, book=None, flow_detail=None, *, resume: bool = False):
+    def _load_engine(self, job: Job, book: models.LogBook, flow_detail: models.FlowDetail):
         flow = self.flows[job.event].build()
         options: dict[str, Any] = {"engine": self.conf.worker.engine}
         if self._executor is not None:
             options["executor"] = self._executor
         return engines.load(
             flow,
-            store=None if resume else job.store,
+            store=job.store,
             book=book,
             flow_detail=flow_detail,
             backend=self.backend,
@@ -250,12 +255,12 @@ class FlowRunner:
     def run(
         self,
         job: Job,
+        book: models.LogBook,
+        flow_detail: models.FlowDetail,
         *,
         on_progress: ProgressCallback | None = None,
-        book=None,
-        flow_detail=None,
     ) -> dict[str, Any]:
-        """Run an accepted job's flow to the end and return its result.
+        """Run an accepted job's flow to the end (or on from where it stopped); return its result.
 
         On failure the flow has been reverted; the failure is recorded and reported and raised
         as :class:`FlowFailed` carrying the original error as ``cause``.
@@ -268,12 +273,9 @@ class FlowRunner:
         store.update(TaskRecord, job.request_id, state=TaskState.PROCESSING)
         self.sink.emit(f"keramos.{job.event}.start", {**base, "version": job.version})
         LOG.info("flow %s started (%s, resource %s)", job.event, job.request_id, resource_id)
-        resume = flow_detail is not None
         on_progress = on_progress or self.progress
         try:
-            if flow_detail is None:
-                book, flow_detail = self._new_flow_detail(job)
-            engine = self._load_engine(job, book, flow_detail, resume=resume)
+            engine = self._load_engine(job, book, flow_detail)
             if on_progress is not None:
                 engine.atom_notifier.register(
                     tf_notifier.Notifier.ANY,
@@ -350,8 +352,8 @@ class FlowRunner:
         for job, book, flow_detail in self.unfinished(owner):
             LOG.info("resuming flow %s (%s) from its last completed task", job.event, job.request_id)
             if self.drivers.state_store.get(TaskRecord, job.request_id) is None:
-                self.accept(job)
+                self.drivers.state_store.save(TaskRecord(request_id=job.request_id, event=job.event))
             with contextlib.suppress(FlowFailed):
-                self.run(job, book=book, flow_detail=flow_detail)
+                self.run(job, book, flow_detail)
             resumed += 1
         return resumed

@@ -97,27 +97,26 @@ class Worker:
         )
 
     def stop(self, timeout: float | None = None) -> bool:
-        """Stop consuming and wait up to ``timeout`` seconds for running flows.
+        """Stop consuming and wait up to ``timeout`` seconds for accepted flows.
 
-        Returns ``True`` if every flow finished; flows still running are left to be resumed.
+        Returns ``True`` if every flow ended; flows that did not are left to be resumed by the
+        next start of this host.
         """
         timeout = self.conf.worker.graceful_shutdown_timeout if timeout is None else timeout
         self.server.stop()
-        waiter = threading.Thread(target=self.server.wait, name="keramos-drain", daemon=True)
-        waiter.start()
-        waiter.join(timeout)
-        drained = not waiter.is_alive()
+        self.server.wait()
+        drained = self.endpoint.drain(timeout)
         if drained:
             self.runner.close()
             self.drivers.close()
-            if self._own_transport:
-                self.transport.cleanup()
         else:
             LOG.warning(
-                "%d flow(s) still running after %ss: leaving them to be resumed",
+                "%d flow(s) still running or queued after %ss: leaving them to be resumed",
                 self.endpoint.active,
                 timeout,
             )
+        if self._own_transport:
+            self.transport.cleanup()
         return drained
 
 
