@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from oslo_log import log as logging
 from taskflow import task
 from taskflow.types import failure
@@ -64,10 +65,19 @@ def revoked_serials(state_store: StateStore, kind: str) -> dict[str, dt.datetime
 
 
 def pem_bundle(bundle: CertificateBundle) -> bytes:
-    """Certificate, intermediates and key concatenated: what an amphora agent installs."""
+    """Certificate, intermediates and unencrypted key concatenated: what an amphora agent installs."""
     if bundle.private_key is None:
         raise DriverError("the stored certificate has no private key to install on the amphora")
-    return b"".join((bundle.certificate, *bundle.intermediates, bundle.private_key))
+    key = bundle.private_key
+    if bundle.private_key_passphrase:
+        try:
+            decrypted = serialization.load_pem_private_key(key, bundle.private_key_passphrase)
+        except (ValueError, TypeError):
+            raise DriverError("the stored key's passphrase does not decrypt it") from None
+        key = decrypted.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    return b"".join((bundle.certificate, *bundle.intermediates, key))
 
 
 class IssueCertificate(task.Task):
@@ -197,6 +207,7 @@ class FindCurrentCertificate(task.Task):
         if not amphora.address:
             raise DriverError(f"amphora {amphora_id} has no address to push a certificate to")
         if serial is not None:
+            serial = serial.lower()
             current = self.state_store.get(CertificateRecord, serial)
             if current is None or current.amphora_id != amphora_id:
                 raise NotFound(f"no certificate {serial} for amphora {amphora_id}")

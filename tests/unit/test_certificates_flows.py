@@ -8,13 +8,14 @@ import sys
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from taskflow import engines
 
 from keramos.flows.certificates import IssueCertificate, RevokeCertificate, RotateCertificate
-from keramos.flows.tasks.certificates import CertificateStatus, certificates_due_for_rotation
+from keramos.flows.tasks.certificates import CertificateStatus, certificates_due_for_rotation, pem_bundle
 from keramos.framework import schema
 from keramos.framework.config import make_conf
-from keramos.framework.contracts import CertKind
+from keramos.framework.contracts import CertificateBundle, CertKind
 from keramos.framework.errors import DriverError, NotFound, PayloadError
 from keramos.framework.loader import load_flow_classes
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord, utcnow
@@ -279,3 +280,20 @@ def test_rotate_an_amphora_made_by_create_amphora(tmp_path):
         assert worker.state_store.get(AmphoraRecord, "amp-5").cert_serial == new_serial
         pushed = worker.drivers.amphora.certificates["amp-5"]
         assert pushed.startswith(rotated["issued_certificate"]["certificate_pem"].encode())
+
+
+def test_pem_bundle_decrypts_a_key_stored_with_its_passphrase(drivers):
+    issued = drivers.cert_generator.issue("amp-1", CertKind.SERVER)
+    key = serialization.load_pem_private_key(issued.private_key_pem, None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    bundle = pem_bundle(CertificateBundle(issued.certificate_pem, encrypted, (), b"secret"))
+    assert bundle.startswith(issued.certificate_pem)
+    assert serialization.load_pem_private_key(bundle, None).private_numbers() == key.private_numbers()
+    with pytest.raises(DriverError, match="passphrase does not decrypt"):
+        pem_bundle(CertificateBundle(issued.certificate_pem, encrypted, (), b"wrong"))
+    with pytest.raises(DriverError, match="no private key"):
+        pem_bundle(CertificateBundle(issued.certificate_pem))
