@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import oslo_messaging
+
 from keramos.framework.cli.progress import load_json_argument, print_json
 from keramos.framework.client import KeramosClient
 from keramos.framework.errors import FlowFailed
@@ -31,7 +33,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cast(args: argparse.Namespace) -> int:
     payload = load_json_argument(args.payload, "--payload")
-    with KeramosClient(args.conf()) as client:
+    conf = args.conf()
+    with KeramosClient(conf) as client:
+        if args.wait:
+            try:
+                client.ping(timeout=5)
+            except oslo_messaging.MessagingTimeout:
+                print(
+                    f"keramos cast: no worker answers on topic {conf.worker.topic} yet; the cast "
+                    "waits in the queue until one starts",
+                    file=sys.stderr,
+                )
         request_id = client.cast(args.event, payload, version=args.version)
         print(request_id, flush=True)
         if not args.wait:
