@@ -179,9 +179,7 @@ class DownloadAndVerifyImage(task.Task):
         def produce(target: BinaryIO) -> dict[str, str]:
             downloaded.append(True)
             verifier = signature.StreamingVerifier(spec, public_key, expected_size=expected_size)
-            for chunk in self.image_store.chunks(image_id, self.chunk_size):
-                verifier.update(chunk)
-                target.write(chunk)
+            verifier.copy_stream(self.image_store.chunks(image_id, self.chunk_size), target)
             try:
                 digest = verifier.verify()
             except SignatureVerificationError as error:

@@ -27,8 +27,10 @@ import base64
 import binascii
 import dataclasses
 import hashlib
+import queue
+import threading
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -368,6 +370,38 @@ class StreamingVerifier:
         for chunk in chunks:
             self.update(chunk)
         return self.verify()
+
+    def copy_stream(self, chunks: Iterable[bytes], target: BinaryIO, *, depth: int = 8) -> None:
+        """Feed every chunk and write it to ``target``, hashing and writing at the same time.
+
+        A writer thread drains a queue of at most ``depth`` chunks, so memory stays bounded
+        while the hash (which releases the GIL) and the writes use two cores. Call
+        :meth:`verify` afterwards. An error on either side stops both and is raised here.
+        """
+        pending: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        failures: list[BaseException] = []
+
+        def write() -> None:
+            while (chunk := pending.get()) is not None:
+                if not failures:
+                    try:
+                        target.write(chunk)
+                    except BaseException as error:  # re-raised in the calling thread
+                        failures.append(error)
+
+        writer = threading.Thread(target=write, name="image-writer", daemon=True)
+        writer.start()
+        try:
+            for chunk in chunks:
+                if failures:
+                    break
+                self.update(chunk)
+                pending.put(chunk)
+        finally:
+            pending.put(None)
+            writer.join()
+        if failures:
+            raise failures[0]
 
 
 def sign_digest(

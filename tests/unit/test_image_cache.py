@@ -10,6 +10,7 @@ import time
 import pytest
 
 from keramos.framework.config import make_conf
+from keramos.plugins.images import cache as cache_module
 from keramos.plugins.images.cache import VerifiedImageCache, image_cache_opts
 
 
@@ -151,3 +152,40 @@ def test_concurrent_requests_download_once(tmp_path):
         thread.join()
     assert len(calls) == 1
     assert len(results) == 8 and len({result.path for result in results}) == 1
+
+
+@pytest.fixture
+def boot(tmp_path, monkeypatch):
+    """A fake boot id file: write a new id to simulate a restart."""
+    path = tmp_path / "boot_id"
+    path.write_text("boot-1\n")
+    monkeypatch.setattr(cache_module, "_BOOT_ID_PATH", str(path))
+    return path
+
+
+def test_entry_from_before_a_restart_is_rehashed_once(tmp_path, boot, monkeypatch):
+    cache = make_cache(tmp_path)
+    cache.fetch("img", "sum", producer(os.urandom(300_000)))
+    hashed: list[str] = []
+    real_hash = VerifiedImageCache._hash_file
+    monkeypatch.setattr(
+        VerifiedImageCache,
+        "_hash_file",
+        staticmethod(lambda path, name: hashed.append(path) or real_hash(path, name)),
+    )
+    assert cache.get("img", "sum") is not None and hashed == []
+    boot.write_text("boot-2\n")
+    assert cache.get("img", "sum") is not None and len(hashed) == 1
+    assert cache.get("img", "sum") is not None and len(hashed) == 1
+
+
+def test_data_lost_in_a_crash_is_not_served_after_the_restart(tmp_path, boot):
+    cache = make_cache(tmp_path)
+    entry = cache.fetch("img", "sum", producer(os.urandom(300_000)))
+    stat = os.stat(entry.path)
+    with open(entry.path, "r+b") as data:
+        data.seek(100_000)
+        data.write(b"\x00" * 4096)  # what a crash can leave where unflushed data was
+    os.utime(entry.path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    boot.write_text("boot-2\n")
+    assert cache.get("img", "sum") is None

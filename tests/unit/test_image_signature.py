@@ -191,3 +191,33 @@ def test_streaming_memory_stays_flat():
         tracemalloc.stop()
     # 64 MiB went through; what stays alive is about one chunk.
     assert peak < 4 * len(chunk)
+
+
+def test_copy_stream_writes_what_it_hashes(tmp_path):
+    signer = pki().signers["p256"]
+    spec = signature.parse_signature_properties(sign(DATA, signer, UUID))
+    verifier = signature.StreamingVerifier(spec, signer.certificate.public_key())
+    with open(tmp_path / "copy", "wb") as target:
+        verifier.copy_stream(chunked(DATA, 1000), target)
+    assert verifier.verify() == hashlib.sha256(DATA).digest()
+    assert (tmp_path / "copy").read_bytes() == DATA
+
+
+def test_copy_stream_raises_a_write_error_and_stops_reading(tmp_path):
+    signer = pki().signers["p256"]
+    spec = signature.parse_signature_properties(sign(DATA, signer, UUID))
+    verifier = signature.StreamingVerifier(spec, signer.certificate.public_key())
+    read: list[int] = []
+
+    def chunks():
+        for chunk in chunked(DATA, 1000):
+            read.append(len(chunk))
+            yield chunk
+
+    class FullDisk:
+        def write(self, chunk):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        verifier.copy_stream(chunks(), FullDisk(), depth=2)
+    assert sum(read) < len(DATA)
