@@ -223,7 +223,7 @@ class FindCurrentCertificate(task.Task):
             current = active[-1]
         if current.status != CertificateStatus.ACTIVE:
             raise DriverError(f"certificate {current.serial} is {current.status}, not active")
-        endpoint = {"amphora_id": amphora_id, "address": amphora.address, "port": None}
+        endpoint = {"amphora_id": amphora_id, "address": amphora.address, "port": amphora.agent_port}
         return current.serial, current.cert_ref, current.subject, current.kind, endpoint
 
 

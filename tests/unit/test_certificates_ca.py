@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import stat
-import sys
 
 import pytest
 from cryptography import x509
@@ -25,9 +24,7 @@ from keramos.plugins.certificates.ca import (
 )
 from keramos.plugins.certificates.files import write_atomic
 from keramos.plugins.certificates.keys import KEY_TYPES
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from certs_helpers import PASSPHRASE, make_csr, rsa_key, tamper_signature  # noqa: E402
+from tests.unit.certs_helpers import PASSPHRASE, make_csr, rsa_key, tamper_signature
 
 DAY = dt.timedelta(days=1)
 

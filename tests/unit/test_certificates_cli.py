@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import stat
-import sys
 
 import pytest
 from cryptography import x509
@@ -16,9 +15,7 @@ from keramos.framework.cli import cert as cert_cli
 from keramos.framework.config import make_conf
 from keramos.framework.errors import ConfigError, KeramosError, NotFound
 from keramos.plugins.certificates import errors
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from certs_helpers import PASSPHRASE  # noqa: E402
+from tests.unit.certs_helpers import PASSPHRASE
 
 
 def parser() -> argparse.ArgumentParser:

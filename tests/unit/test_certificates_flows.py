@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import sys
 
 import pytest
 from cryptography import x509
@@ -21,9 +20,7 @@ from keramos.framework.loader import load_flow_classes
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord, utcnow
 from keramos.framework.testing import InProcessWorker
 from keramos.plugins.certificates import errors
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from certs_helpers import (  # noqa: E402
+from tests.unit.certs_helpers import (
     UnreachableAmphora,
     make_csr,
     make_drivers,

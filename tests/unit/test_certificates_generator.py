@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import stat
-import sys
 
 import pytest
 from cryptography import x509
@@ -22,9 +21,7 @@ from keramos.plugins.certificates.generator import (
     parse_duration,
     rotation_settings,
 )
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from certs_helpers import PASSPHRASE, cert_conf, make_ca_dir, make_csr, make_generator  # noqa: E402
+from tests.unit.certs_helpers import PASSPHRASE, cert_conf, make_ca_dir, make_csr, make_generator
 
 
 def test_entry_point_is_the_local_generator():

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import stat
-import sys
 
 import pytest
 
@@ -17,9 +16,7 @@ from keramos.framework.errors import ConfigError, DriverError, NotFound
 from keramos.framework.loader import load_driver_class
 from keramos.plugins.certificates import castellan_store, errors, local_store
 from keramos.plugins.certificates.keys import load_private_key, private_key_pem
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from certs_helpers import make_generator, make_store  # noqa: E402
+from tests.unit.certs_helpers import make_generator, make_store
 
 
 @pytest.fixture(scope="module")
