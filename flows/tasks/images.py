@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, BinaryIO
 
 from cryptography import x509
@@ -118,7 +118,7 @@ def _pem(certificate: x509.Certificate) -> bytes:
 
 
 def _diagnose_mismatch(
-    error: SignatureVerificationError, data: BinaryIO, properties: Mapping[str, str]
+    error: SignatureVerificationError, data: Iterable[bytes], properties: Mapping[str, str]
 ) -> SignatureVerificationError:
     """Tell modified data from another key using the checksum the image store recorded.
 
@@ -134,8 +134,7 @@ def _diagnose_mismatch(
         digest = hashlib.new(algorithm)
     except ValueError:
         return error
-    data.seek(0)
-    while chunk := data.read(1 << 20):
+    for chunk in data:
         digest.update(chunk)
     if digest.hexdigest() != expected.lower():
         return SignatureVerificationError(
@@ -174,18 +173,30 @@ class DownloadAndVerifyImage(task.Task):
         public_key = load_certificates(signing_certificate["pem"].encode())[0].public_key()
         size = image_properties.get("size")
         expected_size = int(size) if size and size.isdigit() else None
+        checksum = checksum_of(image_properties)
+        if expected_size is not None and expected_size > self.cache.max_size:
+            LOG.warning(
+                "image %s (%d bytes) is larger than the image cache: verifying it without "
+                "keeping a copy",
+                image_id,
+                expected_size,
+            )
+            self._verify(image_id, spec, public_key, expected_size, image_properties, None)
+            return {
+                "path": None,
+                "size": expected_size,
+                "digest": None,
+                "checksum": checksum,
+                "cached": False,
+                "downloaded": True,
+            }
         downloaded: list[bool] = []
 
         def produce(target: BinaryIO) -> dict[str, str]:
             downloaded.append(True)
-            verifier = signature.StreamingVerifier(spec, public_key, expected_size=expected_size)
-            verifier.copy_stream(self.image_store.chunks(image_id, self.chunk_size), target)
-            try:
-                digest = verifier.verify()
-            except SignatureVerificationError as error:
-                if error.reason != Reason.SIGNATURE_MISMATCH:
-                    raise
-                raise _diagnose_mismatch(error, target, image_properties) from None
+            digest = self._verify(
+                image_id, spec, public_key, expected_size, image_properties, target
+            )
             return {
                 "digest": digest.hex(),
                 "hash_method": spec.hash_method,
@@ -193,7 +204,6 @@ class DownloadAndVerifyImage(task.Task):
                 "signature": base64.b64encode(spec.signature).decode("ascii"),
             }
 
-        checksum = checksum_of(image_properties)
         entry = self.cache.fetch(image_id, checksum, produce)
         if entry is not None and not downloaded:
             entry = self._recheck_hit(entry, spec, public_key, checksum, produce)
@@ -205,6 +215,33 @@ class DownloadAndVerifyImage(task.Task):
             "cached": entry is not None,
             "downloaded": bool(downloaded),
         }
+
+    def _verify(
+        self,
+        image_id: str,
+        spec: signature.SignatureSpec,
+        public_key: signature.PublicKey,
+        expected_size: int | None,
+        properties: Mapping[str, str],
+        target: BinaryIO | None,
+    ) -> bytes:
+        """Stream the image through the hash (into ``target`` if given); verify; the digest."""
+        verifier = signature.StreamingVerifier(spec, public_key, expected_size=expected_size)
+        chunks = self.image_store.chunks(image_id, self.chunk_size)
+        try:
+            if target is None:
+                return verifier.verify_stream(chunks)
+            verifier.copy_stream(chunks, target)
+            return verifier.verify()
+        except SignatureVerificationError as error:
+            if error.reason != Reason.SIGNATURE_MISMATCH:
+                raise
+            if target is None:
+                data = self.image_store.chunks(image_id, self.chunk_size)
+            else:
+                target.seek(0)
+                data = iter(lambda: target.read(1 << 20), b"")
+            raise _diagnose_mismatch(error, data, properties) from None
 
     def _recheck_hit(
         self, entry: CachedImage, spec, public_key, checksum: str, produce

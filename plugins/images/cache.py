@@ -152,6 +152,7 @@ class VerifiedImageCache:
                 os.makedirs(path, mode=0o700, exist_ok=True)
         except OSError as error:
             raise ConfigError(f"[{GROUP}] directory {self.directory}: {error.strerror}") from error
+        self._remove_orphaned_staging()
 
     @staticmethod
     def key(image_id: str, checksum: str) -> str:
@@ -248,45 +249,70 @@ class VerifiedImageCache:
         handle, staging_path = tempfile.mkstemp(dir=self._staging, prefix=key[:16] + "-")
         try:
             with os.fdopen(handle, "w+b") as target:
+                # Held until the data is committed: marks the staging file as in use.
+                fcntl.flock(target.fileno(), fcntl.LOCK_EX)
                 os.fchmod(target.fileno(), 0o600)
                 recorded = dict(produce(target))
                 target.flush()
                 stat = os.fstat(target.fileno())
-                if stat.st_size <= self.max_size and boot_id() is None:
+                if stat.st_size > self.max_size:
+                    LOG.warning(
+                        "image %s (%d bytes) is larger than [%s] max_size (%d): verified, "
+                        "not cached",
+                        image_id,
+                        stat.st_size,
+                        GROUP,
+                        self.max_size,
+                    )
+                    return None
+                if boot_id() is None:
                     os.fsync(target.fileno())
-            if stat.st_size > self.max_size:
-                LOG.warning(
-                    "image %s (%d bytes) is larger than [%s] max_size (%d): verified, not cached",
-                    image_id,
-                    stat.st_size,
-                    GROUP,
-                    self.max_size,
-                )
-                return None
-            with self._locked("cache"):
-                self._evict_for(stat.st_size)
-                data_path, meta_path = self._paths(key)
-                meta = {
-                    "image_id": image_id,
-                    "checksum": checksum,
-                    "size": stat.st_size,
-                    "inode": stat.st_ino,
-                    "mtime_ns": stat.st_mtime_ns,
-                    "sample_digest": _sample_digest(staging_path, stat.st_size),
-                    "boot_id": boot_id(),
-                    "digest": recorded.pop("digest"),
-                    "hash_method": recorded.pop("hash_method"),
-                    "hashlib": recorded.pop("hashlib", ""),
-                    "details": recorded,
-                }
-                # Metadata first: a crash before the data moves leaves a miss, never a hit.
-                write_atomically(meta_path, json.dumps(meta).encode(), 0o600)
-                os.replace(staging_path, data_path)
-                _touch(meta_path)
+                self._commit(key, image_id, checksum, staging_path, stat, recorded)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(staging_path)
         return self.get(image_id, checksum)
+
+    def _commit(
+        self,
+        key: str,
+        image_id: str,
+        checksum: str,
+        staging_path: str,
+        stat: os.stat_result,
+        recorded: dict[str, Any],
+    ) -> None:
+        with self._locked("cache"):
+            self._evict_for(stat.st_size)
+            data_path, meta_path = self._paths(key)
+            meta = {
+                "image_id": image_id,
+                "checksum": checksum,
+                "size": stat.st_size,
+                "inode": stat.st_ino,
+                "mtime_ns": stat.st_mtime_ns,
+                "sample_digest": _sample_digest(staging_path, stat.st_size),
+                "boot_id": boot_id(),
+                "digest": recorded.pop("digest"),
+                "hash_method": recorded.pop("hash_method"),
+                "hashlib": recorded.pop("hashlib", ""),
+                "details": recorded,
+            }
+            # Metadata first: a crash before the data moves leaves a miss, never a hit.
+            write_atomically(meta_path, json.dumps(meta).encode(), 0o600)
+            os.replace(staging_path, data_path)
+            _touch(meta_path)
+
+    def _remove_orphaned_staging(self) -> None:
+        """Remove staging files that no process is writing (left by a crash)."""
+        for name in os.listdir(self._staging):
+            path = os.path.join(self._staging, name)
+            try:
+                with open(path, "rb") as staging_file:
+                    fcntl.flock(staging_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    os.unlink(path)
+            except (BlockingIOError, FileNotFoundError):
+                continue
 
     def _entries_by_age(self) -> list[tuple[int, str, int]]:
         entries = []

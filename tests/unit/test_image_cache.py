@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import threading
@@ -189,3 +190,16 @@ def test_data_lost_in_a_crash_is_not_served_after_the_restart(tmp_path, boot):
     os.utime(entry.path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     boot.write_text("boot-2\n")
     assert cache.get("img", "sum") is None
+
+
+def test_staging_left_by_a_crash_is_removed_but_not_one_in_use(tmp_path):
+    cache = make_cache(tmp_path)
+    staging = os.path.join(cache.directory, "staging")
+    orphan = os.path.join(staging, "orphan")
+    with open(orphan, "wb") as left:
+        left.write(b"partial")
+    in_use = os.path.join(staging, "in-use")
+    with open(in_use, "wb") as writing:
+        fcntl.flock(writing.fileno(), fcntl.LOCK_EX)
+        make_cache(tmp_path)
+        assert os.listdir(staging) == ["in-use"]

@@ -230,3 +230,15 @@ def test_without_trusted_cas_the_flow_refuses_to_run(tmp_path):
     with InProcessWorker(flows=[VerifyImage], state_path=tmp_path) as worker:
         with pytest.raises(ConfigError, match="trusted_ca_file"):
             worker.run("verify_image", {"image_id": "img"})
+
+
+@pytest.mark.parametrize("damage,reason", [(None, None), ("flip", Reason.DATA_MODIFIED)])
+def test_image_larger_than_the_cache_is_verified_without_a_copy(setup, damage, reason):
+    setup.worker.conf.set_override("max_size", len(DATA) // 2, group="image_cache")
+    setup.add_image("img", pki().signers["p384"], "SHA-384")
+    if damage is None:
+        image = setup.verify("img")
+        assert image["status"] == "active" and image["path"] is None
+    else:
+        _flip_byte(setup.data_path("img"), 5)
+        assert setup.failure("img").reason == reason
