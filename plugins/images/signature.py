@@ -405,10 +405,10 @@ class StreamingVerifier:
 
 
 def sign_digest(
-    private_key: PrivateKey, spec_hash_method: str, digest: bytes, *, salt_length: int | None = None
+    private_key: PrivateKey, hash_method: str, digest: bytes, *, salt_length: int | None = None
 ) -> bytes:
     """Sign an image digest the way Glance expects (RSA keys sign with RSA-PSS, MGF1)."""
-    hash_algorithm = HASH_METHODS[spec_hash_method][1]()
+    hash_algorithm = HASH_METHODS[hash_method][1]()
     prehashed = utils.Prehashed(hash_algorithm)
     if isinstance(private_key, rsa.RSAPrivateKey):
         salt = padding.PSS.MAX_LENGTH if salt_length is None else salt_length

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import ImageStore, KeyManager
 from keramos.framework.errors import ConfigError, DriverError, NotFound
+from keramos.plugins.images import list_opts
 from keramos.plugins.images.file_store import FileImageStore
 from keramos.plugins.images.http_store import HttpImageStore
 from keramos.plugins.images.key_managers import CastellanKeyManager, LocalKeyManager
@@ -267,3 +268,12 @@ def test_castellan_key_manager_stores_der_and_maps_not_found(conf, monkeypatch):
     assert stored == {}
     with pytest.raises(NotFound):
         manager.get_certificate(object_id)
+
+
+def test_every_image_option_is_listed_with_help():
+    groups = dict(list_opts())
+    assert {"image_verification", "image_cache", "file_image_store", "http_image_store"} <= set(
+        groups
+    )
+    for options in groups.values():
+        assert all(option.help for option in options)
