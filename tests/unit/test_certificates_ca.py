@@ -22,7 +22,7 @@ from keramos.plugins.certificates.ca import (
     create_dual_ca,
     load_dual_ca,
 )
-from keramos.plugins.certificates.files import write_atomic
+from keramos.plugins.certificates.files import write_all_atomic, write_atomic
 from keramos.plugins.certificates.keys import KEY_TYPES
 from tests.unit.certs_helpers import PASSPHRASE, make_csr, rsa_key, tamper_signature
 
@@ -307,3 +307,19 @@ def test_crl_refuses_a_serial_that_is_not_hex(authorities):
 def test_unknown_kind_is_a_driver_error(tmp_path):
     with pytest.raises(DriverError, match="kind must be one of server, client, not 'peer'"):
         ca_certificate_path(str(tmp_path), "peer")
+
+
+def test_a_failed_multi_file_write_leaves_no_file_behind(tmp_path):
+    first, second = str(tmp_path / "first.pem"), str(tmp_path / "missing-dir" / "second.pem")
+    with pytest.raises(FileNotFoundError):
+        write_all_atomic({first: (b"one", 0o600), second: (b"two", 0o600)})
+    assert os.listdir(tmp_path) == []
+
+
+def test_atomic_write_replaces_whole_and_private(tmp_path):
+    path = str(tmp_path / "key.pem")
+    write_atomic(path, b"old")
+    write_atomic(path, b"new")
+    assert open(path, "rb").read() == b"new"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert os.listdir(tmp_path) == ["key.pem"]
