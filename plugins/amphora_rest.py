@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import urllib.parse
 from typing import Any
 
 import requests
@@ -107,6 +108,11 @@ class AmphoraIdAdapter(HTTPAdapter):
         """Create the pool manager with the amphora id as the name to check."""
         pool_kwargs["assert_hostname"] = self.amphora_id
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+
+
+def _segment(value: str) -> str:
+    """``value`` quoted as one URL path segment (a ``/``, ``?`` or ``#`` cannot change the path)."""
+    return urllib.parse.quote(value, safe="")
 
 
 def _file_option(conf: cfg.ConfigOpts, name: str) -> str:
@@ -245,14 +251,14 @@ class RestAmphoraDriver(AmphoraDriver):
         self.request(
             endpoint,
             "PUT",
-            f"/loadbalancer/{endpoint.amphora_id}/{lb_id}/haproxy",
+            f"/loadbalancer/{_segment(endpoint.amphora_id)}/{_segment(lb_id)}/haproxy",
             data=config.encode(),
             headers={VERSION_HEADER: str(version), "Content-Type": "text/plain"},
         )
 
     def action(self, endpoint: AmphoraEndpoint, lb_id: str, action: str) -> str:
         """``start``, ``stop`` or ``reload`` the load balancer; returns the agent's details."""
-        return self.request(endpoint, "PUT", f"/loadbalancer/{lb_id}/{action}").json().get(
+        return self.request(endpoint, "PUT", f"/loadbalancer/{_segment(lb_id)}/{_segment(action)}").json().get(
             "details", ""
         )
 
@@ -263,12 +269,12 @@ class RestAmphoraDriver(AmphoraDriver):
 
     def get_config(self, endpoint: AmphoraEndpoint, lb_id: str) -> tuple[str, int]:
         """The stored configuration of ``lb_id`` and its version."""
-        response = self.request(endpoint, "GET", f"/loadbalancer/{lb_id}/haproxy")
+        response = self.request(endpoint, "GET", f"/loadbalancer/{_segment(lb_id)}/haproxy")
         return response.text, int(response.headers.get(VERSION_HEADER, "0"))
 
     def delete_config(self, endpoint: AmphoraEndpoint, lb_id: str) -> None:
         """Stop ``lb_id`` and remove its configuration (the agent keeps its version)."""
-        self.request(endpoint, "DELETE", f"/loadbalancer/{lb_id}")
+        self.request(endpoint, "DELETE", f"/loadbalancer/{_segment(lb_id)}")
 
     def install_certificate(self, endpoint: AmphoraEndpoint, pem_bundle: bytes) -> None:
         """Replace the agent's server certificate and key (used from the next connection)."""
@@ -278,7 +284,7 @@ class RestAmphoraDriver(AmphoraDriver):
         self, endpoint: AmphoraEndpoint, lb_id: str, filename: str, pem: bytes
     ) -> None:
         """Store a listener's TLS material as ``filename`` on the amphora."""
-        self.request(endpoint, "PUT", f"/loadbalancer/{lb_id}/certificates/{filename}", data=pem)
+        self.request(endpoint, "PUT", f"/loadbalancer/{_segment(lb_id)}/certificates/{_segment(filename)}", data=pem)
 
     def forget(self, endpoint: AmphoraEndpoint) -> None:
         """Close the session of an amphora that is gone."""

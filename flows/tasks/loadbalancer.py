@@ -16,7 +16,7 @@ from taskflow.patterns import unordered_flow
 
 from keramos.flows.templates import render_haproxy_config
 from keramos.framework.contracts import AmphoraDriver, AmphoraEndpoint, StateStore
-from keramos.framework.errors import DriverError, NotFound
+from keramos.framework.errors import DriverError, NotFound, PayloadError
 from keramos.framework.records import AmphoraRecord, LoadBalancerRecord
 
 LOG = logging.getLogger(__name__)
@@ -44,8 +44,10 @@ class LoadAmphoraEndpoints(task.Task):
         self.state_store = state_store
 
     def execute(self, amphora_ids: list[str]) -> list[dict[str, Any]]:
+        if not all(isinstance(amphora_id, str) for amphora_id in amphora_ids):
+            raise PayloadError("amphora_ids must be a list of amphora ids (strings)")
         if not amphora_ids or len(set(amphora_ids)) != len(amphora_ids):
-            raise DriverError("amphora_ids must list each amphora of the load balancer once")
+            raise PayloadError("amphora_ids must list each amphora of the load balancer once")
         endpoints = []
         for amphora_id in amphora_ids:
             record = self.state_store.get(AmphoraRecord, amphora_id)

@@ -16,14 +16,13 @@ from typing import Any
 import pytest
 import requests
 
-from tests.functional.agent_helpers import Pki, boot, free_port, http_backend, make_drivers, make_pki
 from keramos.flows.loadbalancer import PushConfig
 from keramos.framework.contracts import AmphoraEndpoint, InstanceStatus
 from keramos.framework.errors import DriverError, NotFound
 from keramos.framework.records import AmphoraRecord, LoadBalancerRecord
 from keramos.framework.testing import InProcessWorker
-from keramos.plugins.amphora_rest import AgentError, RestAmphoraDriver
-from keramos.plugins.compute_process import ProcessCompute
+from keramos.plugins.amphora_rest import AgentError
+from tests.functional.agent_helpers import Pki, boot, free_port, http_backend, make_drivers, make_pki
 
 LB_ID = "lb-e2e"
 AMPHORAE = ("amp-e2e-1", "amp-e2e-2")

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.functional.agent_helpers import Issued, Pki, boot, issue, make_drivers, make_pki
 from keramos.framework.contracts import AmphoraEndpoint
 from keramos.plugins.amphora_rest import AgentError, RestAmphoraDriver
 from keramos.plugins.compute_process import ProcessCompute
+from tests.functional.agent_helpers import Issued, Pki, boot, issue, make_drivers, make_pki
 
 AMPHORA_ID = "amp-tls-1"
 
@@ -112,7 +112,7 @@ def test_an_agent_not_named_by_the_amphora_id_is_refused(agent):
 
 def test_a_certificate_filename_traversal_is_refused_over_tls(agent):
     pki, compute, rest, endpoint = agent
-    for filename in ("..%2F..%2Fescape.pem", "..", ".escape.pem"):
+    for filename in ("../../escape.pem", "..%2F..%2Fescape.pem", "..", ".escape.pem"):
         with pytest.raises(AgentError) as caught:
             rest.upload_listener_certificate(endpoint, "lb-1", filename, pki.server_ca.cert_pem)
         assert caught.value.status in (400, 404)

@@ -148,6 +148,14 @@ def test_a_bad_description_pushes_nothing_and_burns_no_version(worker_and_amphor
     assert worker.state_store.get(LoadBalancerRecord, LB_ID) is None
 
 
+@pytest.mark.parametrize("amphora_ids", [[], ["amp-1", "amp-1"], ["amp-1", {"id": "amp-2"}]])
+def test_amphora_ids_must_be_distinct_strings(worker_and_amphora, amphora_ids):
+    worker, amphora = worker_and_amphora
+    with pytest.raises(PayloadError, match="amphora_ids"):
+        worker.run("push_config", payload(amphora_ids=amphora_ids))
+    assert amphora.uploads == []
+
+
 def test_an_unknown_amphora_pushes_nothing(worker_and_amphora):
     worker, amphora = worker_and_amphora
     with pytest.raises(NotFound, match="amp-9"):
