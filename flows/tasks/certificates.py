@@ -25,7 +25,7 @@ from keramos.framework.contracts import (
     StateStore,
 )
 from keramos.framework.errors import DriverError, NotFound
-from keramos.framework.records import AmphoraRecord, CertificateRecord, utcnow
+from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord, utcnow
 
 LOG = logging.getLogger(__name__)
 
@@ -41,19 +41,30 @@ class CertificateStatus:
 def certificates_due_for_rotation(
     state_store: StateStore, now: dt.datetime, window: dt.timedelta, limit: int
 ) -> list[CertificateRecord]:
-    """Active amphora certificates expiring before ``now + window``: soonest first, ``limit`` most.
+    """Active server certificates of READY amphorae expiring before ``now + window``.
 
-    The worker's periodic task casts ``rotate_certificate`` for each, in batches of ``limit``;
-    a rotated certificate becomes ``superseded`` and leaves the list.
+    Soonest expiry first, ``limit`` at most. The worker's periodic task casts
+    ``rotate_certificate`` for each, in batches of ``limit``; a rotated certificate becomes
+    ``superseded`` and leaves the list. Amphorae that are not READY (booting, in error, being
+    deleted) are skipped, so that they cannot fill every batch with rotations bound to fail.
     """
     deadline = now + window
-    due = [
-        record
-        for record in state_store.find(CertificateRecord, status=CertificateStatus.ACTIVE)
-        if record.amphora_id is not None and record.not_after <= deadline
-    ]
-    due.sort(key=lambda record: record.not_after)
-    return due[: max(limit, 0)]
+    candidates = sorted(
+        (
+            record
+            for record in state_store.find(CertificateRecord, kind=CertKind.SERVER, status=CertificateStatus.ACTIVE)
+            if record.amphora_id is not None and record.not_after <= deadline
+        ),
+        key=lambda record: record.not_after,
+    )
+    due: list[CertificateRecord] = []
+    for record in candidates:
+        if len(due) >= limit:
+            break
+        amphora = state_store.get(AmphoraRecord, record.amphora_id)
+        if amphora is not None and amphora.status == AmphoraStatus.READY:
+            due.append(record)
+    return due
 
 
 def revoked_serials(state_store: StateStore, kind: str) -> dict[str, dt.datetime]:

@@ -222,14 +222,12 @@ def test_due_for_rotation_is_bounded_soonest_first_and_skips_others(drivers):
     now = utcnow()
     store = drivers.state_store
 
-    def record(serial, days, **fields):
+    def record(serial, days, amphora_status=AmphoraStatus.READY, kind="server", **fields):
+        if fields.get("amphora_id"):
+            store.save(AmphoraRecord(amphora_id=fields["amphora_id"], status=amphora_status))
         store.save(
             CertificateRecord(
-                serial=serial,
-                kind="server",
-                subject=serial,
-                not_after=now + dt.timedelta(days=days),
-                **fields,
+                serial=serial, kind=kind, subject=serial, not_after=now + dt.timedelta(days=days), **fields
             )
         )
 
@@ -238,14 +236,14 @@ def test_due_for_rotation_is_bounded_soonest_first_and_skips_others(drivers):
     record("c", 10, amphora_id="amp-c")
     record("late", 60, amphora_id="amp-d")
     record("controller", 1)
+    record("client-kind", 1, kind="client", amphora_id="amp-k")
     record("revoked", 1, amphora_id="amp-e", status="revoked")
     record("superseded", 1, amphora_id="amp-f", status="superseded")
+    record("broken", 1, amphora_id="amp-g", amphora_status=AmphoraStatus.ERROR)
+    record("booting", 1, amphora_id="amp-h", amphora_status=AmphoraStatus.BOOTING)
+    record("orphan", 1, amphora_id=None)
     window = dt.timedelta(days=30)
-    assert [r.serial for r in certificates_due_for_rotation(store, now, window, 10)] == [
-        "b",
-        "c",
-        "a",
-    ]
+    assert [r.serial for r in certificates_due_for_rotation(store, now, window, 10)] == ["b", "c", "a"]
     assert [r.serial for r in certificates_due_for_rotation(store, now, window, 2)] == ["b", "c"]
     assert certificates_due_for_rotation(store, now, window, 0) == []
 
