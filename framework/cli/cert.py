@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+from typing import TYPE_CHECKING
 
 from keramos.framework.cli.ca import (
     PASSPHRASE_ENV,
@@ -22,8 +23,14 @@ from keramos.framework.cli.ca import (
 )
 from keramos.framework.errors import ConfigError
 
+if TYPE_CHECKING:
+    from oslo_config import cfg
 
-def _generator(args: argparse.Namespace):
+    from keramos.framework.contracts import StateStore
+    from keramos.plugins.certificates.generator import LocalCertGenerator
+
+
+def _generator(args: argparse.Namespace) -> tuple[cfg.ConfigOpts, LocalCertGenerator]:
     from keramos.plugins.certificates.generator import LocalCertGenerator
 
     conf = certificates_conf(args)
@@ -32,7 +39,7 @@ def _generator(args: argparse.Namespace):
     return conf, LocalCertGenerator(conf, passphrase=resolve_passphrase(args, conf))
 
 
-def _state_store(conf):
+def _state_store(conf: cfg.ConfigOpts) -> StateStore:
     from keramos.framework.loader import load_driver
 
     return load_driver("state_store", conf.drivers.state_store, conf)
@@ -73,11 +80,8 @@ def _issue(args: argparse.Namespace) -> int:
             raise ConfigError(f"cannot write to {out}: {error.strerror}") from None
     finally:
         state_store.close()
-    print(
-        f"{issued.kind} certificate {issued.serial} for {issued.subject}, valid until "
-        f"{issued.not_after.isoformat()}"
-    )
-    print(f"written: {cert_path}, {key_path} (0600)")
+    print(f"{issued.kind} certificate {issued.serial} for {issued.subject}, valid until {issued.not_after.isoformat()}")
+    print(f"written: {cert_path}, {key_path} (mode 0600)")
     return 0
 
 
@@ -108,9 +112,7 @@ def _list(args: argparse.Namespace) -> int:
     ]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
@@ -189,9 +191,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DAYS",
         help="days the certificate is valid (default: [certificates] validity_days)",
     )
-    issue.add_argument(
-        "--key-type", choices=KEY_TYPES, help="key type (default: [certificates] key_type, ec-p256)"
-    )
+    issue.add_argument("--key-type", choices=KEY_TYPES, help="key type (default: [certificates] key_type, ec-p256)")
     issue.add_argument("--force", action="store_true", help="replace OUT/cert.pem and OUT/key.pem")
     add_passphrase_argument(issue)
     issue.set_defaults(func=_issue)
@@ -218,9 +218,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "of the CA that issued it (DIR/server_ca_crl.pem or DIR/client_ca_crl.pem), which "
         "'openssl verify -crl_check' and TLS peers use to refuse it.",
     )
-    revoke.add_argument(
-        "serial", metavar="SERIAL", help="serial number, hexadecimal (see 'cert list')"
-    )
+    revoke.add_argument("serial", metavar="SERIAL", help="serial number, hexadecimal (see 'cert list')")
     add_dir_argument(revoke)
     add_passphrase_argument(revoke)
     revoke.set_defaults(func=_revoke)
