@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import multiprocessing
 import os
 import threading
 import time
@@ -203,3 +204,26 @@ def test_staging_left_by_a_crash_is_removed_but_not_one_in_use(tmp_path):
         fcntl.flock(writing.fileno(), fcntl.LOCK_EX)
         make_cache(tmp_path)
         assert os.listdir(staging) == ["in-use"]
+
+
+def test_concurrent_processes_download_once(tmp_path):
+    make_cache(tmp_path)
+    log = tmp_path / "downloads.log"
+
+    def request() -> None:
+        def produce(target):
+            with open(log, "a") as downloads:
+                downloads.write("download\n")
+            time.sleep(0.3)
+            return producer(b"p" * 4096)(target)
+
+        make_cache(tmp_path).fetch("img", "sum", produce)
+
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=request) for _ in range(3)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(30)
+    assert [process.exitcode for process in processes] == [0, 0, 0]
+    assert log.read_text() == "download\n"
