@@ -22,7 +22,12 @@ from keramos.framework.contracts import ImageStore, KeyManager, StateStore
 from keramos.framework.errors import NotFound
 from keramos.framework.records import ImageRecord
 from keramos.plugins.images import signature
-from keramos.plugins.images.cache import CachedImage, VerifiedImageCache, checksum_of
+from keramos.plugins.images.cache import (
+    CachedImage,
+    CacheEntryTooLarge,
+    VerifiedImageCache,
+    checksum_of,
+)
 from keramos.plugins.images.certificate_validation import (
     CertificateValidator,
     describe_certificate,
@@ -175,21 +180,9 @@ class DownloadAndVerifyImage(task.Task):
         expected_size = int(size) if size and size.isdigit() else None
         checksum = checksum_of(image_properties)
         if expected_size is not None and expected_size > self.cache.max_size:
-            LOG.warning(
-                "image %s (%d bytes) is larger than the image cache: verifying it without "
-                "keeping a copy",
-                image_id,
-                expected_size,
+            return self._verify_uncached(
+                image_id, spec, public_key, expected_size, image_properties
             )
-            self._verify(image_id, spec, public_key, expected_size, image_properties, None)
-            return {
-                "path": None,
-                "size": expected_size,
-                "digest": None,
-                "checksum": checksum,
-                "cached": False,
-                "downloaded": True,
-            }
         downloaded: list[bool] = []
 
         def produce(target: BinaryIO) -> dict[str, str]:
@@ -204,7 +197,12 @@ class DownloadAndVerifyImage(task.Task):
                 "signature": base64.b64encode(spec.signature).decode("ascii"),
             }
 
-        entry = self.cache.fetch(image_id, checksum, produce)
+        try:
+            entry = self.cache.fetch(image_id, checksum, produce)
+        except CacheEntryTooLarge:
+            return self._verify_uncached(
+                image_id, spec, public_key, expected_size, image_properties
+            )
         if entry is not None and not downloaded:
             entry = self._recheck_hit(entry, spec, public_key, checksum, produce)
         return {
@@ -214,6 +212,30 @@ class DownloadAndVerifyImage(task.Task):
             "checksum": checksum,
             "cached": entry is not None,
             "downloaded": bool(downloaded),
+        }
+
+    def _verify_uncached(
+        self,
+        image_id: str,
+        spec: signature.SignatureSpec,
+        public_key: signature.PublicKey,
+        expected_size: int | None,
+        properties: Mapping[str, str],
+    ) -> dict[str, Any]:
+        LOG.warning(
+            "image %s is larger than the image cache (%d bytes): verifying it without keeping "
+            "a copy",
+            image_id,
+            self.cache.max_size,
+        )
+        self._verify(image_id, spec, public_key, expected_size, properties, None)
+        return {
+            "path": None,
+            "size": expected_size,
+            "digest": None,
+            "checksum": checksum_of(properties),
+            "cached": False,
+            "downloaded": True,
         }
 
     def _verify(

@@ -122,6 +122,28 @@ def checksum_of(properties: Mapping[str, str]) -> str:
 Producer = Callable[[BinaryIO], Mapping[str, Any]]
 
 
+class CacheEntryTooLarge(Exception):
+    """The data written to a staging file exceeded ``max_size``; the entry was abandoned."""
+
+
+class _BoundedFile:
+    """A staging file that refuses to grow beyond the cache's size (for images of unknown size)."""
+
+    def __init__(self, target: BinaryIO, limit: int) -> None:
+        self._target = target
+        self._limit = limit
+        self._written = 0
+
+    def write(self, data: bytes) -> int:
+        self._written += len(data)
+        if self._written > self._limit:
+            raise CacheEntryTooLarge(f"more than {self._limit} bytes")
+        return self._target.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+
 @dataclasses.dataclass(frozen=True)
 class CachedImage:
     """A verified image in the cache."""
@@ -233,8 +255,9 @@ class VerifiedImageCache:
         """Return the cached image, or fill the entry with ``produce`` and return it.
 
         Only one caller at a time fills a given entry; others wait and then get the hit. If
-        ``produce`` raises, the partial data is removed and the error propagates. Returns None
-        when the verified image is larger than ``max_size`` (it is then not kept).
+        ``produce`` raises, the partial data is removed and the error propagates; writing more
+        than ``max_size`` bytes raises :class:`CacheEntryTooLarge` (the data was not all read,
+        so it is not verified either).
         """
         key = self.key(image_id, checksum)
         with self._locked(key):
@@ -252,19 +275,9 @@ class VerifiedImageCache:
                 # Held until the data is committed: marks the staging file as in use.
                 fcntl.flock(target.fileno(), fcntl.LOCK_EX)
                 os.fchmod(target.fileno(), 0o600)
-                recorded = dict(produce(target))
+                recorded = dict(produce(_BoundedFile(target, self.max_size)))  # type: ignore[arg-type]
                 target.flush()
                 stat = os.fstat(target.fileno())
-                if stat.st_size > self.max_size:
-                    LOG.warning(
-                        "image %s (%d bytes) is larger than [%s] max_size (%d): verified, "
-                        "not cached",
-                        image_id,
-                        stat.st_size,
-                        GROUP,
-                        self.max_size,
-                    )
-                    return None
                 if boot_id() is None:
                     os.fsync(target.fileno())
                 self._commit(key, image_id, checksum, staging_path, stat, recorded)

@@ -13,7 +13,7 @@ import pytest
 
 from keramos.framework.config import make_conf
 from keramos.plugins.images import cache as cache_module
-from keramos.plugins.images.cache import VerifiedImageCache, image_cache_opts
+from keramos.plugins.images.cache import CacheEntryTooLarge, VerifiedImageCache, image_cache_opts
 
 
 def make_cache(tmp_path, **options) -> VerifiedImageCache:
@@ -89,7 +89,8 @@ def test_least_recently_used_entries_are_evicted(tmp_path):
 def test_image_larger_than_the_cache_is_not_kept(tmp_path):
     cache = make_cache(tmp_path, max_size=100)
     cache.fetch("small", "sum", producer(b"s" * 50))
-    assert cache.fetch("big", "sum", producer(b"b" * 101)) is None
+    with pytest.raises(CacheEntryTooLarge):
+        cache.fetch("big", "sum", producer(b"b" * 101))
     assert cache.get("small", "sum") is not None
     assert os.listdir(os.path.join(cache.directory, "staging")) == []
 

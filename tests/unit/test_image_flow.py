@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import threading
 
@@ -242,3 +243,18 @@ def test_image_larger_than_the_cache_is_verified_without_a_copy(setup, damage, r
     else:
         _flip_byte(setup.data_path("img"), 5)
         assert setup.failure("img").reason == reason
+
+
+def test_image_of_unknown_size_larger_than_the_cache_is_verified_without_a_copy(setup):
+    setup.worker.conf.set_override("max_size", len(DATA) // 2, group="image_cache")
+    setup.add_image("img", pki().signers["rsa"])
+    metadata_path = setup.data_path("img") + ".json"
+    with open(metadata_path) as metadata:
+        document = json.load(metadata)
+    del document["size"]
+    with open(metadata_path, "w") as metadata:
+        json.dump(document, metadata)
+    image = setup.verify("img")
+    assert image["status"] == "active" and image["path"] is None
+    cache = os.path.join(setup.worker.conf.state_path, "image_cache")
+    assert os.listdir(os.path.join(cache, "staging")) == []
