@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,10 @@ from taskflow.patterns import linear_flow
 from taskflow.persistence import backends, models
 
 from keramos.framework.persistence import get_backend
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import format_table, rate, row  # noqa: E402
 
 MIN_FLOWS = 5
 
@@ -42,22 +45,14 @@ def _flow() -> linear_flow.Flow:
 
 
 def _flows_per_second(label: str, backend: Any, duration: float) -> float:
-    """Run flows for ``duration`` seconds (at least MIN_FLOWS) after a warm-up."""
+    """Flows per second over ``duration`` seconds (at least MIN_FLOWS) after a warm-up."""
     flow = _flow()
 
     def run_one() -> None:
         book = models.LogBook("bench") if backend is not None else None
         engines.load(flow, backend=backend, book=book, engine="serial").run()
 
-    run_one()
-    count = 0
-    start = time.perf_counter()
-    while count < MIN_FLOWS or time.perf_counter() - start < duration:
-        run_one()
-        count += 1
-    rate = count / (time.perf_counter() - start)
-    print(f"  {label}: {count} flows, {rate:.1f} flows/s", file=sys.stderr)
-    return rate
+    return rate(label, run_one, duration, MIN_FLOWS)
 
 
 def _lean(path: Path, synchronous: str) -> Callable[[float], float]:
@@ -84,10 +79,6 @@ def _stock(path: Path) -> Callable[[float], float]:
     return measure
 
 
-def _row(name: str, keramos: float, raw: float, unit: str, goal: str) -> dict[str, Any]:
-    return {"name": name, "keramos": keramos, "raw": raw, "unit": unit, "ratio": keramos / raw, "goal": goal}
-
-
 def rows(duration: float = 3.0) -> list[dict]:
     """Measure and return the benchmark rows.
 
@@ -102,24 +93,10 @@ def rows(duration: float = 3.0) -> list[dict]:
         stock = _stock(tmp_dir / "stock.db")(duration)
         raw = _flows_per_second("taskflow without persistence", None, duration)
     return [
-        _row("durable flow, SQLite synchronous=normal vs taskflow SQLAlchemy backend", normal, stock, "flows/s", ">= 25x"),
-        _row("durable flow, SQLite synchronous=full vs taskflow SQLAlchemy backend", full, stock, "flows/s", ">= 25x"),
-        _row("durable flow, SQLite synchronous=normal vs taskflow without persistence", normal, raw, "flows/s", ">= 0.8"),
+        row("backend: lean normal vs taskflow SQLAlchemy backend", normal, stock, "flows/s", ">= 25x"),
+        row("backend: lean full vs taskflow SQLAlchemy backend", full, stock, "flows/s", ">= 25x"),
+        row("backend: lean normal vs taskflow without persistence", normal, raw, "flows/s", ">= 0.8"),
     ]
-
-
-def format_table(table: list[dict]) -> str:
-    """Return ``table`` as aligned text."""
-    header = ["name", "keramos", "raw", "unit", "ratio", "goal"]
-    lines = [header] + [
-        [r["name"], f"{r['keramos']:.1f}", f"{r['raw']:.1f}", r["unit"], f"{r['ratio']:.2f}x", r["goal"]]
-        for r in table
-    ]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) if i in (0, 3, 5) else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
-        for line in lines
-    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from taskflow.patterns import linear_flow
 from keramos.framework import rpc
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import FlowFactory
-from keramos.framework.records import TaskRecord
 from keramos.framework.service import Worker
 from keramos.framework.testing import RecordingSink
 

@@ -57,7 +57,7 @@ def format_table(table: list[dict]) -> str:
     return "\n".join(
         "  ".join(
             cell.ljust(w) if i in (0, 3, 5) else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(line, widths))
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
         )
         for line in lines
     )

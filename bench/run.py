@@ -23,6 +23,9 @@ BENCHMARKS: dict[str, tuple[dict, dict]] = {
     "rpc": ({"casts": 3000}, {"casts": 500}),
     "runner": ({"duration": 3.0}, {"duration": 1.0}),
     "persistence": ({"duration": 3.0}, {"duration": 1.0}),
+    "certificates": ({"duration": 3.0}, {"duration": 1.0}),
+    "images": ({}, {"size_mib": 64, "rss_size_mib": 256, "repeats": 1}),
+    "agent": ({}, {"duration": 2.0, "agents": 5}),
 }
 
 

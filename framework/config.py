@@ -10,11 +10,12 @@ import importlib
 import os
 import socket
 from collections.abc import Iterable, Mapping, Sequence
+from importlib import metadata
 from typing import Any
 
-from oslo_messaging import opts as messaging_opts
 from oslo_config import cfg
 from oslo_log import log as logging
+from oslo_messaging import opts as messaging_opts
 
 PROJECT = "keramos"
 
@@ -206,6 +207,16 @@ def _register_messaging_opts(conf: cfg.ConfigOpts) -> None:
         conf.register_opts(getattr(module, attribute, []), group=group)
 
 
+def _register_plugin_opts(conf: cfg.ConfigOpts) -> None:
+    """Register the options of every installed Keramos plugin (``oslo.config.opts`` entry
+    points named ``keramos.*``), so that files and overrides may set them before a driver loads."""
+    for entry_point in metadata.entry_points(group="oslo.config.opts"):
+        if not entry_point.name.startswith(f"{PROJECT}."):
+            continue
+        for group, opts in entry_point.load()():
+            conf.register_opts(opts, group=group)
+
+
 def make_conf(
     args: Sequence[str] = (),
     *,
@@ -223,6 +234,7 @@ def make_conf(
     for group, opts in GROUPS.items():
         conf.register_opts(opts, group=group)
     _register_messaging_opts(conf)
+    _register_plugin_opts(conf)
     logging.register_options(conf)
     conf.set_default("control_exchange", PROJECT)
     conf.set_default("driver", ["messagingv2"], group="oslo_messaging_notifications")

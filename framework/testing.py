@@ -30,9 +30,19 @@ from oslo_config import cfg
 from keramos.framework.client import KeramosClient
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import Driver, FlowFactory
-from keramos.framework.errors import FlowFailed
+from keramos.framework.errors import (
+    FlowFailed,
+    IncompatibleVersion,
+    InvalidEvent,
+    PayloadError,
+    UnknownEvent,
+)
 from keramos.framework.runner import ProgressCallback, new_request_id
 from keramos.framework.service import Worker
+
+_REJECTIONS = {
+    error.__name__ for error in (InvalidEvent, UnknownEvent, IncompatibleVersion, PayloadError)
+}
 
 #: A driver given to the kit: an instance, or a callable building one from the configuration.
 DriverSpec = Driver | Callable[[cfg.ConfigOpts], Driver]
@@ -84,13 +94,26 @@ class InProcessWorker:
         self._progress = progress
         self._driver_specs = drivers
         self._failures: dict[str, FlowFailed] = {}
+        self._failed = threading.Condition()
         self.events = RecordingSink()
         self.conf: cfg.ConfigOpts | None = None
         self.worker: Worker | None = None
         self.client: KeramosClient | None = None
 
     def _on_failure(self, failure: FlowFailed) -> None:
-        self._failures[failure.request_id] = failure
+        with self._failed:
+            self._failures[failure.request_id] = failure
+            self._failed.notify_all()
+
+    def _original_error(self, failure: FlowFailed) -> BaseException:
+        # The task record turns ``failure`` a moment before the worker hands the exception over;
+        # a rejected cast never ran, so it has no exception to wait for.
+        if failure.error_type in _REJECTIONS:
+            return failure
+        with self._failed:
+            self._failed.wait_for(lambda: failure.request_id in self._failures, timeout=10)
+            original = self._failures.pop(failure.request_id, None)
+        return original.cause if original is not None and original.cause else failure
 
     def start(self) -> InProcessWorker:
         """Build and start the worker and its client."""
@@ -176,10 +199,7 @@ class InProcessWorker:
         try:
             return self.client.wait(request_id, timeout=timeout)["result"]
         except FlowFailed as failure:
-            original = self._failures.pop(request_id, None)
-            if original is not None and original.cause is not None:
-                raise original.cause from None
-            raise
+            raise self._original_error(failure) from None
 
     def cast_and_wait(
         self, event: str, payload: dict[str, Any], *, timeout: float = 30.0, **kwargs: Any

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import stevedore
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -54,6 +55,8 @@ def plugin_distribution(tmp_path, monkeypatch):
         for name, source in modules.items():
             (root / f"{name}.py").write_text(textwrap.dedent(source))
         monkeypatch.syspath_prepend(str(root))
+        # stevedore caches each group's entry points for the life of the process.
+        monkeypatch.setattr(stevedore.ExtensionManager, "ENTRY_POINT_CACHE", {})
         return root
 
     return install

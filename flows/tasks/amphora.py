@@ -216,6 +216,7 @@ class MarkAmphoraReady(task.Task):
             status=AmphoraStatus.READY,
             compute_id=compute_id,
             address=amphora_instance["address"],
+            agent_port=amphora_instance["port"],
             port_id=amphora_port["port_id"],
             cert_serial=amphora_server_cert["serial"],
             error=None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from keramos.flows.amphora import CreateAmphora
 from keramos.framework.errors import DriverError, NotFound
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord
 from keramos.framework.testing import InProcessWorker

@@ -62,7 +62,7 @@ def test_a_bad_value_in_a_file_is_refused_naming_the_option(tmp_path):
     conf_file.write_text("[worker]\nengine = turbo\n")
     conf = config.make_conf(["--config-file", str(conf_file)])
     with pytest.raises(cfg.ConfigFileValueError, match="turbo"):
-        conf.worker.engine
+        _ = conf.worker.engine
 
 
 def test_state_paths_follow_state_path(tmp_path):

@@ -82,7 +82,8 @@ def test_logbook_round_trip(conn: persistence.Connection) -> None:
     loaded = conn.get_logbook("book-1")
     assert (loaded.name, loaded.meta, loaded.created_at) == ("book", {"owner": "tests"}, book.created_at)
     flow_detail = loaded.find("flow-1")
-    assert (flow_detail.name, flow_detail.state, flow_detail.meta) == ("flow", states.RUNNING, {"factory": {"name": "f"}})
+    expected = ("flow", states.RUNNING, {"factory": {"name": "f"}})
+    assert (flow_detail.name, flow_detail.state, flow_detail.meta) == expected
     assert {ad.uuid for ad in flow_detail} == {"atom-done", "atom-failed", "atom-retry"}
     assert flow_detail.find("atom-done").results == {"ids": [1, 2], "name": "x"}
     assert len(conn.get_logbook("book-1", lazy=True)) == 0
