@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from oslo_log import log as logging
 from taskflow.patterns import linear_flow
 
 from keramos.flows.tasks import certificates as tasks
-from keramos.framework.contracts import CertKind, FlowFactory
+from keramos.framework.contracts import CertKind, FlowFactory, PeriodicTask
+from keramos.framework.contracts.flow import Cast
+from keramos.framework.records import TaskRecord, TaskState, utcnow
+from keramos.framework.runner import new_request_id
 from keramos.framework.schema import IDENTIFIER_PATTERN, Field
+from keramos.plugins.certificates.generator import rotation_settings
+
+LOG = logging.getLogger(__name__)
 
 _SERIAL_PATTERN = r"[0-9a-fA-F]{1,40}"
 
@@ -61,6 +68,38 @@ class RotateCertificate(FlowFactory):
     }
     resource_field = "amphora_id"
     result_keys = ("issued_certificate", "previous_serial")
+
+    def periodic_tasks(self) -> list[PeriodicTask]:
+        interval = self.conf.certificates.rotation_check_interval
+        if interval <= 0:
+            return []
+        return [PeriodicTask("cast_due_rotations", interval, self.cast_due_rotations)]
+
+    def cast_due_rotations(self, cast: Cast) -> list[str]:
+        """Cast ``rotate_certificate`` for the certificates due, one batch; return request ids.
+
+        An amphora whose rotation is already pending or running is left for the next run.
+        """
+        store = self.drivers.state_store
+        window, batch_size = rotation_settings(self.conf)
+        busy = {
+            record.resource_id
+            for state in (TaskState.PENDING, TaskState.PROCESSING)
+            for record in store.find(TaskRecord, event=self.name, state=state)
+        }
+        due = tasks.certificates_due_for_rotation(store, utcnow(), window, batch_size)
+        request_ids = []
+        for record in due:
+            if record.amphora_id in busy:
+                continue
+            # Recorded before the cast, so the next run skips it even if it is still queued.
+            request_id = new_request_id()
+            store.save(TaskRecord(request_id, self.name, resource_id=record.amphora_id))
+            payload = {"amphora_id": record.amphora_id, "serial": record.serial}
+            request_ids.append(cast(self.name, payload, request_id=request_id))
+        if request_ids:
+            LOG.info("cast %d certificate rotation(s)", len(request_ids))
+        return request_ids
 
     def build(self) -> linear_flow.Flow:
         return linear_flow.Flow(self.name).add(

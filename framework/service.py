@@ -20,8 +20,9 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from keramos.framework import __version__, loader, rpc
+from keramos.framework.client import KeramosClient
 from keramos.framework.config import make_conf
-from keramos.framework.contracts import Driver, FlowFactory
+from keramos.framework.contracts import Driver, FlowFactory, PeriodicTask
 from keramos.framework.errors import FlowFailed, KeramosError
 from keramos.framework.runner import EventSink, FlowRunner, ProgressCallback
 from keramos.framework.warnings_filter import silence_dependency_warnings
@@ -76,6 +77,30 @@ class Worker:
         self.endpoint = rpc.WorkerEndpoint(self.runner, on_failure=on_failure)
         self.server = rpc.rpc_server(conf, self.transport, self.endpoint)
         self._resumer: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._periodic: list[threading.Thread] = []
+
+    def start_periodic_tasks(self) -> None:
+        """Run the flows' periodic tasks in threads; they cast through this worker's transport."""
+        client = KeramosClient(self.conf, transport=self.transport)
+        for factory in self.runner.flows.values():
+            for periodic in factory.periodic_tasks():
+                thread = threading.Thread(
+                    target=self._every,
+                    args=(periodic, client.cast),
+                    name=f"keramos-periodic-{periodic.name}",
+                    daemon=True,
+                )
+                thread.start()
+                self._periodic.append(thread)
+
+    def _every(self, periodic: PeriodicTask, cast: Callable[..., str]) -> None:
+        while not self._stopping.wait(periodic.interval):
+            try:
+                periodic.run(cast)
+            except Exception:
+                LOG.exception("periodic task %s failed; it runs again in %ss", periodic.name,
+                              periodic.interval)
 
     def start(self, *, resume: bool | None = None) -> None:
         """Start consuming; resume this host's unfinished flows in the background first."""
@@ -103,6 +128,7 @@ class Worker:
         next start of this host.
         """
         timeout = self.conf.worker.graceful_shutdown_timeout if timeout is None else timeout
+        self._stopping.set()
         self.server.stop()
         self.server.wait()
         drained = self.endpoint.drain(timeout)
@@ -133,7 +159,10 @@ class WorkerService(cotyledon.Service):
 
     def run(self) -> None:
         self.worker = Worker(self.conf)
-        self.worker.start(resume=self.conf.worker.resume_on_start and self.worker_id == 0)
+        first = self.worker_id == 0
+        self.worker.start(resume=self.conf.worker.resume_on_start and first)
+        if first:
+            self.worker.start_periodic_tasks()
         self._stopped.wait()
 
     def terminate(self) -> None:

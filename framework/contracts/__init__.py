@@ -10,7 +10,7 @@ from keramos.framework.contracts.base import Driver
 from keramos.framework.contracts.cert_generator import CertGenerator, CertKind, IssuedCertificate
 from keramos.framework.contracts.cert_manager import CertificateBundle, CertManager
 from keramos.framework.contracts.compute import ComputeDriver, Instance, InstanceStatus
-from keramos.framework.contracts.flow import FlowFactory
+from keramos.framework.contracts.flow import FlowFactory, PeriodicTask
 from keramos.framework.contracts.image_store import ImageStore
 from keramos.framework.contracts.key_manager import KeyManager
 from keramos.framework.contracts.network import NetworkDriver, Port
@@ -48,6 +48,7 @@ __all__ = [
     "IssuedCertificate",
     "KeyManager",
     "NetworkDriver",
+    "PeriodicTask",
     "Port",
     "StateStore",
 ]

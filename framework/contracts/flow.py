@@ -18,7 +18,8 @@ Example::
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 from oslo_config import cfg
@@ -28,6 +29,22 @@ from keramos.framework.schema import Field
 
 if TYPE_CHECKING:
     from keramos.framework.drivers import Drivers
+
+
+#: What a periodic task casts with: ``cast(event, payload, request_id=None) -> request_id``.
+Cast = Callable[..., str]
+
+
+@dataclasses.dataclass(frozen=True)
+class PeriodicTask:
+    """Work a flow asks the worker to do every ``interval`` seconds (in one process per worker).
+
+    ``run(cast)`` looks for work and casts events for it, so that any worker runs the flows.
+    """
+
+    name: str
+    interval: float
+    run: Callable[[Cast], None]
 
 
 class FlowFactory(abc.ABC):
@@ -67,3 +84,7 @@ class FlowFactory(abc.ABC):
     @abc.abstractmethod
     def build(self) -> tf_flow.Flow:
         """Return a new taskflow flow for one run."""
+
+    def periodic_tasks(self) -> list[PeriodicTask]:
+        """Periodic work this flow needs (none by default), e.g. casting due rotations."""
+        return []

@@ -81,6 +81,13 @@ certificates_opts = [
         min=1,
         help="Most rotations the periodic task casts in one run; the rest wait for the next run.",
     ),
+    cfg.IntOpt(
+        "rotation_check_interval",
+        default=3600,
+        min=0,
+        help="Seconds between two runs of the worker's periodic task that casts rotate_certificate "
+        "for certificates inside rotation_window; 0 turns it off.",
+    ),
 ]
 
 
