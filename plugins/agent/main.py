@@ -20,6 +20,7 @@ from oslo_config import cfg
 
 from keramos.plugins.agent import options
 from keramos.plugins.agent.haproxy import HaproxyManager
+from keramos.plugins.agent.heartbeat_sender import sender_from_settings
 from keramos.plugins.agent.options import GROUP, AgentSettings
 from keramos.plugins.agent.server import create_app
 
@@ -52,8 +53,26 @@ class AgentApplication(BaseApplication):
         bind = f"[{host}]:{group.bind_port}" if ":" in host else f"{host}:{group.bind_port}"
         state_dir = self.settings.state_dir
         binary = self.settings.haproxy_binary
+        try:
+            sender = sender_from_settings(
+                group.amphora_id,
+                group.controller_heartbeat_endpoints,
+                group.heartbeat_key,
+                group.heartbeat_interval,
+                state_dir,
+                binary,
+            )
+        except ValueError as error:
+            raise SystemExit(f"keramos-agent: [{GROUP}] {error}") from None
+
+        def start_heartbeats(_arbiter: Any) -> None:
+            # In the arbiter, once: the workers it forks do not inherit the thread.
+            if sender is not None:
+                sender.start()
 
         def stop_load_balancers(_arbiter: Any) -> None:
+            if sender is not None:
+                sender.stop()
             HaproxyManager(state_dir, binary).stop_all()
 
         return {
@@ -71,6 +90,7 @@ class AgentApplication(BaseApplication):
             "errorlog": "-",
             "loglevel": "info",
             "proc_name": f"keramos-agent {group.amphora_id or ''}".strip(),
+            "when_ready": start_heartbeats,
             "on_exit": stop_load_balancers,
         }
 

@@ -78,6 +78,25 @@ agent_opts = [
         help="Seconds an idle kept-alive connection stays open, so that the controller reuses "
         "its TLS sessions instead of handshaking for every request.",
     ),
+    cfg.ListOpt(
+        "controller_heartbeat_endpoints",
+        default=[],
+        help="host:port of every health manager ([health] bind_host/bind_port) the agent sends "
+        "its UDP heartbeats to. Empty: no heartbeats are sent.",
+    ),
+    cfg.FloatOpt(
+        "heartbeat_interval",
+        default=10.0,
+        min=0.05,
+        help="Seconds between two heartbeats; keep it well below the health manager's "
+        "[health] heartbeat_timeout.",
+    ),
+    cfg.StrOpt(
+        "heartbeat_key",
+        secret=True,
+        help="Shared key signing the heartbeats (HMAC-SHA256); must equal the health manager's "
+        "[health] heartbeat_key. Unset: no heartbeats are sent.",
+    ),
 ]
 
 

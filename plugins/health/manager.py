@@ -1,0 +1,299 @@
+"""The health manager: records amphora heartbeats, fails over the silent, re-pushes the lagging.
+
+``keramos-health --config-file FILE`` listens for heartbeats on ``[health] bind_host:bind_port``
+(UDP) and every ``check_interval`` seconds:
+
+- casts ``failover_amphora`` for each READY amphora silent for ``heartbeat_timeout`` seconds,
+  unless more of them are silent than ``failover_threshold`` allows: then it fails over none and
+  logs an error, because that many at once is a network partition, not broken amphorae;
+- casts ``push_config`` for each load balancer an amphora reports running an older version of
+  than the one recorded (eventual convergence, as seed 004's nodes catch up with the
+  coordinator).
+
+Each cast is recorded as a pending task first, so that an amphora or a load balancer is never
+cast for twice while its flow is queued or running. The decisions are plain classes taking a
+clock (:mod:`.checks`); this module holds the options and the thin edge around them: the UDP
+socket (:class:`HeartbeatListener`), the timer (:class:`HealthManager`) and :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from keramos.framework import loader
+from keramos.framework.client import KeramosClient
+from keramos.framework.config import make_conf
+from keramos.framework.contracts import StateStore
+from keramos.framework.contracts.flow import Cast
+from keramos.framework.errors import ConfigError, KeramosError
+from keramos.framework.warnings_filter import silence_dependency_warnings
+from keramos.plugins.health.checks import FailoverThreshold, HealthChecker, HeartbeatRecorder
+from keramos.plugins.health.heartbeat import (
+    MAX_HEARTBEAT_BYTES,
+    Heartbeat,
+    HeartbeatRejected,
+    HeartbeatVerifier,
+)
+
+LOG = logging.getLogger(__name__)
+
+GROUP = "health"
+
+health_opts = [
+    cfg.StrOpt("bind_host", default="0.0.0.0", help="Address the UDP heartbeat listener binds."),
+    cfg.PortOpt(
+        "bind_port",
+        default=5555,
+        help="UDP port of the heartbeat listener; agents list it in [amphora_agent] "
+        "controller_heartbeat_endpoints.",
+    ),
+    cfg.StrOpt(
+        "heartbeat_key",
+        secret=True,
+        help="Shared key the agents sign their heartbeats with (HMAC-SHA256); must equal "
+        "[amphora_agent] heartbeat_key. Required.",
+    ),
+    cfg.FloatOpt(
+        "heartbeat_timeout",
+        default=60.0,
+        min=0.1,
+        help="Seconds without a heartbeat after which a READY amphora is failed over.",
+    ),
+    cfg.FloatOpt(
+        "check_interval",
+        default=10.0,
+        min=0.05,
+        help="Seconds between two checks for silent amphorae and lagging configurations.",
+    ),
+    cfg.StrOpt(
+        "failover_threshold",
+        default="0.5",
+        help="Most silent amphorae failed over at once: a count ('3') or a fraction of the READY "
+        "amphorae ('0.5' or '50%', at least one). When more are silent, none is failed over "
+        "and an error is logged: so many at once is a network partition, not amphora failure.",
+    ),
+    cfg.FloatOpt(
+        "replay_window",
+        default=30.0,
+        min=1.0,
+        help="Seconds a heartbeat's sent_at may be away from this host's clock; older (or later) "
+        "heartbeats are refused as replays. Keep the clocks synchronised (NTP).",
+    ),
+    cfg.IntOpt(
+        "max_heartbeat_bytes",
+        default=MAX_HEARTBEAT_BYTES,
+        min=512,
+        max=65507,
+        help="Largest heartbeat datagram accepted, in bytes; larger ones are refused.",
+    ),
+    cfg.FloatOpt(
+        "convergence_grace",
+        default=5.0,
+        min=0,
+        help="Seconds after a load balancer's configuration was recorded during which heartbeats "
+        "reporting an older version are ignored (they may have left before the push landed).",
+    ),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    """Register the ``[health]`` options on ``conf`` (idempotent)."""
+    conf.register_opts(health_opts, group=GROUP)
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """The health manager's options, for the sample-config generator."""
+    return [(GROUP, list(health_opts))]
+
+
+class HeartbeatListener:
+    """The UDP edge: receives datagrams, verifies and records them, never lets an error out."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        verifier: HeartbeatVerifier,
+        recorder: HeartbeatRecorder,
+    ) -> None:
+        self.sock = sock
+        self.verifier = verifier
+        self.recorder = recorder
+        self._stopping = threading.Event()
+
+    @classmethod
+    def bind(
+        cls, host: str, port: int, verifier: HeartbeatVerifier, recorder: HeartbeatRecorder
+    ) -> HeartbeatListener:
+        """A listener on a new UDP socket bound to ``host:port`` (port 0: any free port)."""
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        sock.settimeout(0.2)
+        return cls(sock, verifier, recorder)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The host and port the socket is bound to."""
+        return self.sock.getsockname()[:2]
+
+    def handle(self, datagram: bytes, source: Any) -> Heartbeat | None:
+        """Verify and record one datagram; a refusal is logged with its reason."""
+        try:
+            heartbeat = self.verifier.verify(datagram)
+            self.recorder.record(heartbeat)
+            return heartbeat
+        except HeartbeatRejected as reason:
+            LOG.warning("heartbeat from %s refused: %s", source, reason)
+        except KeramosError as error:
+            LOG.error("heartbeat from %s not recorded: %s", source, error)
+        except Exception:
+            LOG.exception("heartbeat from %s not recorded", source)
+        return None
+
+    def serve(self) -> None:
+        """Receive until :meth:`stop`; one bad datagram or a failing store never ends the loop."""
+        limit = self.verifier.max_bytes + 1
+        while not self._stopping.is_set():
+            try:
+                datagram, source = self.sock.recvfrom(limit)
+            except socket.timeout:
+                continue
+            except OSError as error:
+                if self._stopping.is_set():
+                    break
+                LOG.error("heartbeat socket error: %s", error)
+                continue
+            self.handle(datagram, source)
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self._stopping.set()
+        self.sock.close()
+
+
+class HealthManager:
+    """The service: a listener thread and a check thread around one checker.
+
+    Built from a configuration with the ``[health]`` options; ConfigError when it cannot work.
+    """
+
+    def __init__(
+        self,
+        conf: cfg.ConfigOpts,
+        state_store: StateStore,
+        cast: Cast,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        register_opts(conf)
+        group = conf[GROUP]
+        if not group.heartbeat_key:
+            raise ConfigError(f"[{GROUP}] heartbeat_key must be set")
+        self.interval = group.check_interval
+        self.recorder = HeartbeatRecorder(state_store, clock)
+        verifier = HeartbeatVerifier(
+            group.heartbeat_key,
+            replay_window=group.replay_window,
+            max_bytes=group.max_heartbeat_bytes,
+            clock=clock,
+        )
+        try:
+            self.listener = HeartbeatListener.bind(
+                group.bind_host, group.bind_port, verifier, self.recorder
+            )
+        except OSError as error:
+            raise ConfigError(
+                f"[{GROUP}] cannot listen on {group.bind_host}:{group.bind_port}: {error}"
+            ) from error
+        self.checker = HealthChecker(
+            state_store,
+            self.recorder,
+            cast,
+            heartbeat_timeout=group.heartbeat_timeout,
+            threshold=FailoverThreshold.parse(group.failover_threshold),
+            convergence_grace=group.convergence_grace,
+            clock=clock,
+        )
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _check_forever(self) -> None:
+        while not self._stopping.wait(self.interval):
+            try:
+                self.checker.check()
+            except Exception:
+                LOG.exception("health check failed; it runs again in %gs", self.interval)
+
+    def start(self) -> HealthManager:
+        """Start listening and checking."""
+        for target, name in ((self.listener.serve, "listen"), (self._check_forever, "check")):
+            thread = threading.Thread(target=target, name=f"keramos-health-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        LOG.info("health manager listening on %s:%s (UDP)", *self.listener.address)
+        return self
+
+    def stop(self) -> None:
+        """Stop both threads."""
+        self._stopping.set()
+        self.listener.stop()
+        for thread in self._threads:
+            thread.join(5)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``keramos-health``."""
+    silence_dependency_warnings()
+    parser = argparse.ArgumentParser(
+        prog="keramos-health",
+        description="Record amphora heartbeats; fail over silent amphorae and re-push lagging "
+        "load balancer configurations.",
+    )
+    parser.add_argument("--config-file", action="append", default=[], metavar="PATH")
+    args = parser.parse_args(argv)
+    cli_args = [item for path in args.config_file for item in ("--config-file", path)]
+    try:
+        conf = make_conf(cli_args, config_files=[] if cli_args else None)
+    except cfg.Error as error:
+        print(f"keramos-health: configuration error: {error}", file=sys.stderr)
+        return 2
+    logging.setup(conf, "keramos")
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
+    try:
+        state_store = loader.load_driver("state_store", conf.drivers.state_store, conf)
+    except KeramosError as error:
+        print(f"keramos-health: cannot start: {error}", file=sys.stderr)
+        return 2
+    client = KeramosClient(conf)
+    try:
+        manager = HealthManager(conf, state_store, client.cast).start()
+    except KeramosError as error:
+        print(f"keramos-health: cannot start: {error}", file=sys.stderr)
+        client.close()
+        state_store.close()
+        return 2
+    stopped.wait()
+    manager.stop()
+    client.close()
+    state_store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Real UDP on 127.0.0.1: the agent's sender thread, the manager's listener, the state store."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from keramos.framework.config import make_conf
+from keramos.framework.records import AmphoraRecord, AmphoraStatus, TaskRecord
+from keramos.plugins.agent.heartbeat_sender import HeartbeatSender
+from keramos.plugins.health import heartbeat as hb
+from keramos.plugins.health.manager import HealthManager
+from keramos.plugins.state_store.sqlalchemy import SQLAlchemyStateStore
+
+KEY = "udp-test-key"
+
+
+def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} not met after {timeout}s"
+        time.sleep(0.02)
+
+
+class Casts:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+
+    def __call__(self, event: str, payload: dict, request_id: str | None = None) -> str:
+        self.events.append((event, payload))
+        return request_id or "req"
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = SQLAlchemyStateStore(make_conf(config_files=[]), url=f"sqlite:///{tmp_path}/state.sqlite")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def manager(store):
+    casts = Casts()
+    conf = make_conf(
+        config_files=[],
+        overrides={
+            "health": {
+                "bind_host": "127.0.0.1",
+                "bind_port": 0,
+                "heartbeat_key": KEY,
+                "heartbeat_timeout": 0.5,
+                "check_interval": 0.05,
+            }
+        },
+    )
+    running = HealthManager(conf, store, casts).start()
+    running.casts = casts
+    yield running
+    running.stop()
+
+
+def test_heartbeats_travel_from_the_sender_to_the_state_store(store, manager):
+    store.save(AmphoraRecord("amp-udp", status=AmphoraStatus.READY))
+    host, port = manager.listener.address
+    sender = HeartbeatSender("amp-udp", [f"{host}:{port}"], KEY, 0.05, lambda: {"lb-1": 2}).start()
+    try:
+        first = wait_for(lambda: store.get(AmphoraRecord, "amp-udp").last_heartbeat_at, what="a heartbeat")
+        wait_for(lambda: store.get(AmphoraRecord, "amp-udp").last_heartbeat_at > first, what="a second one")
+        [report] = manager.recorder.reports(0)
+        assert report.heartbeat.config_versions == {"lb-1": 2}
+    finally:
+        sender.stop()
+    assert manager.casts.events == []
+
+
+def test_when_the_heartbeats_stop_the_amphora_is_failed_over(store, manager):
+    store.save(AmphoraRecord("amp-udp", status=AmphoraStatus.READY))
+    host, port = manager.listener.address
+    sender = HeartbeatSender("amp-udp", [f"{host}:{port}"], KEY, 0.05, dict).start()
+    wait_for(lambda: store.get(AmphoraRecord, "amp-udp").last_heartbeat_at, what="a heartbeat")
+    sender.stop()
+    wait_for(lambda: manager.casts.events, what="a failover cast")
+    assert manager.casts.events == [("failover_amphora", {"amphora_id": "amp-udp"})]
+    [task] = store.find(TaskRecord, event="failover_amphora")
+    assert task.resource_id == "amp-udp"
+
+
+def test_bad_datagrams_do_not_stop_the_listener(store, manager):
+    store.save(AmphoraRecord("amp-udp", status=AmphoraStatus.READY))
+    store.save(AmphoraRecord("amp-forged", status=AmphoraStatus.READY))
+    host, port = manager.listener.address
+    forged = hb.encode(hb.Heartbeat("amp-forged", 1, time.time(), {}), "wrong-key")
+    oversized = hb.MAGIC + bytes(9000)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for datagram in (b"", b"junk", forged, oversized):
+            sock.sendto(datagram, (host, port))
+        sock.sendto(hb.encode(hb.Heartbeat("amp-udp", 2, time.time(), {}), KEY), (host, port))
+    wait_for(lambda: store.get(AmphoraRecord, "amp-udp").last_heartbeat_at, what="the good heartbeat")
+    assert store.get(AmphoraRecord, "amp-forged").last_heartbeat_at is None
