@@ -47,9 +47,14 @@ class NotifierSink:
     """Reports flow events as oslo.messaging notifications (``keramos.<flow>.<phase>``)."""
 
     def __init__(self, conf: cfg.ConfigOpts, transport: oslo_messaging.Transport) -> None:
+        self.transport = transport
         self._notifier = oslo_messaging.Notifier(
             transport, publisher_id=f"keramos.worker.{conf.host}"
         )
+
+    def close(self) -> None:
+        """Release the notification transport."""
+        self.transport.cleanup()
 
     def emit(self, event_type: str, payload: dict[str, Any], *, error: bool = False) -> None:
         context = {"request_id": payload.get("request_id")}

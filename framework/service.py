@@ -63,11 +63,14 @@ class Worker:
             flows = loader.load_flows(conf, self.drivers, extra=extra_flows)
             self._own_transport = transport is None
             self.transport = transport or rpc.rpc_transport(conf)
+            self._notifier = (
+                None if sink else rpc.NotifierSink(conf, rpc.notification_transport(conf))
+            )
             self.runner = FlowRunner(
                 conf,
                 self.drivers,
                 flows,
-                sink=sink or rpc.NotifierSink(conf, rpc.notification_transport(conf)),
+                sink=sink or self._notifier,
                 backend=persistence_backend(conf),
                 progress=progress,
             )
@@ -141,6 +144,8 @@ class Worker:
                 self.endpoint.active,
                 timeout,
             )
+        if self._notifier is not None:
+            self._notifier.close()
         if self._own_transport:
             self.transport.cleanup()
         return drained
