@@ -22,6 +22,7 @@ from keramos.plugins.health.checks import FailoverThreshold, HealthChecker, Hear
 from keramos.plugins.health.manager import HealthManager, HeartbeatListener
 from keramos.plugins.state_store.memory import MemoryStateStore
 from keramos.plugins.state_store.sqlalchemy import SQLAlchemyStateStore
+from tests.unit.health_helpers import CastRecorder
 
 TIMEOUT = 60.0
 KEY = "health-key"
@@ -40,24 +41,6 @@ class FakeClock:
 
     def datetime(self, offset: float = 0.0) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.now + offset, tz=dt.timezone.utc)
-
-
-class CastRecorder:
-    """Stands in for KeramosClient.cast."""
-
-    def __init__(self) -> None:
-        self.casts: list[tuple[str, dict, str]] = []
-        self.fail = False
-
-    def __call__(self, event: str, payload: dict, request_id: str | None = None) -> str:
-        if self.fail:
-            raise ConnectionError("broker unreachable")
-        assert request_id is not None
-        self.casts.append((event, payload, request_id))
-        return request_id
-
-    def events(self) -> list[tuple[str, dict]]:
-        return [(event, payload) for event, payload, _ in self.casts]
 
 
 @pytest.fixture

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -13,27 +17,9 @@ from keramos.plugins.agent.heartbeat_sender import HeartbeatSender
 from keramos.plugins.health import heartbeat as hb
 from keramos.plugins.health.manager import HealthManager
 from keramos.plugins.state_store.sqlalchemy import SQLAlchemyStateStore
+from tests.unit.health_helpers import CastRecorder, wait_for
 
 KEY = "udp-test-key"
-
-
-def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not met after {timeout}s"
-        time.sleep(0.02)
-
-
-class Casts:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict]] = []
-
-    def __call__(self, event: str, payload: dict, request_id: str | None = None) -> str:
-        self.events.append((event, payload))
-        return request_id or "req"
 
 
 @pytest.fixture
@@ -45,7 +31,7 @@ def store(tmp_path):
 
 @pytest.fixture
 def manager(store):
-    casts = Casts()
+    casts = CastRecorder()
     conf = make_conf(
         config_files=[],
         overrides={
@@ -75,7 +61,7 @@ def test_heartbeats_travel_from_the_sender_to_the_state_store(store, manager):
         assert report.heartbeat.config_versions == {"lb-1": 2}
     finally:
         sender.stop()
-    assert manager.casts.events == []
+    assert manager.casts.casts == []
 
 
 def test_when_the_heartbeats_stop_the_amphora_is_failed_over(store, manager):
@@ -84,8 +70,8 @@ def test_when_the_heartbeats_stop_the_amphora_is_failed_over(store, manager):
     sender = HeartbeatSender("amp-udp", [f"{host}:{port}"], KEY, 0.05, dict).start()
     wait_for(lambda: store.get(AmphoraRecord, "amp-udp").last_heartbeat_at, what="a heartbeat")
     sender.stop()
-    wait_for(lambda: manager.casts.events, what="a failover cast")
-    assert manager.casts.events == [("failover_amphora", {"amphora_id": "amp-udp"})]
+    wait_for(lambda: manager.casts.casts, what="a failover cast")
+    assert manager.casts.events() == [("failover_amphora", {"amphora_id": "amp-udp"})]
     [task] = store.find(TaskRecord, event="failover_amphora")
     assert task.resource_id == "amp-udp"
 
@@ -102,3 +88,41 @@ def test_bad_datagrams_do_not_stop_the_listener(store, manager):
         sock.sendto(hb.encode(hb.Heartbeat("amp-udp", 2, time.time(), {}), KEY), (host, port))
     wait_for(lambda: store.get(AmphoraRecord, "amp-udp").last_heartbeat_at, what="the good heartbeat")
     assert store.get(AmphoraRecord, "amp-forged").last_heartbeat_at is None
+
+
+def run_health(tmp_path, health: str, **kwargs) -> subprocess.Popen:
+    config = tmp_path / "keramos.conf"
+    config.write_text(
+        f"[DEFAULT]\nstate_path = {tmp_path}\ntransport_url = fake://\n[health]\n{health}"
+    )
+    binary = Path(sys.executable).parent / "keramos-health"
+    return subprocess.Popen(
+        [str(binary), "--config-file", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs,
+    )
+
+
+def test_keramos_health_refuses_to_start_without_a_key(tmp_path):
+    process = run_health(tmp_path, "bind_host = 127.0.0.1\nbind_port = 0\n")
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert "cannot start: [health] heartbeat_key must be set" in output
+
+
+def test_keramos_health_records_heartbeats_and_stops_on_sigterm(tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"sqlite:///{tmp_path}/keramos.sqlite"
+    store = SQLAlchemyStateStore(make_conf(config_files=[]), url=url)
+    store.save(AmphoraRecord("amp-cli", status=AmphoraStatus.READY))
+    process = run_health(tmp_path, f"bind_host = 127.0.0.1\nbind_port = {port}\nheartbeat_key = {KEY}\n")
+    sender = HeartbeatSender("amp-cli", [f"127.0.0.1:{port}"], KEY, 0.1, dict).start()
+    try:
+        wait_for(lambda: store.get(AmphoraRecord, "amp-cli").last_heartbeat_at, timeout=60, what="a heartbeat")
+    finally:
+        sender.stop()
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+        store.close()
+    assert process.returncode == 0, output
