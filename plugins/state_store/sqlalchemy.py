@@ -83,6 +83,26 @@ def make_engine(url: str) -> sa.engine.Engine:
     return engine
 
 
+def add_missing_columns(engine: sa.engine.Engine) -> list[str]:
+    """Add to existing tables the columns of record fields added since they were created.
+
+    Adding a field with a default to a record is a compatible change: its column is added here
+    (nullable; rows written before read it as ``None``). Returns ``table.column`` of each added.
+    """
+    inspector = sa.inspect(engine)
+    added = []
+    with engine.begin() as connection:
+        for table in TABLES.values():
+            existing = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in existing:
+                    continue
+                ddl = sa.schema.CreateColumn(column).compile(dialect=engine.dialect)
+                connection.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+                added.append(f"{table.name}.{column.name}")
+    return added
+
+
 class SQLAlchemyStateStore(StateStore):
     """Records in ``keramos_<table>`` tables of the ``[state_store] connection`` database."""
 
@@ -93,6 +113,7 @@ class SQLAlchemyStateStore(StateStore):
         self.engine = make_engine(self.url)
         try:
             METADATA.create_all(self.engine)
+            add_missing_columns(self.engine)
         except sa.exc.SQLAlchemyError as error:
             self.engine.dispose()
             raise ConfigError(f"state store {self._safe_url()} is unusable: {error}") from error
