@@ -1,19 +1,101 @@
-"""Amphora lifecycle flows: ``create_amphora`` and ``delete_amphora``."""
+"""Amphora lifecycle flows: ``create_amphora``, ``delete_amphora`` and ``failover_amphora``.
+
+Options (``[amphora]``, besides the timeouts of :mod:`keramos.framework.config`):
+``require_signed_images`` and ``certificate_mode``.
+"""
 
 from __future__ import annotations
 
+from oslo_config import cfg
+from taskflow import task
 from taskflow.patterns import linear_flow
 
+from keramos.flows.images import VerifyImage
 from keramos.flows.tasks import amphora as tasks
+from keramos.flows.tasks import amphora_lifecycle as lifecycle
 from keramos.framework.contracts import FlowFactory
+from keramos.framework.drivers import Drivers
 from keramos.framework.schema import IDENTIFIER_PATTERN, Field
 
+GROUP = "amphora"
 
-class CreateAmphora(FlowFactory):
-    """Record, certify, boot, wait for, plug and check a new amphora, then mark it READY.
+lifecycle_opts = [
+    cfg.BoolOpt(
+        "require_signed_images",
+        default=True,
+        help="Refuse to boot an amphora from an image that carries no signature properties. "
+        "Signed images are always verified (certificate and signature) before anything boots; "
+        "set False only for development and tests with unsigned images.",
+    ),
+    cfg.StrOpt(
+        "certificate_mode",
+        default="controller",
+        choices=[
+            (
+                "controller",
+                "the controller issues the amphora's server certificate and key and hands both "
+                "over in the config drive",
+            ),
+        ],
+        help="Who makes an amphora's server key. Only 'controller' is implemented: the 'csr' "
+        "mode (the agent keeps its own key and sends a CSR) needs a CSR endpoint on the agent.",
+    ),
+]
 
-    Any failure reverts every step: the instance, port, certificate and stored key are deleted
-    and the amphora is left ERROR with the reason.
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """The lifecycle flows' options, for the sample config generator."""
+    return [(GROUP, list(lifecycle_opts))]
+
+
+#: What the creation tasks read under ``amphora_id`` is ``replacement_id`` during a failover.
+_REPLACEMENT = {"amphora_id": "replacement_id"}
+
+
+class _AmphoraFlowFactory(FlowFactory):
+    """Shared by the flows that boot an amphora: options and the image verification flow."""
+
+    def __init__(self, drivers: Drivers, conf: cfg.ConfigOpts) -> None:
+        super().__init__(drivers, conf)
+        conf.register_opts(lifecycle_opts, group=GROUP)
+        self._verify_image = VerifyImage(drivers, conf)
+
+    def _boot_tasks(self, rebind: dict[str, str] | None) -> list[task.Task]:
+        """Record, verify the image, certify, boot, wait, plug, wait for the agent, activate."""
+        drivers = self.drivers
+        options = self.conf[GROUP]
+        return [
+            tasks.RecordAmphora(drivers.state_store, rebind=rebind),
+            lifecycle.VerifyAmphoraImage(
+                drivers.image_store,
+                self._verify_image.build,
+                require_signed=options.require_signed_images,
+            ),
+            tasks.IssueAmphoraServerCert(
+                drivers.cert_generator, drivers.cert_manager, drivers.state_store, rebind=rebind
+            ),
+            tasks.BootAmphora(
+                drivers.compute,
+                drivers.cert_generator,
+                drivers.cert_manager,
+                drivers.state_store,
+                rebind=rebind,
+            ),
+            tasks.WaitForAmphoraActive(
+                drivers.compute, timeout=options.active_timeout, interval=options.poll_interval
+            ),
+            tasks.PlugAmphoraNetwork(drivers.network, rebind=rebind),
+            tasks.WaitForAmphoraAgent(drivers.amphora, timeout=options.agent_timeout, rebind=rebind),
+            tasks.ActivateAmphora(drivers.state_store, rebind=rebind),
+        ]
+
+
+class CreateAmphora(_AmphoraFlowFactory):
+    """Record, verify the image, certify, boot, wait for, plug, activate, configure an amphora,
+    then mark it READY.
+
+    Any failure reverts every step: the instance, port, certificate and stored key are deleted,
+    a load balancer record touched is put back, and the amphora is left ERROR with the reason.
     """
 
     name = "create_amphora"
@@ -22,32 +104,27 @@ class CreateAmphora(FlowFactory):
         "amphora_id": Field(str, pattern=IDENTIFIER_PATTERN, help="id of the new amphora"),
         "image_id": Field(str, pattern=IDENTIFIER_PATTERN, help="image to boot"),
         "network_id": Field((str, type(None)), default=None, help="network to plug into"),
+        "lb": Field(
+            (dict, type(None)),
+            default=None,
+            help="initial load balancer configuration {lb_id, listeners, pools} as push_config",
+        ),
     }
     resource_field = "amphora_id"
     result_keys = ("amphora",)
 
     def build(self) -> linear_flow.Flow:
         drivers = self.drivers
-        options = self.conf.amphora
         return linear_flow.Flow(self.name).add(
-            tasks.RecordAmphora(drivers.state_store),
-            tasks.IssueAmphoraServerCert(
-                drivers.cert_generator, drivers.cert_manager, drivers.state_store
-            ),
-            tasks.BootAmphora(
-                drivers.compute, drivers.cert_generator, drivers.cert_manager, drivers.state_store
-            ),
-            tasks.WaitForAmphoraActive(
-                drivers.compute, timeout=options.active_timeout, interval=options.poll_interval
-            ),
-            tasks.PlugAmphoraNetwork(drivers.network),
-            tasks.WaitForAmphoraAgent(drivers.amphora, timeout=options.agent_timeout),
+            *self._boot_tasks(None),
+            lifecycle.PushInitialConfig(drivers.amphora, drivers.state_store),
             tasks.MarkAmphoraReady(drivers.state_store),
         )
 
 
 class DeleteAmphora(FlowFactory):
-    """Delete an amphora's instance, port and certificates and mark it DELETED."""
+    """Take an amphora out of its load balancers, delete its instance, port and certificates and
+    mark it DELETED."""
 
     name = "delete_amphora"
     version = "1.0"
@@ -58,8 +135,40 @@ class DeleteAmphora(FlowFactory):
         drivers = self.drivers
         return linear_flow.Flow(self.name).add(
             tasks.LoadAmphora(drivers.state_store),
+            lifecycle.LeaveLoadBalancers(drivers.state_store),
             tasks.DeleteAmphoraResources(
                 drivers.compute, drivers.network, drivers.cert_manager, drivers.state_store
             ),
             tasks.MarkAmphoraDeleted(drivers.state_store),
+        )
+
+
+class FailoverAmphora(_AmphoraFlowFactory):
+    """Replace an amphora: boot the replacement first, move its load balancer configurations,
+    then delete the old one (as Octavia does).
+
+    The replacement is ``<original id>-fo-<8 hex digits>`` and gets its own server certificate;
+    the old amphora's certificates are deleted with it. If anything fails before the old amphora
+    is deleted, the replacement is deleted and the old amphora stays as it was.
+    """
+
+    name = "failover_amphora"
+    version = "1.0"
+    payload = {"amphora_id": Field(str, pattern=IDENTIFIER_PATTERN, help="amphora to replace")}
+    resource_field = "amphora_id"
+    result_keys = ("amphora", "moved_loadbalancers")
+
+    def build(self) -> linear_flow.Flow:
+        drivers = self.drivers
+        return linear_flow.Flow(self.name).add(
+            lifecycle.LoadFailedAmphora(drivers.state_store),
+            *self._boot_tasks(_REPLACEMENT),
+            lifecycle.MoveLoadBalancerConfigs(drivers.amphora, drivers.state_store),
+            tasks.MarkAmphoraReady(drivers.state_store, rebind=_REPLACEMENT),
+            lifecycle.RetireFailedAmphora(
+                tasks.DeleteAmphoraResources(
+                    drivers.compute, drivers.network, drivers.cert_manager, drivers.state_store
+                ),
+                tasks.MarkAmphoraDeleted(drivers.state_store),
+            ),
         )

@@ -90,6 +90,7 @@ class AmphoraRecord(Record):
     cert_serial: str | None = None
     config_version: int = 0
     error: str | None = None
+    activation_token_hash: str | None = None
     last_heartbeat_at: dt.datetime | None = None
     created_at: dt.datetime = dataclasses.field(default_factory=utcnow)
     updated_at: dt.datetime = dataclasses.field(default_factory=utcnow)

@@ -127,6 +127,8 @@ class InProcessWorker:
                 "host": f"keramos-test-{uuid.uuid4().hex[:8]}",
             },
             "drivers": {"state_store": "sqlalchemy"},
+            # The noop image store's images carry no signature: the kit boots them unverified.
+            "amphora": {"require_signed_images": False},
         }
         for group, values in self._overrides.items():
             overrides.setdefault(group, {}).update(values)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
+import secrets
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from taskflow import task
@@ -28,6 +32,34 @@ from keramos.framework.runner import jsonable
 #: Amphora states from which a new creation under the same id may start.
 _RECREATABLE = (AmphoraStatus.DELETED, AmphoraStatus.ERROR)
 
+#: Config drive file holding the one-time activation token (read by the agent alone).
+ACTIVATION_TOKEN_FILE = "activation_token"
+
+#: A mapping of a task's argument names to the names of the values it reads instead, as
+#: taskflow's ``rebind``: failover runs the creation tasks on ``replacement_id``.
+Rebind = Mapping[str, str] | None
+
+
+def hash_activation_token(token: str) -> str:
+    """The SHA-256 hex digest of an activation token: all the controller keeps of it."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def redeem_activation_token(state_store: StateStore, amphora_id: str, token: str) -> None:
+    """Check a presented activation token against the amphora's stored hash and clear it.
+
+    The comparison takes constant time. Raises :class:`KeramosError` if the amphora has no
+    unused token (never booted with one, already activated, or reverted) or the token does not
+    match; after a successful call the token is useless.
+    """
+    record = state_store.get(AmphoraRecord, amphora_id)
+    stored = record.activation_token_hash if record is not None else None
+    if stored is None:
+        raise KeramosError(f"amphora {amphora_id} has no unused activation token")
+    if not hmac.compare_digest(hash_activation_token(token), stored):
+        raise KeramosError(f"activation token refused for amphora {amphora_id}")
+    state_store.update(AmphoraRecord, amphora_id, activation_token_hash=None)
+
 
 def failure_reason(flow_failures: dict[str, failure.Failure] | None) -> str:
     """One line saying why a flow is reverting, for the record of what it touched."""
@@ -39,8 +71,8 @@ def failure_reason(flow_failures: dict[str, failure.Failure] | None) -> str:
 class RecordAmphora(task.Task):
     """Record the new amphora as PENDING_CREATE; on revert, mark it ERROR with the reason."""
 
-    def __init__(self, state_store: StateStore) -> None:
-        super().__init__(name="record_amphora")
+    def __init__(self, state_store: StateStore, *, rebind: Rebind = None) -> None:
+        super().__init__(name="record_amphora", rebind=rebind)
         self.state_store = state_store
 
     def execute(self, amphora_id: str, image_id: str) -> None:
@@ -68,9 +100,16 @@ class IssueAmphoraServerCert(task.Task):
     """
 
     def __init__(
-        self, cert_generator: CertGenerator, cert_manager: CertManager, state_store: StateStore
+        self,
+        cert_generator: CertGenerator,
+        cert_manager: CertManager,
+        state_store: StateStore,
+        *,
+        rebind: Rebind = None,
     ) -> None:
-        super().__init__(name="issue_amphora_server_cert", provides="amphora_server_cert")
+        super().__init__(
+            name="issue_amphora_server_cert", provides="amphora_server_cert", rebind=rebind
+        )
         self.cert_generator = cert_generator
         self.cert_manager = cert_manager
         self.state_store = state_store
@@ -104,7 +143,12 @@ class IssueAmphoraServerCert(task.Task):
 
 
 class BootAmphora(task.Task):
-    """Boot the amphora's instance with its config drive: server cert and key, client CA."""
+    """Boot the amphora's instance with its config drive: server cert and key, client CA and a
+    one-time activation token.
+
+    The token exists only in the config drive; the record keeps its SHA-256 hash until
+    ``activate_amphora`` clears it. On revert the instance is deleted and the hash cleared.
+    """
 
     def __init__(
         self,
@@ -112,8 +156,10 @@ class BootAmphora(task.Task):
         cert_generator: CertGenerator,
         cert_manager: CertManager,
         state_store: StateStore,
+        *,
+        rebind: Rebind = None,
     ) -> None:
-        super().__init__(name="boot_amphora", provides="compute_id")
+        super().__init__(name="boot_amphora", provides="compute_id", rebind=rebind)
         self.compute = compute
         self.cert_generator = cert_generator
         self.cert_manager = cert_manager
@@ -121,22 +167,36 @@ class BootAmphora(task.Task):
 
     def execute(self, amphora_id: str, image_id: str, amphora_server_cert: dict[str, str]) -> str:
         bundle = self.cert_manager.get(amphora_server_cert["cert_ref"])
+        activation_token = secrets.token_urlsafe(32)
         config_drive = {
             "amphora_id": amphora_id.encode(),
             "amphora_server_cert.pem": bundle.certificate,
             "amphora_server_key.pem": bundle.private_key or b"",
             "client_ca_cert.pem": self.cert_generator.ca_certificate(CertKind.CLIENT),
+            ACTIVATION_TOKEN_FILE: activation_token.encode("ascii"),
         }
-        compute_id = self.compute.build(amphora_id, image_id, config_drive)
         self.state_store.update(
-            AmphoraRecord, amphora_id, status=AmphoraStatus.BOOTING, compute_id=compute_id
+            AmphoraRecord,
+            amphora_id,
+            activation_token_hash=hash_activation_token(activation_token),
         )
+        compute_id = self.compute.build(amphora_id, image_id, config_drive)
+        try:
+            self.state_store.update(
+                AmphoraRecord, amphora_id, status=AmphoraStatus.BOOTING, compute_id=compute_id
+            )
+        except Exception:
+            # The result never reaches flow storage, so revert could not find the instance.
+            self.compute.delete(compute_id)
+            raise
         return compute_id
 
     def revert(self, amphora_id: str, result: Any, **kwargs: Any) -> None:
+        changes: dict[str, Any] = {"activation_token_hash": None}
         if isinstance(result, str):
             self.compute.delete(result)
-            self.state_store.update(AmphoraRecord, amphora_id, compute_id=None)
+            changes["compute_id"] = None
+        self.state_store.update(AmphoraRecord, amphora_id, **changes)
 
 
 class WaitForAmphoraActive(task.Task):
@@ -168,8 +228,8 @@ class WaitForAmphoraActive(task.Task):
 class PlugAmphoraNetwork(task.Task):
     """Plug the amphora into its network; on revert, unplug it."""
 
-    def __init__(self, network: NetworkDriver) -> None:
-        super().__init__(name="plug_amphora_network", provides="amphora_port")
+    def __init__(self, network: NetworkDriver, *, rebind: Rebind = None) -> None:
+        super().__init__(name="plug_amphora_network", provides="amphora_port", rebind=rebind)
         self.network = network
 
     def execute(self, amphora_id: str, compute_id: str, network_id: str | None) -> dict[str, Any]:
@@ -183,8 +243,8 @@ class PlugAmphoraNetwork(task.Task):
 class WaitForAmphoraAgent(task.Task):
     """Wait until the amphora's agent answers the controller over mutual TLS."""
 
-    def __init__(self, amphora: AmphoraDriver, *, timeout: float) -> None:
-        super().__init__(name="wait_for_amphora_agent", provides="amphora_agent_info")
+    def __init__(self, amphora: AmphoraDriver, *, timeout: float, rebind: Rebind = None) -> None:
+        super().__init__(name="wait_for_amphora_agent", provides="amphora_agent_info", rebind=rebind)
         self.amphora = amphora
         self.timeout = timeout
 
@@ -195,11 +255,35 @@ class WaitForAmphoraAgent(task.Task):
         return self.amphora.wait_until_reachable(endpoint, self.timeout)
 
 
+class ActivateAmphora(task.Task):
+    """Activate the amphora once its agent answered: the controller activates, never the amphora.
+
+    The agent proved its identity over mutual TLS (its server certificate names the amphora);
+    the controller then spends the amphora's one-time activation token by clearing its hash, so
+    that the token handed over in the config drive is useless afterwards and a second activation
+    is refused. The agent has no endpoint to present the token yet, so the check is made on the
+    controller side: an unused token must be on record for this amphora.
+    """
+
+    def __init__(self, state_store: StateStore, *, rebind: Rebind = None) -> None:
+        super().__init__(name="activate_amphora", rebind=rebind)
+        self.state_store = state_store
+
+    def execute(self, amphora_id: str, amphora_agent_info: dict[str, Any]) -> None:
+        answered_as = amphora_agent_info.get("amphora_id")
+        if answered_as not in (None, amphora_id):
+            raise KeramosError(f"agent of amphora {amphora_id} answered as {answered_as}")
+        record = self.state_store.get(AmphoraRecord, amphora_id)
+        if record is None or record.activation_token_hash is None:
+            raise KeramosError(f"amphora {amphora_id} has no unused activation token")
+        self.state_store.update(AmphoraRecord, amphora_id, activation_token_hash=None)
+
+
 class MarkAmphoraReady(task.Task):
     """Record where the amphora runs and mark it READY."""
 
-    def __init__(self, state_store: StateStore) -> None:
-        super().__init__(name="mark_amphora_ready", provides="amphora")
+    def __init__(self, state_store: StateStore, *, rebind: Rebind = None) -> None:
+        super().__init__(name="mark_amphora_ready", provides="amphora", rebind=rebind)
         self.state_store = state_store
 
     def execute(
@@ -290,4 +374,5 @@ class MarkAmphoraDeleted(task.Task):
             compute_id=None,
             port_id=None,
             cert_serial=None,
+            activation_token_hash=None,
         )

@@ -2,26 +2,50 @@
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
 import pytest
 
-from keramos.framework.errors import DriverError, NotFound
-from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord
+from keramos.flows.amphora import CreateAmphora
+from keramos.flows.tasks.amphora import (
+    ACTIVATION_TOKEN_FILE,
+    ActivateAmphora,
+    hash_activation_token,
+    redeem_activation_token,
+)
+from keramos.flows.templates import render_haproxy_config
+from keramos.framework.errors import DriverError, KeramosError, NotFound
+from keramos.framework.records import AmphoraRecord, AmphoraStatus, LoadBalancerRecord
 from keramos.framework.testing import InProcessWorker
 from keramos.plugins import noop
+from tests.unit.amphora_helpers import (
+    LB,
+    InjectedFault,
+    failing,
+    failing_at,
+    members,
+    nothing_left,
+    task_names,
+)
 
 PAYLOAD = {"amphora_id": "amp-1", "image_id": "img-1"}
 
-
-def failing(cls, method):
-    """A noop driver class whose ``method`` raises DriverError."""
-
-    def boom(self, *args, **kwargs):
-        raise DriverError(f"{cls.__name__}.{method} failed on purpose")
-
-    return type(f"Failing{cls.__name__}", (cls,), {method: boom})
-
+CREATE_TASKS = [
+    "record_amphora",
+    "verify_amphora_image",
+    "issue_amphora_server_cert",
+    "boot_amphora",
+    "wait_for_amphora_active",
+    "plug_amphora_network",
+    "wait_for_amphora_agent",
+    "activate_amphora",
+    "push_initial_config",
+    "mark_amphora_ready",
+]
 
 FAULTS = [
+    ("image_store", noop.NoopImageStore, "properties"),
     ("cert_generator", noop.NoopCertGenerator, "issue"),
     ("cert_manager", noop.NoopCertManager, "store"),
     ("cert_generator", noop.NoopCertGenerator, "ca_certificate"),
@@ -29,55 +53,112 @@ FAULTS = [
     ("compute", noop.NoopCompute, "get"),
     ("network", noop.NoopNetwork, "plug"),
     ("amphora", noop.NoopAmphora, "wait_until_reachable"),
+    ("amphora", noop.NoopAmphora, "upload_config"),
 ]
 
 
-def nothing_left(worker: InProcessWorker) -> None:
-    drivers = worker.drivers
-    assert drivers.compute.instances == {}
-    assert drivers.network.ports == {}
-    assert drivers.cert_manager.bundles == {}
-    assert worker.state_store.find(CertificateRecord) == []
+def assert_error_and_clean(worker: InProcessWorker, reason: str) -> None:
+    nothing_left(worker)
+    amphora = worker.state_store.get(AmphoraRecord, "amp-1")
+    assert amphora.status == AmphoraStatus.ERROR
+    assert reason in amphora.error
+    assert amphora.activation_token_hash is None
+    assert amphora.compute_id is None
 
 
 @pytest.mark.parametrize(("kind", "cls", "method"), FAULTS, ids=lambda v: getattr(v, "__name__", v))
-def test_a_failure_at_any_step_leaves_nothing_behind(kind, cls, method):
+def test_a_driver_failure_at_any_step_leaves_nothing_behind(kind, cls, method):
     with InProcessWorker(**{kind: failing(cls, method)}) as worker:
         with pytest.raises(DriverError, match="failed on purpose"):
-            worker.cast_and_wait("create_amphora", PAYLOAD)
-        nothing_left(worker)
-        amphora = worker.state_store.get(AmphoraRecord, "amp-1")
-        assert amphora.status == AmphoraStatus.ERROR
-        assert "failed on purpose" in amphora.error
+            worker.cast_and_wait("create_amphora", {**PAYLOAD, "lb": LB})
+        assert_error_and_clean(worker, "failed on purpose")
+        assert worker.drivers.amphora.configs == {}
+        assert members(worker) == []
 
 
-def test_the_fault_list_covers_every_task_of_the_flow_that_calls_a_driver():
+def test_the_flow_runs_the_tasks_the_fault_tests_cover():
     with InProcessWorker() as worker:
-        flow = worker.worker.runner.flows["create_amphora"].build()
-        task_names = [atom.name for atom in flow]
-    assert task_names == [
-        "record_amphora",
-        "issue_amphora_server_cert",
-        "boot_amphora",
-        "wait_for_amphora_active",
-        "plug_amphora_network",
-        "wait_for_amphora_agent",
-        "mark_amphora_ready",
-    ]
+        assert task_names(worker, "create_amphora") == CREATE_TASKS
+
+
+@pytest.mark.parametrize("task_name", CREATE_TASKS)
+def test_a_failure_at_every_task_reverts_everything_before_it(task_name):
+    faulty = failing_at(CreateAmphora, task_name)
+    with InProcessWorker(flows=[faulty]) as worker:
+        # An earlier run of the load balancer must come back as it was.
+        worker.cast_and_wait("create_amphora", {"amphora_id": "amp-0", "image_id": "img-1", "lb": LB})
+        before = worker.state_store.get(LoadBalancerRecord, "lb-1")
+        kept = dict(worker.drivers.compute.instances)
+        with pytest.raises(InjectedFault):
+            worker.run(faulty.name, {**PAYLOAD, "lb": {**LB, "lb_id": "lb-1"}})
+        assert worker.drivers.compute.instances == kept
+        assert len(worker.drivers.network.ports) == 1
+        assert len(worker.drivers.cert_manager.bundles) == 1
+        assert list(worker.drivers.amphora.configs) == [("amp-0", "lb-1")]
+        after = worker.state_store.get(LoadBalancerRecord, "lb-1")
+        assert (after.config, after.running_version, after.description) == (
+            before.config,
+            before.running_version,
+            before.description,
+        )
+        amphora = worker.state_store.get(AmphoraRecord, "amp-1")
+        if task_name == "record_amphora":
+            assert amphora is None
+        else:
+            assert amphora.status == AmphoraStatus.ERROR
+            assert f"{task_name} failed on purpose" in amphora.error
+            assert amphora.compute_id is None and amphora.activation_token_hash is None
+
+
+def test_create_with_a_config_pushes_it_and_records_the_member():
+    with InProcessWorker() as worker:
+        created = worker.cast_and_wait("create_amphora", {**PAYLOAD, "lb": LB})["amphora"]
+        assert created["status"] == AmphoraStatus.READY
+        version, config = worker.drivers.amphora.configs[("amp-1", "lb-1")]
+        record = worker.state_store.get(LoadBalancerRecord, "lb-1")
+        assert (record.running_version, record.config) == (version, config)
+        assert config == render_haproxy_config("lb-1", LB["listeners"], LB["pools"])
+        assert members(worker) == ["amp-1"]
+        assert created["config_version"] == version
+
+
+def test_a_config_without_its_pools_is_refused_and_reverted():
+    with InProcessWorker() as worker:
+        with pytest.raises(KeramosError, match="lb lacks pools"):
+            worker.cast_and_wait("create_amphora", {**PAYLOAD, "lb": {"lb_id": "lb-1", "listeners": []}})
+        assert_error_and_clean(worker, "lb lacks pools")
 
 
 def test_create_then_delete_leaves_nothing_and_marks_deleted():
     with InProcessWorker() as worker:
-        created = worker.cast_and_wait("create_amphora", PAYLOAD)["amphora"]
+        created = worker.cast_and_wait("create_amphora", {**PAYLOAD, "lb": LB})["amphora"]
         assert created["status"] == AmphoraStatus.READY
         assert len(worker.drivers.compute.instances) == 1
         assert len(worker.drivers.cert_manager.bundles) == 1
         worker.cast_and_wait("delete_amphora", {"amphora_id": "amp-1"})
         nothing_left(worker)
+        assert members(worker) == []
         assert worker.state_store.get(AmphoraRecord, "amp-1").status == AmphoraStatus.DELETED
         with pytest.raises(NotFound):
             worker.cast_and_wait("delete_amphora", {"amphora_id": "amp-1"})
         worker.cast_and_wait("create_amphora", PAYLOAD)
+
+
+class FailingDelete(noop.NoopCompute):
+    """Cannot delete instances."""
+
+    def delete(self, compute_id: str) -> None:
+        raise DriverError("delete failed on purpose")
+
+
+def test_a_failed_delete_keeps_the_membership_and_marks_the_amphora_error():
+    with InProcessWorker(compute=FailingDelete) as worker:
+        worker.cast_and_wait("create_amphora", {**PAYLOAD, "lb": LB})
+        with pytest.raises(DriverError, match="delete failed on purpose"):
+            worker.cast_and_wait("delete_amphora", {"amphora_id": "amp-1"})
+        assert members(worker) == ["amp-1"]
+        amphora = worker.state_store.get(AmphoraRecord, "amp-1")
+        assert amphora.status == AmphoraStatus.ERROR and "delete failed" in amphora.error
 
 
 def test_an_existing_amphora_is_not_created_twice_nor_disturbed():
@@ -87,3 +168,93 @@ def test_an_existing_amphora_is_not_created_twice_nor_disturbed():
             worker.cast_and_wait("create_amphora", PAYLOAD)
         assert worker.state_store.get(AmphoraRecord, "amp-1").status == AmphoraStatus.READY
         assert len(worker.drivers.compute.instances) == 1
+
+
+class RecordingCompute(noop.NoopCompute):
+    """Keeps every config drive it is given."""
+
+    def __init__(self, conf) -> None:
+        super().__init__(conf)
+        self.drives: dict[str, dict[str, bytes]] = {}
+
+    def build(self, amphora_id, image_id, config_drive, *, flavor=None) -> str:
+        self.drives[amphora_id] = dict(config_drive)
+        return super().build(amphora_id, image_id, config_drive, flavor=flavor)
+
+
+class HashWatchingAmphora(noop.NoopAmphora):
+    """Notes the activation token hash on record when the agent is first reached."""
+
+    state_store: Any = None
+
+    def __init__(self, conf) -> None:
+        super().__init__(conf)
+        self.hashes: list[str | None] = []
+
+    def wait_until_reachable(self, endpoint, timeout):
+        self.hashes.append(self.state_store.get(AmphoraRecord, endpoint.amphora_id).activation_token_hash)
+        return super().wait_until_reachable(endpoint, timeout)
+
+
+def test_the_token_is_in_the_config_drive_and_only_its_hash_on_record_until_activation():
+    with InProcessWorker(compute=RecordingCompute, amphora=HashWatchingAmphora) as worker:
+        worker.drivers.amphora.state_store = worker.state_store
+        worker.cast_and_wait("create_amphora", PAYLOAD)
+        token = worker.drivers.compute.drives["amp-1"][ACTIVATION_TOKEN_FILE].decode()
+        assert len(token) >= 40
+        expected = hashlib.sha256(token.encode()).hexdigest()
+        assert worker.drivers.amphora.hashes == [expected]
+        record = worker.state_store.get(AmphoraRecord, "amp-1")
+        assert record.activation_token_hash is None
+        assert token not in repr(record.to_dict())
+        with pytest.raises(KeramosError, match="no unused activation token"):
+            redeem_activation_token(worker.state_store, "amp-1", token)
+
+
+def test_two_amphorae_get_different_tokens():
+    with InProcessWorker(compute=RecordingCompute) as worker:
+        worker.cast_and_wait("create_amphora", PAYLOAD)
+        worker.cast_and_wait("create_amphora", {**PAYLOAD, "amphora_id": "amp-2"})
+        drives = worker.drivers.compute.drives
+        assert drives["amp-1"][ACTIVATION_TOKEN_FILE] != drives["amp-2"][ACTIVATION_TOKEN_FILE]
+
+
+def test_a_token_is_redeemed_once_and_a_wrong_one_changes_nothing():
+    with InProcessWorker() as worker:
+        store = worker.state_store
+        store.save(AmphoraRecord(amphora_id="amp-1", activation_token_hash=hash_activation_token("t0k")))
+        with pytest.raises(KeramosError, match="refused"):
+            redeem_activation_token(store, "amp-1", "wrong")
+        assert store.get(AmphoraRecord, "amp-1").activation_token_hash == hash_activation_token("t0k")
+        redeem_activation_token(store, "amp-1", "t0k")
+        with pytest.raises(KeramosError, match="no unused activation token"):
+            redeem_activation_token(store, "amp-1", "t0k")
+        with pytest.raises(KeramosError, match="no unused activation token"):
+            redeem_activation_token(store, "nobody", "t0k")
+
+
+def test_activation_is_refused_twice_and_for_an_agent_answering_as_another_amphora():
+    with InProcessWorker() as worker:
+        store = worker.state_store
+        store.save(AmphoraRecord(amphora_id="amp-1", activation_token_hash=hash_activation_token("t")))
+        activate = ActivateAmphora(store)
+        with pytest.raises(KeramosError, match="answered as amp-2"):
+            activate.execute("amp-1", {"amphora_id": "amp-2"})
+        activate.execute("amp-1", {"amphora_id": "amp-1"})
+        assert store.get(AmphoraRecord, "amp-1").activation_token_hash is None
+        with pytest.raises(KeramosError, match="no unused activation token"):
+            activate.execute("amp-1", {"amphora_id": "amp-1"})
+
+
+class ImpostorAmphora(noop.NoopAmphora):
+    """An agent that answers as another amphora."""
+
+    def wait_until_reachable(self, endpoint, timeout):
+        return {"amphora_id": "someone-else", "api_version": "1.0"}
+
+
+def test_an_agent_answering_as_another_amphora_is_not_activated_and_nothing_is_left():
+    with InProcessWorker(amphora=ImpostorAmphora) as worker:
+        with pytest.raises(KeramosError, match="answered as someone-else"):
+            worker.cast_and_wait("create_amphora", PAYLOAD)
+        assert_error_and_clean(worker, "answered as someone-else")

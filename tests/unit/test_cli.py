@@ -13,7 +13,9 @@ def run_cli(capsys, *argv, state_path=None):
     args = list(argv)
     if state_path is not None:
         conf = state_path / "keramos.conf"
-        conf.write_text(f"[DEFAULT]\nstate_path = {state_path}\n")
+        conf.write_text(
+            f"[DEFAULT]\nstate_path = {state_path}\n[amphora]\nrequire_signed_images = false\n"
+        )
         args = ["--config-file", str(conf), *args]
     code = main(args)
     out, err = capsys.readouterr()

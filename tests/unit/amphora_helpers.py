@@ -1,0 +1,78 @@
+"""Helpers for the amphora lifecycle tests: failing drivers and flows failing at a chosen task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keramos.framework.errors import DriverError
+from keramos.framework.records import CertificateRecord, LoadBalancerRecord
+from keramos.framework.testing import InProcessWorker
+
+LB = {
+    "lb_id": "lb-1",
+    "listeners": [
+        {"id": "l1", "protocol": "HTTP", "address": "127.0.0.1", "port": 8080, "default_pool": "p1"}
+    ],
+    "pools": [
+        {"id": "p1", "protocol": "HTTP", "members": [{"id": "m1", "address": "127.0.0.1", "port": 8081}]}
+    ],
+}
+
+
+class InjectedFault(Exception):
+    """Raised by a task made to fail on purpose."""
+
+
+def failing(cls: type, method: str) -> type:
+    """A noop driver class whose ``method`` raises DriverError."""
+
+    def boom(self, *args: Any, **kwargs: Any) -> None:
+        raise DriverError(f"{cls.__name__}.{method} failed on purpose")
+
+    return type(f"Failing{cls.__name__}", (cls,), {method: boom})
+
+
+def failing_at(factory: type, task_name: str) -> type:
+    """A copy of ``factory`` served as ``<name>_faulty`` whose task ``task_name`` raises at once."""
+
+    def build(self):
+        flow = factory.build(self)
+        atoms = {atom.name: atom for atom in flow}
+        if task_name not in atoms:
+            raise AssertionError(f"{factory.name} has no task {task_name}")
+
+        def boom(**kwargs: Any) -> None:
+            raise InjectedFault(f"{task_name} failed on purpose")
+
+        atoms[task_name].execute = boom
+        return flow
+
+    return type(f"Faulty{factory.__name__}", (factory,), {"name": f"{factory.name}_faulty", "build": build})
+
+
+def task_names(worker: InProcessWorker, event: str) -> list[str]:
+    """The names of the tasks of ``event``'s flow, in order."""
+    return [atom.name for atom in worker.worker.runner.flows[event].build()]
+
+
+def resources(worker: InProcessWorker) -> dict[str, Any]:
+    """What the noop drivers and the state store hold: instances, ports, keys, certificates."""
+    drivers = worker.drivers
+    return {
+        "instances": sorted(drivers.compute.instances),
+        "ports": sorted(drivers.network.ports),
+        "bundles": sorted(drivers.cert_manager.bundles),
+        "certificates": sorted(c.serial for c in worker.state_store.find(CertificateRecord)),
+    }
+
+
+def nothing_left(worker: InProcessWorker) -> None:
+    """Assert that no instance, port, stored key or certificate record is left."""
+    assert resources(worker) == {"instances": [], "ports": [], "bundles": [], "certificates": []}
+
+
+def members(worker: InProcessWorker, lb_id: str = "lb-1") -> list[str]:
+    """The amphorae a load balancer's record lists."""
+    record = worker.state_store.get(LoadBalancerRecord, lb_id)
+    return list((record.description or {}).get("amphora_ids", [])) if record else []
+

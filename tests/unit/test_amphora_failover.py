@@ -1,0 +1,196 @@
+"""failover_amphora: the replacement boots first and takes the configs; a failure leaves the old
+amphora as it was and nothing of the replacement."""
+
+from __future__ import annotations
+
+import pytest
+
+from keramos.flows.amphora import FailoverAmphora
+from keramos.flows.tasks.amphora_lifecycle import replacement_id_for
+from keramos.framework.errors import DriverError, KeramosError, NotFound
+from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord
+from keramos.framework.testing import InProcessWorker
+from keramos.plugins import noop
+from tests.unit.amphora_helpers import (
+    LB,
+    InjectedFault,
+    failing,
+    failing_at,
+    members,
+    resources,
+    task_names,
+)
+
+FAILOVER_TASKS = [
+    "load_failed_amphora",
+    "record_amphora",
+    "verify_amphora_image",
+    "issue_amphora_server_cert",
+    "boot_amphora",
+    "wait_for_amphora_active",
+    "plug_amphora_network",
+    "wait_for_amphora_agent",
+    "activate_amphora",
+    "move_loadbalancer_configs",
+    "mark_amphora_ready",
+    "retire_failed_amphora",
+]
+
+
+def create_with_lb(worker: InProcessWorker) -> AmphoraRecord:
+    worker.cast_and_wait("create_amphora", {"amphora_id": "amp-1", "image_id": "img-1", "lb": LB})
+    return worker.state_store.get(AmphoraRecord, "amp-1")
+
+
+def replacements(worker: InProcessWorker) -> list[AmphoraRecord]:
+    return [a for a in worker.state_store.find(AmphoraRecord) if a.amphora_id != "amp-1"]
+
+
+def assert_old_as_it_was(worker: InProcessWorker, old: AmphoraRecord, before: dict) -> None:
+    assert resources(worker) == before
+    now = worker.state_store.get(AmphoraRecord, "amp-1")
+    assert (now.status, now.compute_id, now.port_id, now.cert_serial) == (
+        old.status,
+        old.compute_id,
+        old.port_id,
+        old.cert_serial,
+    )
+    assert members(worker) == ["amp-1"]
+    assert list(worker.drivers.amphora.configs) == [("amp-1", "lb-1")]
+    for replacement in replacements(worker):
+        assert replacement.status == AmphoraStatus.ERROR
+        assert replacement.compute_id is None and replacement.activation_token_hash is None
+
+
+def test_failover_boots_a_replacement_moves_the_config_and_deletes_the_old_one():
+    with InProcessWorker() as worker:
+        old = create_with_lb(worker)
+        result = worker.cast_and_wait("failover_amphora", {"amphora_id": "amp-1"})
+        new = result["amphora"]
+        assert new["amphora_id"].startswith("amp-1-fo-") and new["status"] == AmphoraStatus.READY
+        assert result["moved_loadbalancers"] == ["lb-1"]
+        configs = worker.drivers.amphora.configs
+        assert configs[(new["amphora_id"], "lb-1")] == configs[("amp-1", "lb-1")]
+        assert members(worker) == [new["amphora_id"]]
+        assert list(worker.drivers.compute.instances) == [new["compute_id"]]
+        assert list(worker.drivers.network.ports) == [new["port_id"]]
+        certificates = worker.state_store.find(CertificateRecord)
+        assert [(c.serial, c.amphora_id) for c in certificates] == [
+            (new["cert_serial"], new["amphora_id"])
+        ]
+        assert new["cert_serial"] != old.cert_serial
+        retired = worker.state_store.get(AmphoraRecord, "amp-1")
+        assert retired.status == AmphoraStatus.DELETED and retired.compute_id is None
+        again = worker.cast_and_wait("failover_amphora", {"amphora_id": new["amphora_id"]})
+        assert again["amphora"]["amphora_id"].startswith("amp-1-fo-")
+        assert again["amphora"]["amphora_id"].count("-fo-") == 1
+        assert members(worker) == [again["amphora"]["amphora_id"]]
+
+
+def test_the_flow_runs_the_tasks_the_fault_tests_cover():
+    with InProcessWorker() as worker:
+        assert task_names(worker, "failover_amphora") == FAILOVER_TASKS
+
+
+@pytest.mark.parametrize("task_name", FAILOVER_TASKS)
+def test_a_failure_at_every_task_deletes_the_replacement_and_keeps_the_old(task_name):
+    faulty = failing_at(FailoverAmphora, task_name)
+    with InProcessWorker(flows=[faulty]) as worker:
+        old = create_with_lb(worker)
+        before = resources(worker)
+        with pytest.raises(InjectedFault):
+            worker.run(faulty.name, {"amphora_id": "amp-1"})
+        assert_old_as_it_was(worker, old, before)
+        if task_name not in ("load_failed_amphora", "record_amphora"):
+            (replacement,) = replacements(worker)
+            assert f"{task_name} failed on purpose" in replacement.error
+
+
+FAULTS = [
+    ("cert_generator", noop.NoopCertGenerator, "issue"),
+    ("compute", noop.NoopCompute, "build"),
+    ("compute", noop.NoopCompute, "get"),
+    ("network", noop.NoopNetwork, "plug"),
+    ("amphora", noop.NoopAmphora, "wait_until_reachable"),
+]
+
+
+@pytest.mark.parametrize(("kind", "cls", "method"), FAULTS, ids=lambda v: getattr(v, "__name__", v))
+def test_a_driver_failure_during_failover_keeps_the_old_amphora(kind, cls, method):
+    broken = failing(cls, method)
+    armed = {"on": False}
+    original = getattr(broken, method)
+
+    def maybe(self, *args, **kwargs):
+        if armed["on"]:
+            return original(self, *args, **kwargs)
+        return getattr(cls, method)(self, *args, **kwargs)
+
+    with InProcessWorker(**{kind: type("Armed", (broken,), {method: maybe})}) as worker:
+        old = create_with_lb(worker)
+        before = resources(worker)
+        armed["on"] = True
+        with pytest.raises(DriverError, match="failed on purpose"):
+            worker.cast_and_wait("failover_amphora", {"amphora_id": "amp-1"})
+        assert_old_as_it_was(worker, old, before)
+
+
+class FailingUpload(noop.NoopAmphora):
+    """Refuses configs for replacements (ids with -fo-)."""
+
+    def upload_config(self, endpoint, lb_id, config, version):
+        if "-fo-" in endpoint.amphora_id:
+            raise DriverError("upload to the replacement failed on purpose")
+        super().upload_config(endpoint, lb_id, config, version)
+
+
+def test_a_config_the_replacement_refuses_keeps_the_old_amphora():
+    with InProcessWorker(amphora=FailingUpload) as worker:
+        old = create_with_lb(worker)
+        before = resources(worker)
+        with pytest.raises(DriverError, match="replacement failed on purpose"):
+            worker.cast_and_wait("failover_amphora", {"amphora_id": "amp-1"})
+        assert_old_as_it_was(worker, old, before)
+
+
+class DeadAgents(noop.NoopAmphora):
+    """The failed amphora's agent does not answer."""
+
+    def get_info(self, endpoint):
+        raise DriverError("connection refused", retryable=True)
+
+
+def test_a_silent_old_agent_still_fails_over_from_the_recorded_membership():
+    with InProcessWorker(amphora=DeadAgents) as worker:
+        create_with_lb(worker)
+        result = worker.cast_and_wait("failover_amphora", {"amphora_id": "amp-1"})
+        assert result["moved_loadbalancers"] == ["lb-1"]
+
+
+def test_an_amphora_without_load_balancers_fails_over_with_nothing_to_move():
+    with InProcessWorker() as worker:
+        worker.cast_and_wait("create_amphora", {"amphora_id": "amp-1", "image_id": "img-1"})
+        result = worker.cast_and_wait("failover_amphora", {"amphora_id": "amp-1"})
+        assert result["moved_loadbalancers"] == []
+        assert worker.state_store.get(AmphoraRecord, "amp-1").status == AmphoraStatus.DELETED
+
+
+def test_unknown_deleted_or_busy_amphorae_are_not_failed_over():
+    with InProcessWorker() as worker:
+        with pytest.raises(NotFound):
+            worker.cast_and_wait("failover_amphora", {"amphora_id": "ghost"})
+        worker.cast_and_wait("create_amphora", {"amphora_id": "amp-1", "image_id": "img-1"})
+        worker.cast_and_wait("delete_amphora", {"amphora_id": "amp-1"})
+        with pytest.raises(NotFound):
+            worker.cast_and_wait("failover_amphora", {"amphora_id": "amp-1"})
+        worker.state_store.save(AmphoraRecord(amphora_id="amp-2", image_id="img-1"))
+        with pytest.raises(KeramosError, match="PENDING_CREATE"):
+            worker.cast_and_wait("failover_amphora", {"amphora_id": "amp-2"})
+        assert replacements(worker) == [worker.state_store.get(AmphoraRecord, "amp-2")]
+
+
+def test_replacement_ids_keep_the_original_and_fit_the_identifier_limit():
+    assert replacement_id_for("amp-1").startswith("amp-1-fo-")
+    assert replacement_id_for(replacement_id_for("amp-1")).count("-fo-") == 1
+    assert len(replacement_id_for("a" * 128)) == 128
+    assert replacement_id_for("amp-1") != replacement_id_for("amp-1")

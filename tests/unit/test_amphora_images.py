@@ -1,0 +1,115 @@
+"""create_amphora verifies its image first: a signed image boots, anything else boots nothing."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+
+from keramos.framework.records import AmphoraRecord, AmphoraStatus, ImageRecord
+from keramos.framework.testing import InProcessWorker
+from keramos.plugins.images import signature
+from keramos.plugins.images.cache import image_cache_opts
+from keramos.plugins.images.certificate_validation import register_opts
+from keramos.plugins.images.file_store import FileImageStore
+from keramos.plugins.images.key_managers import LocalKeyManager
+from keramos.plugins.images.signature import Reason, SignatureVerificationError
+from tests.unit.amphora_helpers import nothing_left
+from tests.unit.image_helpers import pki, sign, write_ca_file
+
+DATA = os.urandom(200_000)
+
+
+class Images:
+    """A worker with a file image store, a local key manager and a trusted CA."""
+
+    def __init__(self, worker: InProcessWorker) -> None:
+        self.worker = worker
+
+    def add(self, image_id: str, data: bytes = DATA, **changes: str | None) -> None:
+        signer = pki().signers["rsa"]
+        bundle = signer.certificate_pem + pki().intermediate.certificate_pem
+        certificate_uuid = self.worker.drivers.key_manager.store_certificate(bundle)
+        properties = sign(DATA, signer, certificate_uuid, "SHA-256")
+        for name, value in changes.items():
+            if value is None:
+                properties.pop(name)
+            else:
+                properties[name] = value
+        self.worker.drivers.image_store.add(image_id, io.BytesIO(data), properties)
+
+    def create(self, image_id: str) -> dict:
+        return self.worker.run("create_amphora", {"amphora_id": "amp-1", "image_id": image_id})
+
+    def refused(self, image_id: str, reason: str) -> None:
+        with pytest.raises(SignatureVerificationError) as refused:
+            self.create(image_id)
+        assert refused.value.reason == reason
+        nothing_left(self.worker)
+        assert self.worker.drivers.compute.instances == {}
+        amphora = self.worker.state_store.get(AmphoraRecord, "amp-1")
+        assert amphora.status == AmphoraStatus.ERROR and reason in amphora.error
+
+
+def images_worker(tmp_path, require_signed: bool):
+    ca_file = write_ca_file(tmp_path / "trusted.pem", pki().root)
+    worker = InProcessWorker(
+        state_path=tmp_path / "state",
+        image_store=FileImageStore,
+        key_manager=LocalKeyManager,
+        conf_overrides={"amphora": {"require_signed_images": require_signed}},
+    )
+    worker.start()
+    register_opts(worker.conf)
+    worker.conf.register_opts(image_cache_opts, group="image_cache")
+    worker.conf.set_override("trusted_ca_file", ca_file, group="image_verification")
+    return worker
+
+
+@pytest.fixture
+def signed_only(tmp_path):
+    worker = images_worker(tmp_path, require_signed=True)
+    try:
+        yield Images(worker)
+    finally:
+        worker.stop()
+
+
+@pytest.fixture
+def unsigned_allowed(tmp_path):
+    worker = images_worker(tmp_path, require_signed=False)
+    try:
+        yield Images(worker)
+    finally:
+        worker.stop()
+
+
+def test_a_signed_image_is_verified_before_the_amphora_boots(signed_only):
+    signed_only.add("good")
+    assert signed_only.create("good")["amphora"]["status"] == AmphoraStatus.READY
+    image = signed_only.worker.state_store.get(ImageRecord, "good")
+    assert image.status == "active" and "image signer" in image.signer
+
+
+def test_a_tampered_image_boots_nothing(signed_only):
+    signed_only.add("tampered", data=DATA[:-1] + bytes([DATA[-1] ^ 1]))
+    signed_only.refused("tampered", Reason.DATA_MODIFIED)
+    assert signed_only.worker.state_store.get(ImageRecord, "tampered").status == "killed"
+
+
+def test_an_unsigned_image_boots_nothing_when_signatures_are_required(signed_only):
+    signed_only.worker.drivers.image_store.add("plain", io.BytesIO(DATA), {})
+    signed_only.refused("plain", Reason.MISSING_PROPERTY)
+
+
+def test_a_partly_signed_image_is_verified_and_refused_even_when_unsigned_ones_may_boot(
+    unsigned_allowed,
+):
+    unsigned_allowed.add("partly", **{signature.SIGNATURE: None})
+    unsigned_allowed.refused("partly", Reason.MISSING_PROPERTY)
+
+
+def test_an_unsigned_image_boots_unverified_when_allowed(unsigned_allowed):
+    unsigned_allowed.worker.drivers.image_store.add("plain", io.BytesIO(DATA), {})
+    assert unsigned_allowed.create("plain")["amphora"]["status"] == AmphoraStatus.READY
