@@ -26,7 +26,7 @@ BENCHMARKS: dict[str, tuple[dict, dict]] = {
     "certificates": ({"duration": 3.0}, {"duration": 1.0}),
     "images": ({}, {"size_mib": 64, "rss_size_mib": 256, "repeats": 1}),
     "agent": ({}, {"duration": 2.0, "agents": 5}),
-    "lifecycle": ({"duration": 5.0, "amphorae": 20}, {"duration": 1.0, "batch": 8, "amphorae": 5}),
+    "lifecycle": ({"creations": 300, "amphorae": 20}, {"creations": 50, "amphorae": 5}),
 }
 
 

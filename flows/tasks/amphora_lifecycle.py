@@ -51,6 +51,31 @@ def _member_ids(record: LoadBalancerRecord) -> list[str]:
     return list((record.description or {}).get("amphora_ids", []))
 
 
+def swap_member(
+    state_store: StateStore,
+    lb_id: str,
+    *,
+    leaving: str | None,
+    joining: str | None,
+    members: list[str] | None = None,
+) -> None:
+    """Put ``joining`` in the place of ``leaving`` among a load balancer's members (either may be
+    ``None``); ``members`` replaces the recorded list first. A missing load balancer is skipped."""
+    record = state_store.get(LoadBalancerRecord, lb_id)
+    if record is None:
+        return
+    current = _member_ids(record) if members is None else members
+    kept = [member for member in current if member not in (leaving, joining)]
+    state_store.update(
+        LoadBalancerRecord,
+        lb_id,
+        description={
+            **(record.description or {}),
+            "amphora_ids": [*kept, joining] if joining else kept,
+        },
+    )
+
+
 class VerifyAmphoraImage(task.Task):
     """Verify the amphora's image through the ``verify_image`` flow (verified image cache first).
 
@@ -132,15 +157,13 @@ class PushInitialConfig(task.Task):
             "amphora_endpoints": [_endpoint(amphora_id, amphora_instance)],
         }
         version = engines.run(flow, store=store)["running_version"]
-        record = self.state_store.get(LoadBalancerRecord, lb_id)
-        members = _member_ids(previous) if previous is not None else []
-        self.state_store.update(
-            LoadBalancerRecord,
+        # Recording the running version rewrote the description: the members come from before.
+        swap_member(
+            self.state_store,
             lb_id,
-            description={
-                **(record.description or {}),
-                "amphora_ids": [*[m for m in members if m != amphora_id], amphora_id],
-            },
+            leaving=None,
+            joining=amphora_id,
+            members=_member_ids(previous) if previous is not None else [],
         )
         return {
             "lb_id": lb_id,
@@ -236,12 +259,7 @@ class MoveLoadBalancerConfigs(task.Task):
         # failed upload leaves nothing for the revert to put back.
         moved = []
         for record in records:
-            members = [m for m in _member_ids(record) if m != amphora_id]
-            self.state_store.update(
-                LoadBalancerRecord,
-                record.lb_id,
-                description={**(record.description or {}), "amphora_ids": [*members, replacement_id]},
-            )
+            swap_member(self.state_store, record.lb_id, leaving=amphora_id, joining=replacement_id)
             self.state_store.update(
                 AmphoraRecord, replacement_id, config_version=record.running_version
             )
@@ -267,15 +285,7 @@ class MoveLoadBalancerConfigs(task.Task):
             except KeramosError as error:
                 # The replacement is deleted next, and the configuration with it.
                 LOG.warning("replacement %s keeps %s until deleted: %s", replacement_id, lb_id, error)
-            record = self.state_store.get(LoadBalancerRecord, lb_id)
-            if record is None:
-                continue
-            members = [m for m in _member_ids(record) if m != replacement_id]
-            self.state_store.update(
-                LoadBalancerRecord,
-                lb_id,
-                description={**(record.description or {}), "amphora_ids": [*members, amphora_id]},
-            )
+            swap_member(self.state_store, lb_id, leaving=replacement_id, joining=amphora_id)
 
 
 class RetireFailedAmphora(task.Task):
@@ -308,30 +318,17 @@ class LeaveLoadBalancers(task.Task):
         super().__init__(name="leave_loadbalancers", provides="left_loadbalancers")
         self.state_store = state_store
 
-    def _set_member(self, lb_ids: list[str], amphora_id: str, member: bool) -> None:
-        for lb_id in lb_ids:
-            record = self.state_store.get(LoadBalancerRecord, lb_id)
-            if record is None:
-                continue
-            others = [m for m in _member_ids(record) if m != amphora_id]
-            self.state_store.update(
-                LoadBalancerRecord,
-                lb_id,
-                description={
-                    **(record.description or {}),
-                    "amphora_ids": [*others, amphora_id] if member else others,
-                },
-            )
-
     def execute(self, amphora_id: str) -> list[str]:
         lb_ids = [
             record.lb_id
             for record in self.state_store.find(LoadBalancerRecord)
             if amphora_id in _member_ids(record)
         ]
-        self._set_member(lb_ids, amphora_id, member=False)
+        for lb_id in lb_ids:
+            swap_member(self.state_store, lb_id, leaving=amphora_id, joining=None)
         return lb_ids
 
     def revert(self, amphora_id: str, result: Any, **kwargs: Any) -> None:
         if isinstance(result, list):
-            self._set_member(result, amphora_id, member=True)
+            for lb_id in result:
+                swap_member(self.state_store, lb_id, leaving=None, joining=amphora_id)

@@ -24,8 +24,9 @@ DATA = os.urandom(200_000)
 class Images:
     """A worker with a file image store, a local key manager and a trusted CA."""
 
-    def __init__(self, worker: InProcessWorker) -> None:
+    def __init__(self, worker: InProcessWorker, require_signed: bool) -> None:
         self.worker = worker
+        self.require_signed = require_signed
 
     def add(self, image_id: str, data: bytes = DATA, **changes: str | None) -> None:
         signer = pki().signers["rsa"]
@@ -67,49 +68,38 @@ def images_worker(tmp_path, require_signed: bool):
     return worker
 
 
-@pytest.fixture
-def signed_only(tmp_path):
-    worker = images_worker(tmp_path, require_signed=True)
+@pytest.fixture(params=[True, False], ids=["signed_only", "unsigned_allowed"])
+def images(request, tmp_path):
+    """Images in a worker that requires signed images, or one that boots unsigned ones too."""
+    worker = images_worker(tmp_path, require_signed=request.param)
     try:
-        yield Images(worker)
+        yield Images(worker, request.param)
     finally:
         worker.stop()
 
 
-@pytest.fixture
-def unsigned_allowed(tmp_path):
-    worker = images_worker(tmp_path, require_signed=False)
-    try:
-        yield Images(worker)
-    finally:
-        worker.stop()
-
-
-def test_a_signed_image_is_verified_before_the_amphora_boots(signed_only):
-    signed_only.add("good")
-    assert signed_only.create("good")["amphora"]["status"] == AmphoraStatus.READY
-    image = signed_only.worker.state_store.get(ImageRecord, "good")
+def test_a_signed_image_is_verified_before_the_amphora_boots(images):
+    images.add("good")
+    assert images.create("good")["amphora"]["status"] == AmphoraStatus.READY
+    image = images.worker.state_store.get(ImageRecord, "good")
     assert image.status == "active" and "image signer" in image.signer
 
 
-def test_a_tampered_image_boots_nothing(signed_only):
-    signed_only.add("tampered", data=DATA[:-1] + bytes([DATA[-1] ^ 1]))
-    signed_only.refused("tampered", Reason.DATA_MODIFIED)
-    assert signed_only.worker.state_store.get(ImageRecord, "tampered").status == "killed"
+def test_a_tampered_image_boots_nothing(images):
+    images.add("tampered", data=DATA[:-1] + bytes([DATA[-1] ^ 1]))
+    images.refused("tampered", Reason.DATA_MODIFIED)
+    assert images.worker.state_store.get(ImageRecord, "tampered").status == "killed"
 
 
-def test_an_unsigned_image_boots_nothing_when_signatures_are_required(signed_only):
-    signed_only.worker.drivers.image_store.add("plain", io.BytesIO(DATA), {})
-    signed_only.refused("plain", Reason.MISSING_PROPERTY)
+def test_a_partly_signed_image_is_verified_and_refused(images):
+    images.add("partly", **{signature.SIGNATURE: None})
+    images.refused("partly", Reason.MISSING_PROPERTY)
 
 
-def test_a_partly_signed_image_is_verified_and_refused_even_when_unsigned_ones_may_boot(
-    unsigned_allowed,
-):
-    unsigned_allowed.add("partly", **{signature.SIGNATURE: None})
-    unsigned_allowed.refused("partly", Reason.MISSING_PROPERTY)
-
-
-def test_an_unsigned_image_boots_unverified_when_allowed(unsigned_allowed):
-    unsigned_allowed.worker.drivers.image_store.add("plain", io.BytesIO(DATA), {})
-    assert unsigned_allowed.create("plain")["amphora"]["status"] == AmphoraStatus.READY
+def test_an_unsigned_image_boots_unverified_only_when_allowed(images):
+    images.worker.drivers.image_store.add("plain", io.BytesIO(DATA), {})
+    if images.require_signed:
+        images.refused("plain", Reason.MISSING_PROPERTY)
+    else:
+        assert images.create("plain")["amphora"]["status"] == AmphoraStatus.READY
+        assert images.worker.state_store.get(ImageRecord, "plain") is None
