@@ -43,6 +43,8 @@ class WorkerProcess:
             },
             "worker": {"topic": self.topic, "graceful_shutdown_timeout": 20},
             "oslo_messaging_notifications": {"topics": f"{self.topic}-notifications"},
+            # The noop image store serves unsigned images.
+            "amphora": {"require_signed_images": False},
         }
         for section, values in settings.items():
             sections.setdefault(section, {}).update(values)
