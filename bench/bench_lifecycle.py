@@ -19,6 +19,7 @@ to stdout.
 from __future__ import annotations
 
 import contextlib
+import logging
 import statistics
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from keramos.flows.tasks import amphora_lifecycle as lifecycle_tasks
 from keramos.framework.contracts import AmphoraEndpoint, CertKind, InstanceStatus
 from keramos.framework.records import TaskRecord, utcnow
 from keramos.framework.testing import InProcessWorker
@@ -92,6 +94,8 @@ def _postgres_database(server_url: str) -> Iterator[str | None]:
 
 def _noop_rows(creations: int, postgres_url: str) -> list[dict[str, Any]]:
     unsigned = {"amphora": {"require_signed_images": False}}
+    # One warning per unsigned boot would bury the progress lines.
+    logging.getLogger(lifecycle_tasks.__name__).setLevel(logging.ERROR)
     rows = [
         row(
             "create_amphora/s noop drivers, SQLite (raw: Octavia noop create, 2.6/s constant)",
