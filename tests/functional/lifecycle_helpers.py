@@ -4,7 +4,11 @@ compute, rest amphora driver, sharing one configuration."""
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
+
+import requests
+from oslo_config import cfg
 
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import CertKind
@@ -19,27 +23,27 @@ from keramos.plugins.compute_process import list_opts as process_list_opts
 from tests.functional.agent_helpers import require_haproxy
 
 PASSPHRASE = "lifecycle test passphrase"
+BODY = b"served through the amphora\n"
 
 
-def lifecycle_drivers(state_path: str) -> dict[str, Any]:
-    """Local dual CA and store, process compute, rest amphora driver, sharing one configuration."""
+def lifecycle_settings(state_path: str) -> dict[str, dict[str, Any]]:
+    """Make a local dual CA and the controller's client certificate under ``state_path``; return
+    the options (group -> name -> value) of the local CA and store, process compute and rest
+    amphora driver that use them."""
     ca_dir = os.path.join(state_path, "ca")
     create_dual_ca(ca_dir, PASSPHRASE.encode())
-    conf = make_conf([], config_files=[], overrides={"DEFAULT": {"state_path": state_path}})
-    register_opts(conf)
-    conf.register_opts(local_store_opts, group="cert_manager_local")
-    for group, opts in process_list_opts() + rest_list_opts():
-        conf.register_opts(opts, group=group)
-    conf.set_override("ca_dir", ca_dir, group="certificates")
-    conf.set_override("ca_passphrase", PASSPHRASE, group="certificates")
-    conf.set_override("passphrase", PASSPHRASE, group="cert_manager_local")
-    generator = LocalCertGenerator(conf)
-    controller = generator.issue("keramos-controller", CertKind.CLIENT)
+    settings: dict[str, dict[str, Any]] = {
+        "certificates": {"ca_dir": ca_dir, "ca_passphrase": PASSPHRASE},
+        "cert_manager_local": {"passphrase": PASSPHRASE},
+        "compute_process": {"haproxy_binary": require_haproxy()},
+    }
+    conf = _conf(state_path, settings)
+    controller = LocalCertGenerator(conf).issue("keramos-controller", CertKind.CLIENT)
     client_cert = os.path.join(state_path, "client.pem")
     client_key = os.path.join(state_path, "client_key.pem")
     write_atomic(client_cert, controller.certificate_pem)
     write_atomic(client_key, controller.private_key_pem)
-    rest_options = {
+    settings["amphora_rest"] = {
         "controller_client_cert": client_cert,
         "controller_client_key": client_key,
         "server_ca": os.path.join(ca_dir, "server_ca.pem"),
@@ -47,12 +51,66 @@ def lifecycle_drivers(state_path: str) -> dict[str, Any]:
         "retries": 0,
         "backoff": 0.05,
     }
-    for name, value in rest_options.items():
-        conf.set_override(name, value, group="amphora_rest")
-    conf.set_override("haproxy_binary", require_haproxy(), group="compute_process")
+    return settings
+
+
+def _conf(state_path: str, settings: dict[str, dict[str, Any]]) -> cfg.ConfigOpts:
+    conf = make_conf([], config_files=[], overrides={"DEFAULT": {"state_path": state_path}})
+    register_opts(conf)
+    conf.register_opts(local_store_opts, group="cert_manager_local")
+    for group, opts in process_list_opts() + rest_list_opts():
+        conf.register_opts(opts, group=group)
+    for group, values in settings.items():
+        for name, value in values.items():
+            conf.set_override(name, value, group=group)
+    return conf
+
+
+def lifecycle_drivers(state_path: str) -> dict[str, Any]:
+    """Local dual CA and store, process compute, rest amphora driver, sharing one configuration."""
+    conf = _conf(state_path, lifecycle_settings(state_path))
     return {
-        "cert_generator": generator,
+        "cert_generator": LocalCertGenerator(conf),
         "cert_manager": LocalCertManager(conf),
         "compute": ProcessCompute(conf),
         "amphora": RestAmphoraDriver(conf),
     }
+
+
+def description(listener_port: int, backend_port: int) -> dict[str, Any]:
+    """One HTTP listener on 127.0.0.1 in front of one backend."""
+    return {
+        "listeners": [
+            {
+                "id": "web",
+                "protocol": "HTTP",
+                "address": "127.0.0.1",
+                "port": listener_port,
+                "default_pool": "app",
+            }
+        ],
+        "pools": [
+            {
+                "id": "app",
+                "protocol": "HTTP",
+                "health_check": False,
+                "members": [{"id": "app-1", "address": "127.0.0.1", "port": backend_port}],
+            }
+        ],
+    }
+
+
+def wait_for_traffic(listener_port: int, timeout: float = 15.0) -> None:
+    """Wait until GET / through HAProxy answers the backend's body."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            response = requests.get(f"http://127.0.0.1:{listener_port}/", timeout=2)
+            if response.status_code == 200 and response.content == BODY:
+                return
+            last = response.status_code
+        except requests.RequestException as error:
+            last = error
+        time.sleep(0.1)
+    raise AssertionError(f"no traffic through port {listener_port}: {last}")

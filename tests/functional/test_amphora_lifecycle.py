@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests
 
 from keramos.framework.contracts import AmphoraEndpoint
 from keramos.framework.errors import KeramosError
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord
 from keramos.framework.testing import InProcessWorker
 from tests.functional.agent_helpers import free_port, http_backend, require_haproxy
-from tests.functional.lifecycle_helpers import lifecycle_drivers
-
-BODY = b"served through the amphora\n"
+from tests.functional.lifecycle_helpers import BODY, description, lifecycle_drivers, wait_for_traffic
 
 
 @pytest.fixture
@@ -37,45 +33,6 @@ def worker(tmp_path) -> Iterator[InProcessWorker]:
     finally:
         drivers["compute"].close()
         drivers["amphora"].close()
-
-
-def description(listener_port: int, backend_port: int) -> dict[str, Any]:
-    """One HTTP listener on 127.0.0.1 in front of one backend."""
-    return {
-        "listeners": [
-            {
-                "id": "web",
-                "protocol": "HTTP",
-                "address": "127.0.0.1",
-                "port": listener_port,
-                "default_pool": "app",
-            }
-        ],
-        "pools": [
-            {
-                "id": "app",
-                "protocol": "HTTP",
-                "health_check": False,
-                "members": [{"id": "app-1", "address": "127.0.0.1", "port": backend_port}],
-            }
-        ],
-    }
-
-
-def wait_for_traffic(listener_port: int, timeout: float = 15.0) -> None:
-    """Wait until GET / through HAProxy answers the backend's body."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            response = requests.get(f"http://127.0.0.1:{listener_port}/", timeout=2)
-            if response.status_code == 200 and response.content == BODY:
-                return
-            last = response.status_code
-        except requests.RequestException as error:
-            last = error
-        time.sleep(0.1)
-    raise AssertionError(f"no traffic through port {listener_port}: {last}")
 
 
 def agent_alive(worker: InProcessWorker, compute_id: str) -> bool:
