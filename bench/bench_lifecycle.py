@@ -3,7 +3,9 @@
 1. ``create_amphora`` flows/s with the noop drivers in an in-process worker (fake transport,
    durable flow persistence, ``executor_threads`` flows at once), on SQLite and on PostgreSQL
    (``postgres_url`` names a server; a database is created for the run and dropped after);
-   ``creations`` casts at once, timed from the first cast to the end of the last flow.
+   ``creations`` casts at once, timed from the first cast to the end of the last flow. A third
+   row sets create_amphora against a flow of as many no-op tasks through the same runner: the
+   ceiling that the runner and flow persistence set whatever the tasks do.
    The raw column is a constant: OpenStack Octavia's own create flow with its noop drivers runs
    at about 2.6 flows/s on this kind of machine (RSA keygen and a database round trip per task
    dominate); the goal is 10 times that.
@@ -31,10 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from taskflow import task
+from taskflow.patterns import linear_flow
 
 from keramos.flows.tasks import amphora_lifecycle as lifecycle_tasks
-from keramos.framework.contracts import AmphoraEndpoint, CertKind, InstanceStatus
+from keramos.framework.contracts import AmphoraEndpoint, CertKind, FlowFactory, InstanceStatus
 from keramos.framework.records import TaskRecord, utcnow
+from keramos.framework.schema import Field
 from keramos.framework.testing import InProcessWorker
 
 ROOT = Path(__file__).resolve().parent
@@ -48,17 +53,38 @@ OCTAVIA_NOOP_CREATE_RATE = 2.6
 POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 
 
-def _creations_per_second(label: str, overrides: dict, creations: int) -> float:
-    """Casts ``creations`` create_amphora at once; flows/s from the first cast to the last end.
+class _NoopTask(task.Task):
+    """A task that does nothing."""
+
+    def execute(self, amphora_id: str) -> None:
+        """Do nothing."""
+
+
+class _TenNoopTasks(FlowFactory):
+    """As many tasks as create_amphora, doing nothing: what the runner itself costs."""
+
+    name = "bench_ten_noop_tasks"
+    version = "1.0"
+    payload = {"amphora_id": Field(str), "image_id": Field(str)}
+    resource_field = "amphora_id"
+
+    def build(self) -> linear_flow.Flow:
+        return linear_flow.Flow(self.name).add(*(_NoopTask(name=f"noop_{i}") for i in range(10)))
+
+
+def _creations_per_second(
+    label: str, overrides: dict, creations: int, event: str = "create_amphora"
+) -> float:
+    """Casts ``creations`` flows of ``event`` at once; flows/s from the first cast to the last end.
 
     The end is the last task record's ``updated_at``, so the client's polling adds nothing.
     """
-    with InProcessWorker(conf_overrides=overrides) as worker:
+    with InProcessWorker(flows=[_TenNoopTasks], conf_overrides=overrides) as worker:
         prefix = uuid.uuid4().hex[:6]
-        worker.run("create_amphora", {"amphora_id": f"warm-{prefix}", "image_id": "img"})
+        worker.run(event, {"amphora_id": f"warm-{prefix}", "image_id": "img"})
         started = utcnow()
         requests = [
-            worker.cast("create_amphora", {"amphora_id": f"b-{prefix}-{i}", "image_id": "img"})
+            worker.cast(event, {"amphora_id": f"b-{prefix}-{i}", "image_id": "img"})
             for i in range(creations)
         ]
         for request_id in requests:
@@ -105,6 +131,16 @@ def _noop_rows(creations: int, postgres_url: str) -> list[dict[str, Any]]:
             ">= 10x",
         )
     ]
+    sqlite_rate = rows[0]["keramos"]
+    rows.append(
+        row(
+            "create_amphora/s vs 10 no-op tasks through the same runner, SQLite (raw)",
+            sqlite_rate,
+            _creations_per_second("10 no-op tasks", unsigned, creations, _TenNoopTasks.name),
+            "flows/s",
+            "share of the runner's ceiling",
+        )
+    )
     with _postgres_database(postgres_url) as url:
         if url is not None:
             overrides = {
