@@ -38,7 +38,7 @@ FAILOVER_TASKS = [
 
 
 def create_with_lb(worker: InProcessWorker) -> AmphoraRecord:
-    worker.cast_and_wait("create_amphora", {"amphora_id": "amp-1", "image_id": "img-1", "lb": LB})
+    worker.run("create_amphora", {"amphora_id": "amp-1", "image_id": "img-1", "lb": LB})
     return worker.state_store.get(AmphoraRecord, "amp-1")
 
 
@@ -65,7 +65,7 @@ def assert_old_as_it_was(worker: InProcessWorker, old: AmphoraRecord, before: di
 def test_failover_boots_a_replacement_moves_the_config_and_deletes_the_old_one():
     with InProcessWorker() as worker:
         old = create_with_lb(worker)
-        result = worker.cast_and_wait("failover_amphora", {"amphora_id": "amp-1"})
+        result = worker.run("failover_amphora", {"amphora_id": "amp-1"})
         new = result["amphora"]
         assert new["amphora_id"].startswith("amp-1-fo-") and new["status"] == AmphoraStatus.READY
         assert result["moved_loadbalancers"] == ["lb-1"]
@@ -81,7 +81,7 @@ def test_failover_boots_a_replacement_moves_the_config_and_deletes_the_old_one()
         assert new["cert_serial"] != old.cert_serial
         retired = worker.state_store.get(AmphoraRecord, "amp-1")
         assert retired.status == AmphoraStatus.DELETED and retired.compute_id is None
-        again = worker.cast_and_wait("failover_amphora", {"amphora_id": new["amphora_id"]})
+        again = worker.run("failover_amphora", {"amphora_id": new["amphora_id"]})
         assert again["amphora"]["amphora_id"].startswith("amp-1-fo-")
         assert again["amphora"]["amphora_id"].count("-fo-") == 1
         assert members(worker) == [again["amphora"]["amphora_id"]]
@@ -131,7 +131,7 @@ def test_a_driver_failure_during_failover_keeps_the_old_amphora(kind, cls, metho
         before = resources(worker)
         armed["on"] = True
         with pytest.raises(DriverError, match="failed on purpose"):
-            worker.cast_and_wait("failover_amphora", {"amphora_id": "amp-1"})
+            worker.run("failover_amphora", {"amphora_id": "amp-1"})
         assert_old_as_it_was(worker, old, before)
 
 
@@ -149,7 +149,7 @@ def test_a_config_the_replacement_refuses_keeps_the_old_amphora():
         old = create_with_lb(worker)
         before = resources(worker)
         with pytest.raises(DriverError, match="replacement failed on purpose"):
-            worker.cast_and_wait("failover_amphora", {"amphora_id": "amp-1"})
+            worker.run("failover_amphora", {"amphora_id": "amp-1"})
         assert_old_as_it_was(worker, old, before)
 
 
@@ -163,14 +163,14 @@ class DeadAgents(noop.NoopAmphora):
 def test_a_silent_old_agent_still_fails_over_from_the_recorded_membership():
     with InProcessWorker(amphora=DeadAgents) as worker:
         create_with_lb(worker)
-        result = worker.cast_and_wait("failover_amphora", {"amphora_id": "amp-1"})
+        result = worker.run("failover_amphora", {"amphora_id": "amp-1"})
         assert result["moved_loadbalancers"] == ["lb-1"]
 
 
 def test_an_amphora_without_load_balancers_fails_over_with_nothing_to_move():
     with InProcessWorker() as worker:
-        worker.cast_and_wait("create_amphora", {"amphora_id": "amp-1", "image_id": "img-1"})
-        result = worker.cast_and_wait("failover_amphora", {"amphora_id": "amp-1"})
+        worker.run("create_amphora", {"amphora_id": "amp-1", "image_id": "img-1"})
+        result = worker.run("failover_amphora", {"amphora_id": "amp-1"})
         assert result["moved_loadbalancers"] == []
         assert worker.state_store.get(AmphoraRecord, "amp-1").status == AmphoraStatus.DELETED
 
@@ -178,14 +178,14 @@ def test_an_amphora_without_load_balancers_fails_over_with_nothing_to_move():
 def test_unknown_deleted_or_busy_amphorae_are_not_failed_over():
     with InProcessWorker() as worker:
         with pytest.raises(NotFound):
-            worker.cast_and_wait("failover_amphora", {"amphora_id": "ghost"})
-        worker.cast_and_wait("create_amphora", {"amphora_id": "amp-1", "image_id": "img-1"})
-        worker.cast_and_wait("delete_amphora", {"amphora_id": "amp-1"})
+            worker.run("failover_amphora", {"amphora_id": "ghost"})
+        worker.run("create_amphora", {"amphora_id": "amp-1", "image_id": "img-1"})
+        worker.run("delete_amphora", {"amphora_id": "amp-1"})
         with pytest.raises(NotFound):
-            worker.cast_and_wait("failover_amphora", {"amphora_id": "amp-1"})
+            worker.run("failover_amphora", {"amphora_id": "amp-1"})
         worker.state_store.save(AmphoraRecord(amphora_id="amp-2", image_id="img-1"))
         with pytest.raises(KeramosError, match="PENDING_CREATE"):
-            worker.cast_and_wait("failover_amphora", {"amphora_id": "amp-2"})
+            worker.run("failover_amphora", {"amphora_id": "amp-2"})
         assert replacements(worker) == [worker.state_store.get(AmphoraRecord, "amp-2")]
 
 

@@ -70,7 +70,7 @@ def assert_error_and_clean(worker: InProcessWorker, reason: str) -> None:
 def test_a_driver_failure_at_any_step_leaves_nothing_behind(kind, cls, method):
     with InProcessWorker(**{kind: failing(cls, method)}) as worker:
         with pytest.raises(DriverError, match="failed on purpose"):
-            worker.cast_and_wait("create_amphora", {**PAYLOAD, "lb": LB})
+            worker.run("create_amphora", {**PAYLOAD, "lb": LB})
         assert_error_and_clean(worker, "failed on purpose")
         assert worker.drivers.amphora.configs == {}
         assert members(worker) == []
@@ -86,7 +86,7 @@ def test_a_failure_at_every_task_reverts_everything_before_it(task_name):
     faulty = failing_at(CreateAmphora, task_name)
     with InProcessWorker(flows=[faulty]) as worker:
         # An earlier run of the load balancer must come back as it was.
-        worker.cast_and_wait("create_amphora", {"amphora_id": "amp-0", "image_id": "img-1", "lb": LB})
+        worker.run("create_amphora", {"amphora_id": "amp-0", "image_id": "img-1", "lb": LB})
         before = worker.state_store.get(LoadBalancerRecord, "lb-1")
         kept = dict(worker.drivers.compute.instances)
         with pytest.raises(InjectedFault):
@@ -112,7 +112,7 @@ def test_a_failure_at_every_task_reverts_everything_before_it(task_name):
 
 def test_create_with_a_config_pushes_it_and_records_the_member():
     with InProcessWorker() as worker:
-        created = worker.cast_and_wait("create_amphora", {**PAYLOAD, "lb": LB})["amphora"]
+        created = worker.run("create_amphora", {**PAYLOAD, "lb": LB})["amphora"]
         assert created["status"] == AmphoraStatus.READY
         version, config = worker.drivers.amphora.configs[("amp-1", "lb-1")]
         record = worker.state_store.get(LoadBalancerRecord, "lb-1")
@@ -125,7 +125,7 @@ def test_create_with_a_config_pushes_it_and_records_the_member():
 def test_a_config_without_its_pools_is_refused_and_reverted():
     with InProcessWorker() as worker:
         with pytest.raises(KeramosError, match="lb lacks pools"):
-            worker.cast_and_wait("create_amphora", {**PAYLOAD, "lb": {"lb_id": "lb-1", "listeners": []}})
+            worker.run("create_amphora", {**PAYLOAD, "lb": {"lb_id": "lb-1", "listeners": []}})
         assert_error_and_clean(worker, "lb lacks pools")
 
 
@@ -153,9 +153,9 @@ class FailingDelete(noop.NoopCompute):
 
 def test_a_failed_delete_keeps_the_membership_and_marks_the_amphora_error():
     with InProcessWorker(compute=FailingDelete) as worker:
-        worker.cast_and_wait("create_amphora", {**PAYLOAD, "lb": LB})
+        worker.run("create_amphora", {**PAYLOAD, "lb": LB})
         with pytest.raises(DriverError, match="delete failed on purpose"):
-            worker.cast_and_wait("delete_amphora", {"amphora_id": "amp-1"})
+            worker.run("delete_amphora", {"amphora_id": "amp-1"})
         assert members(worker) == ["amp-1"]
         amphora = worker.state_store.get(AmphoraRecord, "amp-1")
         assert amphora.status == AmphoraStatus.ERROR and "delete failed" in amphora.error
@@ -163,9 +163,9 @@ def test_a_failed_delete_keeps_the_membership_and_marks_the_amphora_error():
 
 def test_an_existing_amphora_is_not_created_twice_nor_disturbed():
     with InProcessWorker() as worker:
-        worker.cast_and_wait("create_amphora", PAYLOAD)
+        worker.run("create_amphora", PAYLOAD)
         with pytest.raises(Exception, match="already exists"):
-            worker.cast_and_wait("create_amphora", PAYLOAD)
+            worker.run("create_amphora", PAYLOAD)
         assert worker.state_store.get(AmphoraRecord, "amp-1").status == AmphoraStatus.READY
         assert len(worker.drivers.compute.instances) == 1
 
@@ -199,7 +199,7 @@ class HashWatchingAmphora(noop.NoopAmphora):
 def test_the_token_is_in_the_config_drive_and_only_its_hash_on_record_until_activation():
     with InProcessWorker(compute=RecordingCompute, amphora=HashWatchingAmphora) as worker:
         worker.drivers.amphora.state_store = worker.state_store
-        worker.cast_and_wait("create_amphora", PAYLOAD)
+        worker.run("create_amphora", PAYLOAD)
         token = worker.drivers.compute.drives["amp-1"][ACTIVATION_TOKEN_FILE].decode()
         assert len(token) >= 40
         expected = hashlib.sha256(token.encode()).hexdigest()
@@ -213,8 +213,8 @@ def test_the_token_is_in_the_config_drive_and_only_its_hash_on_record_until_acti
 
 def test_two_amphorae_get_different_tokens():
     with InProcessWorker(compute=RecordingCompute) as worker:
-        worker.cast_and_wait("create_amphora", PAYLOAD)
-        worker.cast_and_wait("create_amphora", {**PAYLOAD, "amphora_id": "amp-2"})
+        worker.run("create_amphora", PAYLOAD)
+        worker.run("create_amphora", {**PAYLOAD, "amphora_id": "amp-2"})
         drives = worker.drivers.compute.drives
         assert drives["amp-1"][ACTIVATION_TOKEN_FILE] != drives["amp-2"][ACTIVATION_TOKEN_FILE]
 
@@ -256,5 +256,5 @@ class ImpostorAmphora(noop.NoopAmphora):
 def test_an_agent_answering_as_another_amphora_is_not_activated_and_nothing_is_left():
     with InProcessWorker(amphora=ImpostorAmphora) as worker:
         with pytest.raises(KeramosError, match="answered as someone-else"):
-            worker.cast_and_wait("create_amphora", PAYLOAD)
+            worker.run("create_amphora", PAYLOAD)
         assert_error_and_clean(worker, "answered as someone-else")
