@@ -9,9 +9,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import futurist
 import oslo_messaging
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -86,7 +86,7 @@ class WorkerEndpoint:
         self.runner = runner
         self.on_failure = on_failure
         conf = runner.conf.worker
-        self._flows = futurist.ThreadPoolExecutor(max_workers=conf.executor_threads)
+        self._flows = ThreadPoolExecutor(conf.executor_threads, thread_name_prefix="keramos-flow")
         self._slots = threading.BoundedSemaphore(conf.executor_threads + conf.max_queued_flows)
         self._active = 0
         self._active_lock = threading.Lock()
