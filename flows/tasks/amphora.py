@@ -48,7 +48,9 @@ def hash_activation_token(token: str) -> str:
 def redeem_activation_token(state_store: StateStore, amphora_id: str, token: str) -> None:
     """Check a presented activation token against the amphora's stored hash and clear it.
 
-    The comparison takes constant time. Raises :class:`KeramosError` if the amphora has no
+    What an endpoint the amphora calls home to would call with the token from its config drive
+    (the agent has no such call yet; ``activate_amphora`` spends the token on the controller
+    side meanwhile). The comparison takes constant time. Raises :class:`KeramosError` if the amphora has no
     unused token (never booted with one, already activated, or reverted) or the token does not
     match; after a successful call the token is useless.
     """
