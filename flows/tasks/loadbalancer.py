@@ -227,6 +227,10 @@ class RecordRunningVersion(task.Task):
             lb_id,
             running_version=config_version,
             config=haproxy_config,
-            description={"listeners": listeners, "pools": pools},
+            description={
+                "listeners": listeners,
+                "pools": pools,
+                "amphora_ids": [endpoint["amphora_id"] for endpoint in amphora_endpoints],
+            },
         )
         return config_version

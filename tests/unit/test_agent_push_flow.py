@@ -101,6 +101,7 @@ def test_push_renders_versions_and_records_on_every_amphora(worker_and_amphora):
         assert worker.state_store.get(AmphoraRecord, amphora_id).config_version == 1
     record = worker.state_store.get(LoadBalancerRecord, LB_ID)
     assert (record.config_version, record.running_version, record.config) == (1, 1, expected)
+    assert record.description["amphora_ids"] == list(AMPHORAE)
     assert worker.run("push_config", payload(**description(member_port=9000))) == {
         "running_version": 2
     }
