@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from keramos.plugins.agent.haproxy import HaproxyManager
 from keramos.plugins.health.heartbeat import Heartbeat, encode, first_sequence, parse_endpoint
@@ -113,3 +114,18 @@ def sender_from_settings(
         raise ValueError("heartbeats need [amphora_agent] amphora_id")
     manager = HaproxyManager(state_dir, haproxy_binary)
     return HeartbeatSender(amphora_id, endpoints, key, interval, lambda: running_versions(manager))
+
+
+def run_sender_process(*settings: Any) -> None:
+    """Body of the agent's heartbeat process: send until the process is terminated.
+
+    ``settings`` are :func:`sender_from_settings`'s arguments. The agent runs this in a process
+    of its own, started with the ``spawn`` method: gunicorn forks its workers from the arbiter,
+    and a thread running in the arbiter at fork time can leave a lock held in the child
+    (logging's, for one) that hangs the worker's first request.
+    """
+    sender = sender_from_settings(*settings)
+    if sender is None:
+        return
+    sender.start()
+    threading.Event().wait()

@@ -9,6 +9,7 @@ amphora rather than once per request.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import ssl
 import sys
@@ -20,7 +21,7 @@ from oslo_config import cfg
 
 from keramos.plugins.agent import options
 from keramos.plugins.agent.haproxy import HaproxyManager
-from keramos.plugins.agent.heartbeat_sender import sender_from_settings
+from keramos.plugins.agent.heartbeat_sender import run_sender_process, sender_from_settings
 from keramos.plugins.agent.options import GROUP, AgentSettings
 from keramos.plugins.agent.server import create_app
 
@@ -53,26 +54,33 @@ class AgentApplication(BaseApplication):
         bind = f"[{host}]:{group.bind_port}" if ":" in host else f"{host}:{group.bind_port}"
         state_dir = self.settings.state_dir
         binary = self.settings.haproxy_binary
+        heartbeat_settings = (
+            group.amphora_id,
+            group.controller_heartbeat_endpoints,
+            group.heartbeat_key,
+            group.heartbeat_interval,
+            state_dir,
+            binary,
+        )
         try:
-            sender = sender_from_settings(
-                group.amphora_id,
-                group.controller_heartbeat_endpoints,
-                group.heartbeat_key,
-                group.heartbeat_interval,
-                state_dir,
-                binary,
-            )
+            sends_heartbeats = sender_from_settings(*heartbeat_settings) is not None
         except ValueError as error:
             raise SystemExit(f"keramos-agent: [{GROUP}] {error}") from None
+        heartbeats: list[multiprocessing.process.BaseProcess] = []
 
         def start_heartbeats(_arbiter: Any) -> None:
-            # In the arbiter, once: the workers it forks do not inherit the thread.
-            if sender is not None:
-                sender.start()
+            # A process of its own, spawned: no thread may run in the arbiter that forks workers.
+            if sends_heartbeats:
+                process = multiprocessing.get_context("spawn").Process(
+                    target=run_sender_process, args=heartbeat_settings, daemon=True
+                )
+                process.start()
+                heartbeats.append(process)
 
         def stop_load_balancers(_arbiter: Any) -> None:
-            if sender is not None:
-                sender.stop()
+            for process in heartbeats:
+                process.terminate()
+                process.join(5)
             HaproxyManager(state_dir, binary).stop_all()
 
         return {
