@@ -212,6 +212,7 @@ def _worker(workspace: Workspace, cache_size: int):
 
     worker = InProcessWorker(
         flows=[VerifyImage],
+        conf_overrides={"drivers": {"flows": ["verify_image"]}},
         state_path=workspace.directory / "state",
         image_store=lambda conf: _configured(conf, workspace, FileImageStore),
         key_manager=lambda conf: _configured(conf, workspace, LocalKeyManager),

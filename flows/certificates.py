@@ -11,7 +11,7 @@ from keramos.framework.contracts.flow import Cast
 from keramos.framework.records import TaskRecord, TaskState, utcnow
 from keramos.framework.runner import new_request_id
 from keramos.framework.schema import IDENTIFIER_PATTERN, Field
-from keramos.plugins.certificates.generator import rotation_settings
+from keramos.plugins.certificates.generator import register_opts, rotation_settings
 
 LOG = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class RotateCertificate(FlowFactory):
     result_keys = ("issued_certificate", "previous_serial")
 
     def periodic_tasks(self) -> list[PeriodicTask]:
+        register_opts(self.conf)
         interval = self.conf.certificates.rotation_check_interval
         if interval <= 0:
             return []

@@ -209,12 +209,22 @@ def _register_messaging_opts(conf: cfg.ConfigOpts) -> None:
 
 def _register_plugin_opts(conf: cfg.ConfigOpts) -> None:
     """Register the options of every installed Keramos plugin (``oslo.config.opts`` entry
-    points named ``keramos.*``), so that files and overrides may set them before a driver loads."""
+    points named ``keramos.*``), so that overrides may set them before a driver loads.
+
+    Only done when an override names a group not yet registered: values from files need no
+    registration up front (oslo.config reads them when the driver registers its options), and
+    importing every plugin costs a worker memory it may not need."""
     for entry_point in metadata.entry_points(group="oslo.config.opts"):
         if not entry_point.name.startswith(f"{PROJECT}."):
             continue
         for group, opts in entry_point.load()():
             conf.register_opts(opts, group=group)
+
+
+def _registered(conf: cfg.ConfigOpts, group: str, name: str) -> bool:
+    if group == "DEFAULT":
+        return name in conf
+    return group in conf and name in conf[group]
 
 
 def make_conf(
@@ -234,7 +244,6 @@ def make_conf(
     for group, opts in GROUPS.items():
         conf.register_opts(opts, group=group)
     _register_messaging_opts(conf)
-    _register_plugin_opts(conf)
     logging.register_options(conf)
     conf.set_default("control_exchange", PROJECT)
     conf.set_default("driver", ["messagingv2"], group="oslo_messaging_notifications")
@@ -243,6 +252,12 @@ def make_conf(
         list(config_files) if config_files is not None else cfg.find_config_files(project=PROJECT)
     )
     conf(list(args), project=PROJECT, default_config_files=default_files)
+    if any(
+        not _registered(conf, group, name)
+        for group, values in (overrides or {}).items()
+        for name in values
+    ):
+        _register_plugin_opts(conf)
     for group, values in (overrides or {}).items():
         for name, value in values.items():
             conf.set_override(name, value, group=None if group == "DEFAULT" else group)

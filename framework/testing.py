@@ -127,8 +127,6 @@ class InProcessWorker:
                 "host": f"keramos-test-{uuid.uuid4().hex[:8]}",
             },
             "drivers": {"state_store": "sqlalchemy"},
-            # The noop image store's images carry no signature: the kit boots them unverified.
-            "amphora": {"require_signed_images": False},
         }
         for group, values in self._overrides.items():
             overrides.setdefault(group, {}).update(values)
@@ -145,6 +143,13 @@ class InProcessWorker:
             progress=self._progress,
             on_failure=self._on_failure,
         )
+        # The noop image store's images carry no signature: the kit boots them unverified, unless
+        # the test says otherwise. Set once the flows registered the option (none is run yet).
+        amphora = self._overrides.get("amphora", {})
+        if "require_signed_images" not in amphora and "require_signed_images" in self.conf.get(
+            "amphora", ()
+        ):
+            self.conf.set_override("require_signed_images", False, group="amphora")
         self.worker.start(resume=False)
         self.client = KeramosClient(self.conf, transport=self.worker.transport)
         return self
