@@ -117,21 +117,17 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    from taskflow import engines
-
-    from keramos.flows.certificates import RevokeCertificate
-    from keramos.framework.loader import load_drivers
+    from keramos.framework.cli.run import run_here
 
     conf, generator = _generator(args)
-    drivers = load_drivers(conf, cert_generator=generator)
-    try:
-        flow = RevokeCertificate(drivers, conf).build()
-        engine = engines.load(flow, store={"serial": args.serial.lower()})
-        engine.run()
-        kind = engine.storage.fetch("kind")
-    finally:
-        drivers.close()
-    print(f"revoked {args.serial.lower()}; {kind} CRL published to {generator.crl_location(kind)}")
+    serial = args.serial.lower()
+    result = run_here(
+        conf, "revoke_certificate", {"serial": serial}, quiet=True, cert_generator=generator
+    )
+    if result is None:
+        return 1
+    kind = result["kind"]
+    print(f"revoked {serial}; {kind} CRL published to {generator.crl_location(kind)}")
     return 0
 
 

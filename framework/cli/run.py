@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
+
+from oslo_config import cfg
 
 from keramos.framework import loader
 from keramos.framework.cli.progress import ProgressPrinter, load_json_argument, print_json
+from keramos.framework.contracts import Driver
 from keramos.framework.errors import FlowFailed
 from keramos.framework.runner import FlowRunner, new_request_id
 from keramos.framework.service import persistence_backend
@@ -32,29 +36,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     payload = load_json_argument(args.store, "--store")
-    conf = args.conf()
-    drivers = loader.load_drivers(conf)
+    result = run_here(args.conf(), args.flow, payload, quiet=args.quiet)
+    if result is None:
+        return 1
+    print_json(result)
+    return 0
+
+
+def run_here(
+    conf: cfg.ConfigOpts,
+    flow: str,
+    payload: Any,
+    *,
+    quiet: bool = False,
+    **drivers: Driver,
+) -> dict[str, Any] | None:
+    """Run ``flow`` in this process as a worker would; ``None`` (and a message) if it failed.
+
+    ``drivers`` are used as they are instead of those ``[drivers]`` names (as commands that
+    build their own, e.g. a CA unlocked with a passphrase from the command line).
+    """
+    loaded = loader.load_drivers(conf, **drivers)
     try:
         runner = FlowRunner(
-            conf, drivers, loader.load_flows(conf, drivers), backend=persistence_backend(conf)
+            conf, loaded, loader.load_flows(conf, loaded), backend=persistence_backend(conf)
         )
         request_id = new_request_id()
-        if not args.quiet:
-            print(f"running {args.flow} ({request_id})")
-        progress = None if args.quiet else ProgressPrinter()
-        envelope = {"event": args.flow, "request_id": request_id, "payload": payload}
+        if not quiet:
+            print(f"running {flow} ({request_id})")
+        envelope = {"event": flow, "request_id": request_id, "payload": payload}
         try:
-            result = runner.submit(envelope, on_progress=progress)
+            return runner.submit(envelope, on_progress=None if quiet else ProgressPrinter())
         except FlowFailed as failure:
             print(
-                f"{args.flow} failed and was reverted: {failure.error_type}: "
-                f"{failure.error_message}",
+                f"{flow} failed and was reverted: {failure.error_type}: {failure.error_message}",
                 file=sys.stderr,
             )
-            return 1
+            return None
         finally:
             runner.close()
-        print_json(result)
-        return 0
     finally:
-        drivers.close()
+        loaded.close()
