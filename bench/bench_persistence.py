@@ -40,13 +40,15 @@ class Noop(task.Task):
         """Do nothing."""
 
 
-def _flow() -> linear_flow.Flow:
+def six_noops() -> linear_flow.Flow:
+    """The benchmark flow: six tasks that do nothing."""
     return linear_flow.Flow("bench").add(*[Noop(name=f"noop-{i}") for i in range(6)])
 
 
-def _flows_per_second(label: str, backend: Any, duration: float) -> float:
-    """Flows per second over ``duration`` seconds (at least MIN_FLOWS) after a warm-up."""
-    flow = _flow()
+def flows_per_second(label: str, backend: Any, duration: float) -> float:
+    """Raw taskflow (serial engine) flows per second over ``duration`` seconds on ``backend``
+    (``None``: no persistence), at least MIN_FLOWS, after a warm-up."""
+    flow = six_noops()
 
     def run_one() -> None:
         book = models.LogBook("bench") if backend is not None else None
@@ -59,20 +61,26 @@ def _lean(path: Path, synchronous: str) -> Callable[[float], float]:
     def measure(duration: float) -> float:
         backend = get_backend(f"sqlite:///{path}", synchronous=synchronous)
         try:
-            return _flows_per_second(f"keramos LeanSQLBackend synchronous={synchronous}", backend, duration)
+            return flows_per_second(f"keramos LeanSQLBackend synchronous={synchronous}", backend, duration)
         finally:
             backend.close()
 
     return measure
 
 
+def stock_backend(path: Path) -> Any:
+    """taskflow's stock SQLAlchemy backend on a SQLite file, its tables created."""
+    backend = backends.fetch({"connection": f"sqlite:///{path}"})
+    with contextlib.closing(backend.get_connection()) as conn:
+        conn.upgrade()
+    return backend
+
+
 def _stock(path: Path) -> Callable[[float], float]:
     def measure(duration: float) -> float:
-        backend = backends.fetch({"connection": f"sqlite:///{path}"})
+        backend = stock_backend(path)
         try:
-            with contextlib.closing(backend.get_connection()) as conn:
-                conn.upgrade()
-            return _flows_per_second("taskflow stock SQLAlchemy backend", backend, duration)
+            return flows_per_second("taskflow stock SQLAlchemy backend", backend, duration)
         finally:
             backend.close()
 
@@ -91,7 +99,7 @@ def rows(duration: float = 3.0) -> list[dict]:
         normal = _lean(tmp_dir / "lean-normal.db", "normal")(duration)
         full = _lean(tmp_dir / "lean-full.db", "full")(duration)
         stock = _stock(tmp_dir / "stock.db")(duration)
-        raw = _flows_per_second("taskflow without persistence", None, duration)
+        raw = flows_per_second("taskflow without persistence", None, duration)
     return [
         row("backend: lean normal vs taskflow SQLAlchemy backend", normal, stock, "flows/s", ">= 25x"),
         row("backend: lean full vs taskflow SQLAlchemy backend", full, stock, "flows/s", ">= 25x"),

@@ -9,15 +9,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import sys
 import tempfile
 from pathlib import Path
 
-from taskflow import engines, task
 from taskflow.patterns import linear_flow
-from taskflow.persistence import backends, models
 
 from keramos.framework import loader
 from keramos.framework.config import make_conf
@@ -27,18 +24,8 @@ from keramos.framework.service import persistence_backend
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_persistence import flows_per_second, six_noops, stock_backend  # noqa: E402
 from common import format_table, rate, row  # noqa: E402
-
-
-class Noop(task.Task):
-    """Does nothing."""
-
-    def execute(self) -> None:
-        """Nothing."""
-
-
-def six_noops() -> linear_flow.Flow:
-    return linear_flow.Flow("bench").add(*(Noop(name=f"noop_{n}") for n in range(6)))
 
 
 class SixNoops(FlowFactory):
@@ -84,33 +71,18 @@ def runner_rate(label: str, runner: FlowRunner, duration: float) -> float:
         runner.drivers.close()
 
 
-def raw_rate(label: str, backend, duration: float) -> float:
-    def run_one() -> None:
-        book = models.LogBook("bench") if backend is not None else None
-        engines.load(six_noops(), backend=backend, book=book, engine="serial").run()
-
-    return rate(label, run_one, duration)
-
-
-def stock_backend(path: Path):
-    backend = backends.fetch({"connection": f"sqlite:///{path}"})
-    with contextlib.closing(backend.get_connection()) as connection:
-        connection.upgrade()
-    return backend
-
-
 def rows(duration: float = 3.0) -> list[dict]:
     """Measure (b) and (c); see the module docstring."""
     with tempfile.TemporaryDirectory(prefix="keramos-bench-") as tmp:
         tmp_path = Path(tmp)
         print("runner: six no-op tasks, serial engine", file=sys.stderr)
-        raw = raw_rate("raw taskflow, no persistence", None, duration)
+        raw = flows_per_second("raw taskflow, no persistence", None, duration)
         volatile = runner_rate(
             "keramos runner, no persistence", keramos_runner(tmp_path / "v", durable=False), duration
         )
         stock = stock_backend(tmp_path / "stock.sqlite")
         try:
-            stock_rate = raw_rate("raw taskflow, stock SQLAlchemy backend", stock, duration)
+            stock_rate = flows_per_second("raw taskflow, stock SQLAlchemy backend", stock, duration)
         finally:
             stock.close()
         normal = runner_rate(
