@@ -16,7 +16,7 @@ import oslo_messaging
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from keramos.framework.errors import FlowFailed, InvalidEvent
+from keramos.framework.errors import FlowFailed, InvalidEvent, describe
 from keramos.framework.records import TaskRecord
 from keramos.framework.runner import FlowRunner, Job, jsonable
 
@@ -105,8 +105,13 @@ class WorkerEndpoint:
             return
         try:
             book, flow_detail = self.runner.accept(job)
-        except Exception:
+        except Exception as error:
             LOG.exception("could not accept cast %s", job.request_id)
+            self.runner.sink.emit(
+                f"keramos.{job.event}.error",
+                {"request_id": job.request_id, "error": describe(error)},
+                error=True,
+            )
             return
         self._slots.acquire()
         with self._active_lock:

@@ -51,3 +51,26 @@ def test_the_pytest_fixture_builds_and_stops_workers(keramos_worker, tmp_path):
     worker = keramos_worker(compute=NoopCompute)
     worker.cast_and_wait("create_amphora", {"amphora_id": "a1", "image_id": "img"})
     assert (tmp_path / "keramos-worker-0" / "keramos.sqlite").exists()
+
+
+def test_a_cast_that_cannot_be_recorded_is_reported_and_the_worker_goes_on():
+    from keramos.plugins.state_store.memory import MemoryStateStore
+
+    class RefusingStore(MemoryStateStore):
+        refuse = True
+
+        def save(self, record):
+            if self.refuse:
+                raise OSError("disk full")
+            return super().save(record)
+
+    with InProcessWorker(state_store=RefusingStore) as worker:
+        endpoint = worker.worker.endpoint
+        envelope = {"event": "delete_amphora", "request_id": "req-x", "payload": {"amphora_id": "a"}}
+        endpoint.handle_event({}, envelope)
+        assert worker.events.events[-1] == (
+            "keramos.delete_amphora.error",
+            {"request_id": "req-x", "error": {"type": "OSError", "message": "disk full"}},
+        )
+        worker.drivers.state_store.refuse = False
+        worker.cast_and_wait("create_amphora", {"amphora_id": "a1", "image_id": "i"})
