@@ -59,6 +59,11 @@ class _AmphoraFlowFactory(FlowFactory):
         super().__init__(drivers, conf)
         conf.register_opts(lifecycle_opts, group=GROUP)
         self._verify_image = VerifyImage(drivers, conf)
+        self._agent_config = tasks.agent_heartbeat_config(
+            conf.amphora.controller_heartbeat_endpoints,
+            conf.amphora.heartbeat_interval,
+            conf.health.heartbeat_key,
+        )
 
     def _boot_tasks(self, rebind: dict[str, str] | None) -> list[task.Task]:
         """Record, verify the image, certify, boot, wait, plug, wait for the agent, activate."""
@@ -79,6 +84,7 @@ class _AmphoraFlowFactory(FlowFactory):
                 drivers.cert_generator,
                 drivers.cert_manager,
                 drivers.state_store,
+                agent_config=self._agent_config,
                 rebind=rebind,
             ),
             tasks.WaitForAmphoraActive(

@@ -171,6 +171,31 @@ amphora_opts = [
         min=0,
         help="Seconds to wait for a new amphora's agent to answer over mutual TLS.",
     ),
+    cfg.ListOpt(
+        "controller_heartbeat_endpoints",
+        default=[],
+        help="host:port of every health manager ([health] bind_host/bind_port) written into each "
+        "new amphora's agent configuration, with [health] heartbeat_key: the agent sends its "
+        "signed UDP heartbeats there. Empty: amphorae send no heartbeats and the health manager "
+        "cannot fail them over.",
+    ),
+    cfg.FloatOpt(
+        "heartbeat_interval",
+        default=10.0,
+        min=0.05,
+        help="Seconds between two heartbeats of a new amphora; keep it well below "
+        "[health] heartbeat_timeout.",
+    ),
+]
+
+health_opts = [
+    cfg.StrOpt(
+        "heartbeat_key",
+        secret=True,
+        help="Shared key signing amphora heartbeats (HMAC-SHA256): the health manager checks "
+        "them with it, and the lifecycle flows hand it to each new amphora's agent in its config "
+        "drive. Required by keramos-health and for [amphora] controller_heartbeat_endpoints.",
+    ),
 ]
 
 GROUPS: dict[str | None, list[cfg.Opt]] = {
@@ -180,6 +205,7 @@ GROUPS: dict[str | None, list[cfg.Opt]] = {
     "state_store": state_store_opts,
     "persistence": persistence_opts,
     "amphora": amphora_opts,
+    "health": health_opts,
 }
 
 

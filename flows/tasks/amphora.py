@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
 import hashlib
 import hmac
+import io
 import secrets
 import time
 from collections.abc import Mapping
@@ -25,7 +27,7 @@ from keramos.framework.contracts import (
     NetworkDriver,
     StateStore,
 )
-from keramos.framework.errors import DriverError, KeramosError, NotFound, Timeout
+from keramos.framework.errors import ConfigError, DriverError, KeramosError, NotFound, Timeout
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord
 from keramos.framework.runner import jsonable
 
@@ -34,6 +36,9 @@ _RECREATABLE = (AmphoraStatus.DELETED, AmphoraStatus.ERROR)
 
 #: Config drive file holding the one-time activation token (read by the agent alone).
 ACTIVATION_TOKEN_FILE = "activation_token"
+
+#: Config drive file holding the agent's own configuration (heartbeat endpoints and key).
+AGENT_CONFIG_FILE = "amphora_agent.conf"
 
 #: A mapping of a task's argument names to the names of the values it reads instead, as
 #: taskflow's ``rebind``: failover runs the creation tasks on ``replacement_id``.
@@ -61,6 +66,30 @@ def redeem_activation_token(state_store: StateStore, amphora_id: str, token: str
     if not hmac.compare_digest(hash_activation_token(token), stored):
         raise KeramosError(f"activation token refused for amphora {amphora_id}")
     state_store.update(AmphoraRecord, amphora_id, activation_token_hash=None)
+
+
+def agent_heartbeat_config(endpoints: list[str], interval: float, heartbeat_key: str | None) -> bytes | None:
+    """The ``[amphora_agent]`` section telling a new amphora's agent where to send its signed
+    heartbeats, for its config drive; None when no health manager endpoint is configured.
+
+    Raises :class:`ConfigError` when endpoints are given without the key that signs heartbeats.
+    """
+    if not endpoints:
+        return None
+    if not heartbeat_key:
+        raise ConfigError(
+            "[amphora] controller_heartbeat_endpoints is set but [health] heartbeat_key is not: "
+            "amphorae could not sign their heartbeats"
+        )
+    parser = configparser.ConfigParser(interpolation=None)
+    parser["amphora_agent"] = {
+        "controller_heartbeat_endpoints": ", ".join(endpoints),
+        "heartbeat_interval": repr(float(interval)),
+        "heartbeat_key": heartbeat_key,
+    }
+    text = io.StringIO()
+    parser.write(text)
+    return text.getvalue().encode("utf-8")
 
 
 def failure_reason(flow_failures: dict[str, failure.Failure] | None) -> str:
@@ -145,8 +174,9 @@ class IssueAmphoraServerCert(task.Task):
 
 
 class BootAmphora(task.Task):
-    """Boot the amphora's instance with its config drive: server cert and key, client CA and a
-    one-time activation token.
+    """Boot the amphora's instance with its config drive: server cert and key, client CA, a
+    one-time activation token and, when given, the agent's heartbeat configuration
+    (``amphora_agent.conf``, see :func:`agent_heartbeat_config`).
 
     The token exists only in the config drive; the record keeps its SHA-256 hash until
     ``activate_amphora`` clears it. On revert the instance is deleted and the hash cleared.
@@ -159,9 +189,11 @@ class BootAmphora(task.Task):
         cert_manager: CertManager,
         state_store: StateStore,
         *,
+        agent_config: bytes | None = None,
         rebind: Rebind = None,
     ) -> None:
         super().__init__(name="boot_amphora", provides="compute_id", rebind=rebind)
+        self.agent_config = agent_config
         self.compute = compute
         self.cert_generator = cert_generator
         self.cert_manager = cert_manager
@@ -177,6 +209,8 @@ class BootAmphora(task.Task):
             "client_ca_cert.pem": self.cert_generator.ca_certificate(CertKind.CLIENT),
             ACTIVATION_TOKEN_FILE: activation_token.encode("ascii"),
         }
+        if self.agent_config is not None:
+            config_drive[AGENT_CONFIG_FILE] = self.agent_config
         self.state_store.update(
             AmphoraRecord,
             amphora_id,

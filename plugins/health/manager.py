@@ -30,7 +30,7 @@ from typing import Any
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from keramos.framework import loader
+from keramos.framework import config, loader
 from keramos.framework.client import KeramosClient
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import StateStore
@@ -56,12 +56,6 @@ health_opts = [
         default=5555,
         help="UDP port of the heartbeat listener; agents list it in [amphora_agent] "
         "controller_heartbeat_endpoints.",
-    ),
-    cfg.StrOpt(
-        "heartbeat_key",
-        secret=True,
-        help="Shared key the agents sign their heartbeats with (HMAC-SHA256); must equal "
-        "[amphora_agent] heartbeat_key. Required.",
     ),
     cfg.FloatOpt(
         "heartbeat_timeout",
@@ -108,7 +102,7 @@ health_opts = [
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
     """Register the ``[health]`` options on ``conf`` (idempotent)."""
-    conf.register_opts(health_opts, group=GROUP)
+    conf.register_opts(config.health_opts + health_opts, group=GROUP)
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
