@@ -31,7 +31,7 @@ from oslo_config import cfg
 
 from keramos.framework.contracts import ComputeDriver, Instance, InstanceStatus
 from keramos.framework.errors import ConfigError, DriverError, NotFound
-from keramos.plugins.agent.files import atomic_write
+from keramos.plugins.agent.files import atomic_write, is_valid_id
 from keramos.plugins.agent.haproxy import HaproxyManager
 from keramos.plugins.agent.options import GROUP as AGENT_GROUP
 
@@ -245,6 +245,31 @@ class ProcessCompute(ComputeDriver):
                 return log.read().decode(errors="replace").strip()
         except OSError:
             return ""
+
+    def running_instances(self) -> list[str]:
+        """The compute ids of the instances whose agent process is alive."""
+        with self._lock:
+            processes = list(self._processes.items())
+        return [compute_id for compute_id, process in processes if process.popen.poll() is None]
+
+    def crash(self, compute_id: str) -> list[int]:
+        """Make the instance fail as a host failure would: SIGKILL its agent's process group and
+        the HAProxy processes it started, without any cleanup. Its files stay until
+        :meth:`delete`; :meth:`get` reports it ERROR. Returns the killed process ids."""
+        process = self._process(compute_id)
+        killed = [process.popen.pid]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.popen.pid, signal.SIGKILL)
+        process.popen.wait()
+        state_dir = os.path.join(process.directory, "state")
+        if os.path.isdir(state_dir):
+            haproxy = HaproxyManager(state_dir, self.haproxy_binary)
+            for lb_id in filter(is_valid_id, os.listdir(haproxy.root)):
+                for pid in haproxy.running_pids(lb_id):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+        return killed
 
     def delete(self, compute_id: str) -> None:
         """Stop the agent and its HAProxy processes and remove the instance's files (idempotent)."""

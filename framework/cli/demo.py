@@ -1,18 +1,22 @@
 """``keramos demo``: a worker consumes casts and runs real flows, on the embedded default.
 
 Everything runs in this process: the ``fake://`` transport stands in for RabbitMQ, SQLite in a
-temporary directory holds the state store and flow persistence, and drivers are the noop ones
-(except a compute driver that refuses one image, to show a flow reverting).
+temporary directory holds the state store and flow persistence. The first part runs on the noop
+drivers (except a compute driver that refuses one image, to show a flow reverting); the second
+(:mod:`.demo_amphorae`) boots real amphorae, load-balances traffic through them, crashes one and
+lets the health manager fail it over.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Mapping
 
+from keramos.framework.cli import demo_amphorae
 from keramos.framework.cli.progress import ProgressPrinter
 from keramos.framework.errors import DriverError, KeramosError
 from keramos.framework.records import AmphoraRecord, CertificateRecord, TaskRecord
@@ -36,15 +40,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="watch a worker consume casts and run flows (no broker needed)",
         description="Start a worker in this process on the in-process fake:// transport with "
-        "SQLite state, cast create_amphora to it as an API service would, and print every step: "
-        "a success, a payload refused before any flow starts, a failure that reverts, a delete.",
+        "SQLite state, cast to it as an API service would, and print every step. First on noop "
+        "drivers: a create, a payload refused before any flow starts, a failure that reverts, a "
+        "delete. Then on real drivers (needs haproxy): two amphorae booted as agent processes "
+        "from a signed image, a load balancer config pushed to both, traffic through it, one "
+        "amphora crashed and failed over by the health manager, traffic again.",
     )
     parser.add_argument("--amphora-id", default="demo-amphora-1", help="id of the demo amphora")
+    parser.add_argument(
+        "--no-amphorae",
+        action="store_true",
+        help="skip the second part (real amphorae, traffic, crash and failover; needs haproxy)",
+    )
     parser.set_defaults(func=demo)
 
 
-def _step(number: int, text: str) -> None:
-    print(f"\n[{number}] {text}", flush=True)
+class _Steps:
+    """Numbered step headings, counted across both parts of the demo."""
+
+    def __init__(self) -> None:
+        self.number = 0
+
+    def __call__(self, text: str) -> None:
+        self.number += 1
+        print(f"\n[{self.number}] {text}", flush=True)
 
 
 def _show_outcome(worker: InProcessWorker, request_id: str) -> TaskRecord:
@@ -71,17 +90,18 @@ def _show_worker_log() -> logging.Handler:
 def demo(args: argparse.Namespace) -> int:
     amphora_id = args.amphora_id
     _show_worker_log()
+    step = _Steps()
     with tempfile.TemporaryDirectory(prefix="keramos-demo-") as state_path:
         printer = ProgressPrinter(prefix="    ")
         with InProcessWorker(state_path=state_path, progress=printer, compute=DemoCompute) as worker:
             conf = worker.conf
-            _step(1, "worker started")
+            step("worker started")
             print(f"    transport {conf.transport_url}, topic {conf.worker.topic}")
             print(f"    state store {conf.state_store.connection}")
             print(f"    flow persistence {conf.persistence.connection} (durable, resumable)")
             print(f"    serving: {', '.join(sorted(worker.worker.runner.flows))}")
 
-            _step(2, f"an API service casts create_amphora for {amphora_id}")
+            step(f"an API service casts create_amphora for {amphora_id}")
             payload = {"amphora_id": amphora_id, "image_id": "amphora-x64-haproxy"}
             printer.restart()
             request_id = worker.cast("create_amphora", payload)
@@ -94,7 +114,7 @@ def demo(args: argparse.Namespace) -> int:
                 f"compute id {amphora.compute_id}, server certificate {amphora.cert_serial}"
             )
 
-            _step(3, "a cast with a bad payload is refused before any flow starts")
+            step("a cast with a bad payload is refused before any flow starts")
             bad = {"amphora_id": "../../etc/passwd", "image_id": "x"}
             request_id = worker.cast("create_amphora", bad)
             try:
@@ -103,7 +123,7 @@ def demo(args: argparse.Namespace) -> int:
                 pass
             _show_outcome(worker, request_id)
 
-            _step(4, f"a flow that fails half-way reverts every step (image {BROKEN_IMAGE})")
+            step(f"a flow that fails half-way reverts every step (image {BROKEN_IMAGE})")
             request_id = worker.cast(
                 "create_amphora", {"amphora_id": "demo-amphora-2", "image_id": BROKEN_IMAGE}
             )
@@ -117,7 +137,7 @@ def demo(args: argparse.Namespace) -> int:
             print(f"    amphora demo-amphora-2 is {failed.status}: {failed.error}")
             print(f"    certificates left behind for it: {len(leftovers)}")
 
-            _step(5, f"delete_amphora {amphora_id}")
+            step(f"delete_amphora {amphora_id}")
             request_id = worker.cast("delete_amphora", {"amphora_id": amphora_id})
             worker.wait(request_id)
             _show_outcome(worker, request_id)
@@ -127,5 +147,7 @@ def demo(args: argparse.Namespace) -> int:
                 f"    instances left: {len(worker.drivers.compute.instances)}, "
                 f"stored certificates left: {len(worker.drivers.cert_manager.bundles)}"
             )
+        if not args.no_amphorae:
+            demo_amphorae.run(os.path.join(state_path, "amphorae"), step, printer)
     print("\ndemo finished: every step above ran through the same worker code as keramos-worker.")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -92,7 +93,7 @@ def test_a_flow_failure_exits_one_and_says_it_was_reverted(capsys, tmp_path):
 
 
 def test_demo_shows_a_cast_consumed_and_a_flow_run_step_by_step(capsys):
-    code, out, _ = run_cli(capsys, "demo")
+    code, out, _ = run_cli(capsys, "demo", "--no-amphorae")
     assert code == 0
     for expected in (
         "[1] worker started",
@@ -107,3 +108,14 @@ def test_demo_shows_a_cast_consumed_and_a_flow_run_step_by_step(capsys):
         "instances left: 0, stored certificates left: 0",
     ):
         assert expected in out
+    assert "[6]" not in out
+
+
+def test_without_haproxy_the_demo_says_what_its_second_part_needs_and_still_succeeds(capsys, monkeypatch):
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **kw: None if name == "haproxy" else real_which(name))
+    code, out, _ = run_cli(capsys, "demo")
+    assert code == 0
+    assert "[6] real amphorae" in out
+    assert "skipped: the haproxy program is not installed (Debian: apt-get install haproxy)" in out
+    assert "demo finished" in out
