@@ -3,7 +3,8 @@
 gunicorn presents the server certificate and requires a client certificate signed by the client
 CA (``cert_reqs = CERT_REQUIRED``): a client without one never reaches the application. The
 ``gthread`` worker keeps connections alive, so a controller pays the TLS handshake once per
-amphora rather than once per request.
+amphora rather than once per request. In csr ``certificate_mode`` the agent makes its own server
+key and a bootstrap certificate before gunicorn starts (:mod:`keramos.plugins.agent.identity`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from oslo_config import cfg
 from keramos.plugins.agent import options
 from keramos.plugins.agent.haproxy import HaproxyManager
 from keramos.plugins.agent.heartbeat_sender import run_sender_process, sender_from_settings
+from keramos.plugins.agent.identity import prepare_server_identity
 from keramos.plugins.agent.options import GROUP, AgentSettings
 from keramos.plugins.agent.server import create_app
 
@@ -42,12 +44,18 @@ class AgentApplication(BaseApplication):
     def __init__(self, conf: cfg.ConfigOpts, config_file: str | None = None) -> None:
         self.agent_conf = conf
         self.settings = AgentSettings.from_conf(conf, config_file)
+        if self.settings.certificate_mode == "csr":
+            prepare_csr_mode(self.settings)
         super().__init__()
 
     def gunicorn_options(self) -> dict[str, Any]:
         """The gunicorn settings derived from ``[amphora_agent]``."""
         group = self.agent_conf[GROUP]
-        missing = [name for name in ("server_cert", "client_ca") if not group[name]]
+        missing = [
+            name
+            for name, value in (("server_cert", self.settings.server_cert), ("client_ca", group.client_ca))
+            if not value
+        ]
         if missing:
             raise SystemExit(f"keramos-agent: [{GROUP}] {', '.join(missing)} must be set")
         host = group.bind_host
@@ -85,8 +93,8 @@ class AgentApplication(BaseApplication):
 
         return {
             "bind": [bind],
-            "certfile": group.server_cert,
-            "keyfile": group.server_key or group.server_cert,
+            "certfile": self.settings.server_cert,
+            "keyfile": self.settings.server_key or self.settings.server_cert,
             "ca_certs": group.client_ca,
             "cert_reqs": ssl.CERT_REQUIRED,
             "ssl_context": tls_context,
@@ -110,6 +118,15 @@ class AgentApplication(BaseApplication):
     def load(self) -> Any:
         """Build the Flask application in the worker."""
         return create_app(self.settings)
+
+
+def prepare_csr_mode(settings: AgentSettings) -> None:
+    """csr mode: make the agent's own server key and bootstrap certificate before gunicorn
+    loads them (kept across restarts)."""
+    if not settings.amphora_id:
+        raise SystemExit(f"keramos-agent: [{GROUP}] amphora_id must be set in csr certificate_mode")
+    assert settings.server_cert and settings.server_key
+    prepare_server_identity(settings.amphora_id, settings.server_cert, settings.server_key)
 
 
 def build_conf(argv: Sequence[str]) -> tuple[cfg.ConfigOpts, str | None]:

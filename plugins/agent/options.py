@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from oslo_config import cfg
 
 GROUP = "amphora_agent"
+#: In csr mode, the agent's certificate and its own key in state_dir unless configured elsewhere.
+CSR_MODE_CERT_NAME = "amphora_server_cert.pem"
+CSR_MODE_KEY_NAME = "amphora_server_key.pem"
 
 agent_opts = [
     cfg.StrOpt(
@@ -28,6 +32,28 @@ agent_opts = [
     cfg.StrOpt(
         "server_key",
         help="PEM file holding the private key of the server certificate (mode 0600).",
+    ),
+    cfg.StrOpt(
+        "certificate_mode",
+        default="controller",
+        choices=[
+            ("controller", "server_cert and server_key come from the controller (config drive)"),
+            (
+                "csr",
+                "the agent makes its own EC P-256 server key (it never leaves the amphora) and a "
+                "self-signed bootstrap certificate, and hands a CSR naming amphora_id to the "
+                "controller, which installs the signed certificate",
+            ),
+        ],
+        help="Who makes the agent's server key. In csr mode amphora_id must be set, and "
+        "server_cert and server_key default to files in state_dir.",
+    ),
+    cfg.StrOpt(
+        "activation_token_file",
+        help="The config drive's one-time activation token. Set: the agent starts unactivated "
+        "and refuses configuration changes (409) until a controller takes the token with "
+        "POST /1.0/activate; the file is then deleted and the activation recorded in state_dir. "
+        "The file must be writable by the agent. Unset: the agent needs no activation.",
     ),
     cfg.StrOpt(
         "client_ca",
@@ -115,7 +141,9 @@ class AgentSettings:
     """What the agent application needs, independent of where it was configured.
 
     ``config_file`` is the agent configuration that ``PUT /1.0/config`` replaces; without it that
-    route answers 503.
+    route answers 503. ``activation_token_file`` unset means the agent needs no activation; in
+    ``csr`` ``certificate_mode``, ``server_cert`` and ``server_key`` are the files of the key the
+    agent makes itself (in ``state_dir`` unless configured).
     """
 
     state_dir: str
@@ -127,12 +155,18 @@ class AgentSettings:
     server_cert: str | None = None
     server_key: str | None = None
     config_file: str | None = None
+    certificate_mode: str = "controller"
+    activation_token_file: str | None = None
 
     @classmethod
     def from_conf(cls, conf: cfg.ConfigOpts, config_file: str | None = None) -> AgentSettings:
         """Build settings from a configuration carrying the ``[amphora_agent]`` options."""
         register_opts(conf)
         group = conf[GROUP]
+        server_cert, server_key = group.server_cert, group.server_key
+        if group.certificate_mode == "csr":
+            server_cert = server_cert or os.path.join(group.state_dir, CSR_MODE_CERT_NAME)
+            server_key = server_key or os.path.join(group.state_dir, CSR_MODE_KEY_NAME)
         return cls(
             state_dir=group.state_dir,
             amphora_id=group.amphora_id,
@@ -140,7 +174,9 @@ class AgentSettings:
             haproxy_timeout=group.haproxy_timeout,
             max_config_bytes=group.max_config_bytes,
             max_certificate_bytes=group.max_certificate_bytes,
-            server_cert=group.server_cert,
-            server_key=group.server_key,
+            server_cert=server_cert,
+            server_key=server_key,
             config_file=config_file,
+            certificate_mode=group.certificate_mode,
+            activation_token_file=group.activation_token_file,
         )

@@ -4,7 +4,9 @@ Paths and semantics follow Octavia's amphora agent where they overlap (``GET /``
 ``/details``, the ``haproxy`` upload and read-back, start/stop/reload, ``/certificate``, listener
 certificates, ``/config``). Keramos adds configuration versions: a push carries
 ``X-Config-Version``, the agent reports the stored and running versions in ``/info`` and refuses an
-older push with 409, so that a delayed retry can never roll an amphora back.
+older push with 409, so that a delayed retry can never roll an amphora back. It also adds the
+controller's activation of the amphora (``POST /activate``; until then configuration changes are
+refused with 409) and, in csr mode, ``GET /csr`` (see :mod:`keramos.plugins.agent.identity`).
 
 Every error, 404 and 405 included, is a JSON body ``{"message", "details"}`` served as
 ``application/json``: controllers treat a non-JSON 404 as "agent not up yet".
@@ -32,6 +34,13 @@ from keramos.plugins.agent.files import (
     contained_path,
     is_valid_id,
     is_valid_pem_filename,
+)
+from keramos.plugins.agent.identity import (
+    Activation,
+    ActivationError,
+    load_server_key,
+    public_key_der,
+    server_csr,
 )
 from keramos.plugins.agent.options import GROUP, AgentSettings, agent_opts
 
@@ -118,19 +127,30 @@ def _load_certificates(data: bytes) -> list[x509.Certificate]:
         raise ApiError(400, "Invalid request", f"no PEM certificate in the body: {error}") from None
 
 
-def _split_server_bundle(data: bytes, amphora_id: str | None) -> tuple[bytes, bytes]:
-    """Return (certificates PEM, private key PEM) of a server bundle, checked to belong together."""
+def has_private_key(data: bytes) -> bool:
+    """Whether a PEM body carries a private key (of any PEM type)."""
+    return b"PRIVATE KEY-----" in data
+
+
+def _split_server_bundle(data: bytes, amphora_id: str | None, held_key: Any = None) -> tuple[bytes, bytes]:
+    """Return (certificates PEM, private key PEM) of a server bundle, checked to belong together.
+
+    A body without a private key is a certificate for ``held_key``, the key the agent already has.
+    """
     certificates = _load_certificates(data)
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as error:
-        raise ApiError(400, "Invalid request", f"no unencrypted private key: {error}") from None
-    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    if has_private_key(data):
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as error:
+            raise ApiError(400, "Invalid request", f"no unencrypted private key: {error}") from None
+        mismatch = "the private key does not match the certificate"
+    elif held_key is not None:
+        key, mismatch = held_key, "the certificate does not certify the key this agent holds"
+    else:
+        raise ApiError(400, "Invalid request", "no private key in the body and none held by the agent")
     encoding = serialization.Encoding.PEM
-    if key.public_key().public_bytes(encoding, public) != certificates[0].public_key().public_bytes(
-        encoding, public
-    ):
-        raise ApiError(400, "Invalid request", "the private key does not match the certificate")
+    if public_key_der(key.public_key()) != public_key_der(certificates[0].public_key()):
+        raise ApiError(400, "Invalid request", mismatch)
     if amphora_id is not None:
         names = [
             attribute.value
@@ -164,11 +184,15 @@ class Server:
         self.app.config["MAX_CONTENT_LENGTH"] = max(
             settings.max_config_bytes, settings.max_certificate_bytes
         )
+        self.activation = Activation(settings.state_dir, settings.activation_token_file)
         register_error_handlers(self.app)
+        self.app.before_request(self.refuse_changes_until_activated)
         routes = [
             ("/", self.version_discovery, ["GET"]),
             (PATH_PREFIX + "/info", self.get_info, ["GET"]),
             (PATH_PREFIX + "/details", self.get_details, ["GET"]),
+            (PATH_PREFIX + "/activate", self.activate, ["POST"]),
+            (PATH_PREFIX + "/csr", self.get_csr, ["GET"]),
             (
                 PATH_PREFIX + "/loadbalancer/<amphora_id>/<lb_id>/haproxy",
                 self.upload_haproxy_config,
@@ -198,6 +222,55 @@ class Server:
         for rule, view, methods in routes:
             self.app.add_url_rule(rule, view_func=view, methods=methods)
 
+    def refuse_changes_until_activated(self) -> None:
+        """Before every request: an unactivated agent answers reads only (409 otherwise).
+
+        ``POST /activate`` is how it gets activated, and ``PUT /certificate`` takes, before
+        activation, only a certificate for the key the agent already holds (csr mode).
+        """
+        if flask.request.method in ("GET", "HEAD") or flask.request.routing_exception is not None:
+            return
+        if self.activation.activated:
+            return
+        if flask.request.endpoint in ("activate", "upload_server_certificate"):
+            return
+        raise ApiError(
+            409,
+            "Not activated",
+            "this amphora has not been activated by the controller yet: configuration changes "
+            "are refused",
+        )
+
+    def activate(self) -> flask.Response:
+        """``POST /1.0/activate``: hand the activation token to the controller, once.
+
+        The agent records itself activated and deletes the token file; a second call is 410.
+        """
+        try:
+            token = self.activation.activate()
+        except ActivationError as error:
+            raise ApiError(410 if error.gone else 409, "Gone", str(error)) from None
+        LOG.info("activated by the controller")
+        return _json_response(200, {"amphora_id": self.settings.amphora_id, "activation_token": token})
+
+    def get_csr(self) -> flask.Response:
+        """``GET /1.0/csr`` (csr mode): the CSR for the agent's own key and the activation token.
+
+        The token proves to the controller that this agent booted from the amphora's config
+        drive; it stays valid until ``POST /activate``, after which this route answers 410.
+        """
+        if self.settings.certificate_mode != "csr" or not self.settings.server_key:
+            raise ApiError(404, "No CSR", "this agent's server key comes from the controller")
+        try:
+            token = self.activation.token()
+        except ActivationError as error:
+            raise ApiError(410, "Gone", str(error)) from None
+        csr = server_csr(self.settings.amphora_id or "", self.settings.server_key)
+        return _json_response(
+            200,
+            {"amphora_id": self.settings.amphora_id, "csr": csr.decode("ascii"), "activation_token": token},
+        )
+
     def version_discovery(self) -> flask.Response:
         """``GET /``: the API version this agent speaks."""
         return _json_response(200, {"api_version": API_VERSION})
@@ -208,6 +281,7 @@ class Server:
             "api_version": API_VERSION,
             "haproxy_version": self.haproxy.version(),
             "amphora_id": self.settings.amphora_id,
+            "activated": self.activation.activated,
             "loadbalancers": {
                 state.lb_id: {
                     "config_version": state.config_version,
@@ -287,19 +361,39 @@ class Server:
         self.haproxy.delete(lb_id)
         return _ok(200)
 
-    def upload_server_certificate(self) -> flask.Response:
-        """``PUT /1.0/certificate``: install a rotated server certificate and key (PEM bundle).
+    def _held_server_key(self) -> Any:
+        """The server key the agent holds now, or ``None``."""
+        for path in (self.settings.server_key, self.settings.server_cert):
+            if path:
+                try:
+                    return load_server_key(path)
+                except (OSError, ValueError, TypeError):
+                    continue
+        return None
 
-        Takes effect for the next TLS connection (gunicorn loads the files per connection).
+    def upload_server_certificate(self) -> flask.Response:
+        """``PUT /1.0/certificate``: install a rotated server certificate and key (PEM bundle),
+        or a certificate alone for the key the agent already holds (its own key in csr mode).
+
+        Before activation only the latter is accepted. Takes effect for the next TLS connection
+        (gunicorn loads the files per connection).
         """
         if not self.settings.server_cert:
             raise ApiError(503, "Not configured", "this agent has no server_cert path")
-        certificates, key = _split_server_bundle(
-            _read_body(self.settings.max_certificate_bytes), self.settings.amphora_id
-        )
+        data = _read_body(self.settings.max_certificate_bytes)
+        if has_private_key(data) and not self.activation.activated:
+            raise ApiError(
+                409,
+                "Not activated",
+                "this amphora has not been activated yet: only a certificate for the key it holds "
+                "is accepted",
+            )
+        held_key = None if has_private_key(data) else self._held_server_key()
+        certificates, key = _split_server_bundle(data, self.settings.amphora_id, held_key)
         key_path = self.settings.server_key
         if key_path and os.path.abspath(key_path) != os.path.abspath(self.settings.server_cert):
-            atomic_write(key_path, key, 0o600)
+            if held_key is None:
+                atomic_write(key_path, key, 0o600)
             atomic_write(self.settings.server_cert, certificates, 0o600)
         else:
             atomic_write(self.settings.server_cert, certificates + key, 0o600)
