@@ -7,6 +7,7 @@ here when a configuration is pushed at creation and moved on failover.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -31,14 +32,18 @@ LOG = logging.getLogger(__name__)
 
 #: Marks a replacement's id: ``<original>-fo-<8 hex digits>``; later failovers keep the original.
 FAILOVER_MARK = "-fo-"
+_REPLACEMENT_SUFFIX = re.compile(rf"{FAILOVER_MARK}[0-9a-f]{{8}}$")
 
 #: Longest identifier the payload schema accepts (``IDENTIFIER_PATTERN``).
 _MAX_ID = 128
 
 
 def replacement_id_for(amphora_id: str) -> str:
-    """A new amphora id derived from ``amphora_id``: ``<original>-fo-<8 hex digits>``."""
-    original = amphora_id.split(FAILOVER_MARK, 1)[0]
+    """A new amphora id derived from ``amphora_id``: ``<original>-fo-<8 hex digits>``.
+
+    Only a replacement's own suffix is dropped: ``web-fo-prod`` is an original id and keeps its
+    name."""
+    original = _REPLACEMENT_SUFFIX.sub("", amphora_id)
     suffix = f"{FAILOVER_MARK}{uuid.uuid4().hex[:8]}"
     return original[: _MAX_ID - len(suffix)] + suffix
 

@@ -194,3 +194,10 @@ def test_replacement_ids_keep_the_original_and_fit_the_identifier_limit():
     assert replacement_id_for(replacement_id_for("amp-1")).count("-fo-") == 1
     assert len(replacement_id_for("a" * 128)) == 128
     assert replacement_id_for("amp-1") != replacement_id_for("amp-1")
+
+
+def test_an_original_id_containing_the_failover_mark_keeps_its_whole_name():
+    first = replacement_id_for("web-fo-prod")
+    assert first.startswith("web-fo-prod-fo-") and len(first) == len("web-fo-prod-fo-") + 8
+    assert replacement_id_for(first).startswith("web-fo-prod-fo-")
+    assert replacement_id_for("web-fo-1").startswith("web-fo-1-fo-")
