@@ -36,9 +36,15 @@ lifecycle_opts = [
                 "the controller issues the amphora's server certificate and key and hands both "
                 "over in the config drive",
             ),
+            (
+                "csr",
+                "the amphora's agent makes its own key, which never leaves the amphora; after the "
+                "boot the controller fetches its CSR over mutual TLS, checks the activation token "
+                "and that the CSR is for the key the agent proved, signs it with the server CA "
+                "and installs the certificate",
+            ),
         ],
-        help="Who makes an amphora's server key. Only 'controller' is implemented: the 'csr' "
-        "mode (the agent keeps its own key and sends a CSR) needs a CSR endpoint on the agent.",
+        help="Who makes an amphora's server key: the controller, or the amphora itself (csr).",
     ),
 ]
 
@@ -66,9 +72,25 @@ class _AmphoraFlowFactory(FlowFactory):
         )
 
     def _boot_tasks(self, rebind: dict[str, str] | None) -> list[task.Task]:
-        """Record, verify the image, certify, boot, wait, plug, wait for the agent, activate."""
+        """Record, verify the image, certify, boot, wait, plug, wait for the agent, activate.
+
+        In csr mode the amphora makes its own key: it is certified after the boot, once its agent
+        answers, instead of before.
+        """
         drivers = self.drivers
         options = self.conf[GROUP]
+        csr_mode = options.certificate_mode == "csr"
+        issue = tasks.IssueAmphoraServerCert(
+            drivers.cert_generator, drivers.cert_manager, drivers.state_store, rebind=rebind
+        )
+        sign = tasks.SignAmphoraCSR(
+            drivers.amphora,
+            drivers.cert_generator,
+            drivers.cert_manager,
+            drivers.state_store,
+            timeout=options.agent_timeout,
+            rebind=rebind,
+        )
         return [
             tasks.RecordAmphora(drivers.state_store, rebind=rebind),
             lifecycle.VerifyAmphoraImage(
@@ -76,23 +98,23 @@ class _AmphoraFlowFactory(FlowFactory):
                 self._verify_image.build,
                 require_signed=options.require_signed_images,
             ),
-            tasks.IssueAmphoraServerCert(
-                drivers.cert_generator, drivers.cert_manager, drivers.state_store, rebind=rebind
-            ),
+            *([] if csr_mode else [issue]),
             tasks.BootAmphora(
                 drivers.compute,
                 drivers.cert_generator,
                 drivers.cert_manager,
                 drivers.state_store,
                 agent_config=self._agent_config,
+                amphora_makes_server_key=csr_mode,
                 rebind=rebind,
             ),
             tasks.WaitForAmphoraActive(
                 drivers.compute, timeout=options.active_timeout, interval=options.poll_interval
             ),
             tasks.PlugAmphoraNetwork(drivers.network, rebind=rebind),
+            *([sign] if csr_mode else []),
             tasks.WaitForAmphoraAgent(drivers.amphora, timeout=options.agent_timeout, rebind=rebind),
-            tasks.ActivateAmphora(drivers.state_store, rebind=rebind),
+            tasks.ActivateAmphora(drivers.amphora, drivers.state_store, rebind=rebind),
         ]
 
 

@@ -5,6 +5,10 @@ between calls, so that the TLS handshake is paid once per amphora and not once p
 session presents the controller's client certificate, trusts only the server CA, and checks that
 the agent's certificate names the amphora id (not the address, which may be reused).
 
+In csr mode the agent first serves a self-signed bootstrap certificate: :meth:`fetch_csr` and
+:meth:`install_signed_certificate` use one-off connections that do not verify it against the
+server CA but report (and pin) the key it proves.
+
 Connection errors, timeouts and 503s are retried with exponential backoff; 4xx never are. Every
 failure becomes :class:`AgentError` (a :class:`~keramos.framework.errors.DriverError`) carrying the
 agent's own ``message`` and ``details``.
@@ -12,22 +16,29 @@ agent's own ``message`` and ``details``.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import ssl
 import threading
 import time
 import urllib.parse
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from oslo_config import cfg
 from requests.adapters import HTTPAdapter
 
-from keramos.framework.contracts import AmphoraDriver, AmphoraEndpoint
+from keramos.framework.contracts import AmphoraCSR, AmphoraDriver, AmphoraEndpoint
 from keramos.framework.errors import ConfigError, DriverError, Timeout
 
 GROUP = "amphora_rest"
 API_PREFIX = "/1.0"
 VERSION_HEADER = "X-Config-Version"
+_T = TypeVar("_T")
 
 rest_opts = [
     cfg.StrOpt(
@@ -95,6 +106,48 @@ class AgentError(DriverError):
         where = f"amphora {amphora_id}: {operation}"
         what = f"{status} {message}" if status is not None else message
         super().__init__(f"{where}: {what}" + (f": {details}" if details else ""), retryable=retryable)
+
+
+def _agent_error(
+    endpoint: AmphoraEndpoint, operation: str, status: int, reason: str | None, content: bytes
+) -> AgentError:
+    """The error an agent's answer ``status`` means, with its JSON ``message`` and ``details``."""
+    try:
+        body = json.loads(content)
+        message, details = str(body.get("message", reason)), str(body.get("details", ""))
+        is_json = True
+    except (ValueError, AttributeError):
+        message, is_json = reason or "error", False
+        details = content[:200].decode("utf-8", errors="replace")
+    # A 404 without a JSON body comes from something in front of the agent, not the agent:
+    # it is not up yet.
+    retryable = status == 503 or (status == 404 and not is_json)
+    return AgentError(
+        endpoint.amphora_id, operation, message, status=status, details=details, retryable=retryable
+    )
+
+
+def _token_of(endpoint: AmphoraEndpoint, operation: str, body: Any) -> str:
+    token = body.get("activation_token") if isinstance(body, dict) else None
+    if not isinstance(token, str) or not token:
+        raise AgentError(endpoint.amphora_id, operation, "answer without an activation token")
+    return token
+
+
+def _peer_public_key(sock: ssl.SSLSocket) -> bytes:
+    """The public key (PEM) of the certificate the TLS peer presented (and proved to hold)."""
+    der = sock.getpeercert(binary_form=True)
+    if not der:
+        raise ssl.SSLError("the agent presented no certificate")
+    return x509.load_der_x509_certificate(der).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _key_der(public_key_pem: bytes) -> bytes:
+    return serialization.load_pem_public_key(public_key_pem).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 class AmphoraIdAdapter(HTTPAdapter):
@@ -207,35 +260,22 @@ class RestAmphoraDriver(AmphoraDriver):
     def _error_from(
         endpoint: AmphoraEndpoint, operation: str, response: requests.Response
     ) -> AgentError:
-        try:
-            body = response.json()
-            message, details = str(body.get("message", response.reason)), str(body.get("details", ""))
-            is_json = True
-        except (ValueError, AttributeError):
-            message, details, is_json = response.reason or "error", response.text[:200], False
-        # A 404 without a JSON body comes from something in front of the agent, not the agent:
-        # it is not up yet.
-        retryable = response.status_code == 503 or (response.status_code == 404 and not is_json)
-        return AgentError(
-            endpoint.amphora_id,
-            operation,
-            message,
-            status=response.status_code,
-            details=details,
-            retryable=retryable,
+        return _agent_error(
+            endpoint, operation, response.status_code, response.reason, response.content
         )
 
     def get_info(self, endpoint: AmphoraEndpoint) -> dict[str, Any]:
         """The agent's ``/info`` document (versions of every load balancer it runs)."""
         return self.request(endpoint, "GET", "/info").json()
 
-    def wait_until_reachable(self, endpoint: AmphoraEndpoint, timeout: float) -> dict[str, Any]:
-        """Poll ``/info`` until the agent answers; TLS failures are not waited out."""
+    @staticmethod
+    def _wait(endpoint: AmphoraEndpoint, timeout: float, call: Callable[[], _T]) -> _T:
+        """``call()`` until it does not fail with a retryable error; TLS failures are not waited out."""
         deadline = time.monotonic() + timeout
         delay = 0.05
         while True:
             try:
-                return self.request(endpoint, "GET", "/info", retries=0).json()
+                return call()
             except AgentError as error:
                 if not error.retryable:
                     raise
@@ -245,6 +285,123 @@ class RestAmphoraDriver(AmphoraDriver):
                     ) from None
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    def wait_until_reachable(self, endpoint: AmphoraEndpoint, timeout: float) -> dict[str, Any]:
+        """Poll ``/info`` until the agent answers."""
+        return self._wait(endpoint, timeout, lambda: self.request(endpoint, "GET", "/info", retries=0).json())
+
+    def activate(self, endpoint: AmphoraEndpoint) -> str:
+        """``POST /activate``: the agent hands over its activation token and deletes it."""
+        body = self.request(endpoint, "POST", "/activate").json()
+        return _token_of(endpoint, "POST /activate", body)
+
+    def fetch_csr(self, endpoint: AmphoraEndpoint, timeout: float) -> AmphoraCSR:
+        """``GET /csr`` over a connection that does not verify the bootstrap certificate."""
+        operation = f"GET {API_PREFIX}/csr"
+
+        def fetch() -> AmphoraCSR:
+            status, body, peer_key = self.pinned_request(endpoint, "GET", "/csr", retries=0)
+            csr = body.get("csr")
+            if not isinstance(csr, str):
+                raise AgentError(endpoint.amphora_id, operation, f"answer without a CSR (status {status})")
+            return AmphoraCSR(csr.encode("ascii"), _token_of(endpoint, operation, body), peer_key)
+
+        return self._wait(endpoint, timeout, fetch)
+
+    def install_signed_certificate(
+        self, endpoint: AmphoraEndpoint, certificate_pem: bytes, server_public_key_pem: bytes
+    ) -> None:
+        """``PUT /certificate`` with the certificate alone, to the agent holding the pinned key."""
+        self.pinned_request(endpoint, "PUT", "/certificate", data=certificate_pem, pinned_key=server_public_key_pem)
+
+    def pinned_request(
+        self,
+        endpoint: AmphoraEndpoint,
+        method: str,
+        path: str,
+        *,
+        data: bytes | None = None,
+        pinned_key: bytes | None = None,
+        retries: int | None = None,
+    ) -> tuple[int, dict[str, Any], bytes]:
+        """One API call on a fresh connection that presents the client certificate but does not
+        verify the agent's certificate against the server CA (it is self-signed in csr mode).
+
+        Returns the status, the JSON body and the public key (PEM) the agent's TLS connection
+        proved. With ``pinned_key``, an agent proving another key is refused before anything is
+        sent. Connection errors and 503s are retried like :meth:`request`.
+        """
+        operation = f"{method} {API_PREFIX}{path}"
+        attempts = 1 + (self.retries if retries is None else retries)
+        error: AgentError | None = None
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                return self._pinned_call(endpoint, operation, method, path, data, pinned_key)
+            except AgentError as failed:
+                if not failed.retryable:
+                    raise
+                error = failed
+        assert error is not None
+        raise error
+
+    def _bootstrap_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        if isinstance(self.client_cert, tuple):
+            context.load_cert_chain(*self.client_cert)
+        else:
+            context.load_cert_chain(self.client_cert)
+        return context
+
+    def _pinned_call(
+        self,
+        endpoint: AmphoraEndpoint,
+        operation: str,
+        method: str,
+        path: str,
+        data: bytes | None,
+        pinned_key: bytes | None,
+    ) -> tuple[int, dict[str, Any], bytes]:
+        connect_timeout, read_timeout = self.timeout
+        connection = http.client.HTTPSConnection(
+            endpoint.address,
+            endpoint.port or self.agent_port,
+            context=self._bootstrap_context(),
+            timeout=connect_timeout,
+        )
+        try:
+            try:
+                connection.connect()
+                assert isinstance(connection.sock, ssl.SSLSocket)
+                connection.sock.settimeout(read_timeout)
+                peer_key = _peer_public_key(connection.sock)
+                if pinned_key is not None and _key_der(pinned_key) != _key_der(peer_key):
+                    raise AgentError(
+                        endpoint.amphora_id, operation, "the agent proved another server key than its CSR's"
+                    )
+                headers = {"Content-Type": "application/x-pem-file"} if data is not None else {}
+                connection.request(method, f"{API_PREFIX}{path}", body=data, headers=headers)
+                response = connection.getresponse()
+                content = response.read()
+            except ssl.SSLError as ssl_error:
+                raise AgentError(endpoint.amphora_id, operation, f"TLS failure: {ssl_error}") from None
+            except (OSError, http.client.HTTPException) as connection_error:
+                raise AgentError(
+                    endpoint.amphora_id, operation, f"unreachable: {connection_error}", retryable=True
+                ) from None
+        finally:
+            connection.close()
+        if response.status >= 400:
+            raise _agent_error(endpoint, operation, response.status, response.reason, content)
+        try:
+            body = json.loads(content)
+        except ValueError:
+            raise AgentError(endpoint.amphora_id, operation, "the answer is not JSON") from None
+        return response.status, body if isinstance(body, dict) else {}, peer_key
 
     def put_config(self, endpoint: AmphoraEndpoint, lb_id: str, config: str, version: int) -> None:
         """Upload ``config`` as ``version`` without reloading (the agent checks it first)."""

@@ -1,12 +1,14 @@
 """The ``process`` compute driver: an amphora is a local ``keramos-agent`` process on loopback.
 
-``build`` writes the config drive (server certificate and key, client CA, agent configuration)
-into a directory of its own, 0700, keys 0600, and starts the agent on a free loopback port with a
-configuration pointing at those files. The instance is BUILDING until the agent accepts TCP
-connections, ACTIVE while it runs, and ERROR (with the tail of its log) once it died. ``delete``
-stops the agent (SIGTERM to its process group, SIGKILL after a grace period), the HAProxy
-processes it started, and removes the directory. Real processes, real TLS: what the functional
-tests and the demo boot.
+``build`` writes the config drive (server certificate and key, client CA, agent configuration,
+activation token) into a directory of its own, 0700, files 0600, and starts the agent on a free
+loopback port with a configuration pointing at those files. A config drive without a server
+certificate and key starts the agent in csr mode (it makes its own key); one with an activation
+token starts it unactivated, pointed at the token file. The instance is BUILDING until the agent
+accepts TCP connections, ACTIVE while it runs, and ERROR (with the tail of its log) once it died.
+``delete`` stops the agent (SIGTERM to its process group, SIGKILL after a grace period), the
+HAProxy processes it started, and removes the directory. Real processes, real TLS: what the
+functional tests and the demo boot.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from cryptography import x509
 from oslo_config import cfg
 
 from keramos.framework.contracts import ComputeDriver, Instance, InstanceStatus
+from keramos.framework.contracts.compute import ACTIVATION_TOKEN_FILE
 from keramos.framework.errors import ConfigError, DriverError, NotFound
 from keramos.plugins.agent.files import atomic_write, is_valid_id
 from keramos.plugins.agent.haproxy import HaproxyManager
@@ -92,14 +95,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _classify(config_drive: Mapping[str, bytes]) -> dict[str, str]:
-    """Tell which config drive file is the server certificate, its key, the client CA, the config.
+    """Tell which config drive file is the server certificate, its key, the client CA, the config
+    and the activation token (by its name, :data:`ACTIVATION_TOKEN_FILE`).
 
     Files are recognised by content, so that both Octavia's names (``server.pem`` holding the
     certificate and key, ``client_ca.pem``) and Keramos's (``amphora_server_cert.pem``...) work.
     """
     roles: dict[str, str] = {}
     for name, data in config_drive.items():
-        if name.endswith(".conf"):
+        if name == ACTIVATION_TOKEN_FILE:
+            roles["activation_token"] = name
+        elif name.endswith(".conf"):
             roles["config"] = name
         elif b"PRIVATE KEY-----" in data:
             roles["server_key"] = name
@@ -113,7 +119,11 @@ def _classify(config_drive: Mapping[str, bytes]) -> dict[str, str]:
             except (ValueError, x509.ExtensionNotFound):
                 is_ca = False
             roles["client_ca" if is_ca else "server_cert"] = name
-    missing = sorted({"server_cert", "server_key", "client_ca"} - set(roles))
+    required = {"client_ca"}
+    # Neither a server certificate nor a key: the agent makes its own key (csr mode).
+    if "server_cert" in roles or "server_key" in roles:
+        required |= {"server_cert", "server_key"}
+    missing = sorted(required - set(roles))
     if missing:
         raise DriverError(f"config drive lacks {', '.join(missing)} (got {sorted(config_drive)})")
     return roles
@@ -153,16 +163,27 @@ class ProcessCompute(ComputeDriver):
             parser.read_string(base.decode("utf-8"))
         if not parser.has_section(AGENT_GROUP):
             parser.add_section(AGENT_GROUP)
-        parser[AGENT_GROUP].update(
+        section = parser[AGENT_GROUP]
+        section.update(
             bind_host=self.bind_host,
             bind_port=str(port),
             amphora_id=amphora_id,
-            server_cert=os.path.join(directory, roles["server_cert"]),
-            server_key=os.path.join(directory, roles["server_key"]),
             client_ca=os.path.join(directory, roles["client_ca"]),
             state_dir=os.path.join(directory, "state"),
             haproxy_binary=self.haproxy_binary,
         )
+        if "server_cert" in roles:
+            section.update(
+                certificate_mode="controller",
+                server_cert=os.path.join(directory, roles["server_cert"]),
+                server_key=os.path.join(directory, roles["server_key"]),
+            )
+        else:
+            section["certificate_mode"] = "csr"
+            for name in ("server_cert", "server_key"):
+                section.pop(name, None)
+        if "activation_token" in roles:
+            section["activation_token_file"] = os.path.join(directory, roles["activation_token"])
         text = io.StringIO()
         parser.write(text)
         return text.getvalue().encode()

@@ -13,7 +13,13 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
 from keramos.framework.contracts import (
+    AmphoraCSR,
     AmphoraDriver,
     AmphoraEndpoint,
     CertGenerator,
@@ -29,19 +35,53 @@ from keramos.framework.contracts import (
     NetworkDriver,
     Port,
 )
-from keramos.framework.errors import NotFound
+from keramos.framework.contracts.compute import ACTIVATION_TOKEN_FILE
+from keramos.framework.errors import DriverError, NotFound
 from keramos.framework.records import utcnow
 
 _PLACEHOLDER_CA = b"-----BEGIN CERTIFICATE-----\nnoop-ca\n-----END CERTIFICATE-----\n"
 
 
+class _NoopAgents:
+    """The "agents" of the instances noop computes booted, by amphora id: the config drive each
+    got, so that the noop amphora driver activates them with the token their drive holds."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._drives: dict[str, tuple[str, dict[str, bytes]]] = {}
+
+    def boot(self, amphora_id: str, compute_id: str, config_drive: Mapping[str, bytes]) -> None:
+        with self._lock:
+            self._drives[amphora_id] = (compute_id, dict(config_drive))
+
+    def forget(self, compute_id: str) -> None:
+        with self._lock:
+            for amphora_id, (booted_as, _drive) in list(self._drives.items()):
+                if booted_as == compute_id:
+                    del self._drives[amphora_id]
+
+    def token(self, amphora_id: str, *, spend: bool = False) -> str:
+        """The activation token in the amphora's drive; ``spend`` deletes it, as activation does."""
+        with self._lock:
+            drive = self._drives.get(amphora_id, ("", {}))[1]
+            token = drive.pop(ACTIVATION_TOKEN_FILE, None) if spend else drive.get(ACTIVATION_TOKEN_FILE)
+        if token is None:
+            raise DriverError(f"amphora {amphora_id}: no activation token (already activated, or never booted)")
+        return token.decode("ascii")
+
+
+#: Shared by the noop compute (which boots) and the noop amphora driver (which activates).
+NOOP_AGENTS = _NoopAgents()
+
+
 class NoopCompute(ComputeDriver):
-    """Instances that are ACTIVE at once, on 127.0.0.1, kept in memory."""
+    """Instances that are ACTIVE at once, on 127.0.0.1, kept in memory with their config drives."""
 
     def __init__(self, conf) -> None:
         super().__init__(conf)
         self._lock = threading.Lock()
         self.instances: dict[str, Instance] = {}
+        self.config_drives: dict[str, dict[str, bytes]] = {}
 
     def build(
         self,
@@ -56,6 +96,8 @@ class NoopCompute(ComputeDriver):
             self.instances[compute_id] = Instance(
                 compute_id, InstanceStatus.ACTIVE, address="127.0.0.1"
             )
+            self.config_drives[compute_id] = dict(config_drive)
+        NOOP_AGENTS.boot(amphora_id, compute_id, config_drive)
         return compute_id
 
     def get(self, compute_id: str) -> Instance:
@@ -68,6 +110,8 @@ class NoopCompute(ComputeDriver):
     def delete(self, compute_id: str) -> None:
         with self._lock:
             self.instances.pop(compute_id, None)
+            self.config_drives.pop(compute_id, None)
+        NOOP_AGENTS.forget(compute_id)
 
 
 class NoopNetwork(NetworkDriver):
@@ -198,16 +242,43 @@ class NoopImageStore(ImageStore):
 
 
 class NoopAmphora(AmphoraDriver):
-    """Agents that answer at once and remember the configs and certificates pushed to them."""
+    """Agents that answer at once and remember the configs and certificates pushed to them.
+
+    They are activated with the token of the config drive a noop compute booted them with, and in
+    csr mode make a real EC key (kept in memory) and CSR, so that the flows' checks run.
+    """
 
     def __init__(self, conf) -> None:
         super().__init__(conf)
         self._lock = threading.Lock()
         self.configs: dict[tuple[str, str], tuple[int, str]] = {}
         self.certificates: dict[str, bytes] = {}
+        self.server_keys: dict[str, ec.EllipticCurvePrivateKey] = {}
 
     def wait_until_reachable(self, endpoint: AmphoraEndpoint, timeout: float) -> dict[str, Any]:
         return {"amphora_id": endpoint.amphora_id, "api_version": "1.0", "driver": "noop"}
+
+    def activate(self, endpoint: AmphoraEndpoint) -> str:
+        return NOOP_AGENTS.token(endpoint.amphora_id, spend=True)
+
+    def fetch_csr(self, endpoint: AmphoraEndpoint, timeout: float) -> AmphoraCSR:
+        token = NOOP_AGENTS.token(endpoint.amphora_id)
+        with self._lock:
+            key = self.server_keys.get(endpoint.amphora_id)
+            if key is None:
+                key = self.server_keys[endpoint.amphora_id] = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, endpoint.amphora_id)])
+        csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+        public_key = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return AmphoraCSR(csr.public_bytes(serialization.Encoding.PEM), token, public_key)
+
+    def install_signed_certificate(
+        self, endpoint: AmphoraEndpoint, certificate_pem: bytes, server_public_key_pem: bytes
+    ) -> None:
+        with self._lock:
+            self.certificates[endpoint.amphora_id] = certificate_pem
 
     def upload_config(
         self, endpoint: AmphoraEndpoint, lb_id: str, config: str, version: int

@@ -12,10 +12,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from taskflow import task
 from taskflow.types import failure
 
 from keramos.framework.contracts import (
+    AmphoraCSR,
     AmphoraDriver,
     AmphoraEndpoint,
     CertGenerator,
@@ -24,18 +28,17 @@ from keramos.framework.contracts import (
     CertManager,
     ComputeDriver,
     InstanceStatus,
+    IssuedCertificate,
     NetworkDriver,
     StateStore,
 )
+from keramos.framework.contracts.compute import ACTIVATION_TOKEN_FILE
 from keramos.framework.errors import ConfigError, DriverError, KeramosError, NotFound, Timeout
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord
 from keramos.framework.runner import jsonable
 
 #: Amphora states from which a new creation under the same id may start.
 _RECREATABLE = (AmphoraStatus.DELETED, AmphoraStatus.ERROR)
-
-#: Config drive file holding the one-time activation token (read by the agent alone).
-ACTIVATION_TOKEN_FILE = "activation_token"
 
 #: Config drive file holding the agent's own configuration (heartbeat endpoints and key).
 AGENT_CONFIG_FILE = "amphora_agent.conf"
@@ -50,14 +53,12 @@ def hash_activation_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def redeem_activation_token(state_store: StateStore, amphora_id: str, token: str) -> None:
-    """Check a presented activation token against the amphora's stored hash and clear it.
+def check_activation_token(state_store: StateStore, amphora_id: str, token: str) -> None:
+    """Check a token presented by an amphora's agent against the amphora's stored hash, in
+    constant time, without spending it.
 
-    What an endpoint the amphora calls home to would call with the token from its config drive
-    (the agent has no such call yet; ``activate_amphora`` spends the token on the controller
-    side meanwhile). The comparison takes constant time. Raises :class:`KeramosError` if the amphora has no
-    unused token (never booted with one, already activated, or reverted) or the token does not
-    match; after a successful call the token is useless.
+    Raises :class:`KeramosError` if the amphora has no unused token (never booted with one,
+    already activated, or reverted) or the token does not match.
     """
     record = state_store.get(AmphoraRecord, amphora_id)
     stored = record.activation_token_hash if record is not None else None
@@ -65,7 +66,68 @@ def redeem_activation_token(state_store: StateStore, amphora_id: str, token: str
         raise KeramosError(f"amphora {amphora_id} has no unused activation token")
     if not hmac.compare_digest(hash_activation_token(token), stored):
         raise KeramosError(f"activation token refused for amphora {amphora_id}")
+
+
+def redeem_activation_token(state_store: StateStore, amphora_id: str, token: str) -> None:
+    """Check the token an amphora's agent handed over at activation and clear its hash.
+
+    ``activate_amphora`` calls it with what the agent answered to ``activate``: the check is
+    :func:`check_activation_token`'s; after a successful call the token is useless.
+    """
+    check_activation_token(state_store, amphora_id, token)
     state_store.update(AmphoraRecord, amphora_id, activation_token_hash=None)
+
+
+def _endpoint(amphora_id: str, amphora_instance: Mapping[str, Any]) -> AmphoraEndpoint:
+    return AmphoraEndpoint(amphora_id, amphora_instance["address"] or "", amphora_instance["port"])
+
+
+def _store_server_certificate(
+    cert_manager: CertManager, state_store: StateStore, amphora_id: str, issued: IssuedCertificate
+) -> dict[str, str]:
+    """Keep an amphora's server certificate (and key, if the controller made it) in the
+    certificate manager and record it; returns ``{"serial", "cert_ref", "not_after"}``."""
+    bundle = CertificateBundle(certificate=issued.certificate_pem, private_key=issued.private_key_pem)
+    ref = cert_manager.store(bundle, name=f"amphora-{amphora_id}-server")
+    try:
+        state_store.save(
+            CertificateRecord(
+                serial=issued.serial,
+                kind=issued.kind,
+                subject=issued.subject,
+                not_after=issued.not_after,
+                amphora_id=amphora_id,
+                cert_ref=ref,
+            )
+        )
+    except Exception:
+        cert_manager.delete(ref)
+        raise
+    return {"serial": issued.serial, "cert_ref": ref, "not_after": issued.not_after.isoformat()}
+
+
+def _delete_server_certificate(
+    cert_manager: CertManager, state_store: StateStore, stored: dict[str, str]
+) -> None:
+    cert_manager.delete(stored["cert_ref"])
+    state_store.delete(CertificateRecord, stored["serial"])
+
+
+def _public_key_der(public_key: Any) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def csr_matches_key(csr_pem: bytes, public_key_pem: bytes) -> bool:
+    """Whether the CSR asks for a certificate of that public key (PEM SubjectPublicKeyInfo).
+
+    Raises :class:`KeramosError` when either does not parse.
+    """
+    try:
+        csr_key = x509.load_pem_x509_csr(csr_pem).public_key()
+        key = serialization.load_pem_public_key(public_key_pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
+        raise KeramosError(f"malformed CSR or server key: {error}") from None
+    return hmac.compare_digest(_public_key_der(csr_key), _public_key_der(key))
 
 
 def agent_heartbeat_config(endpoints: list[str], interval: float, heartbeat_key: str | None) -> bytes | None:
@@ -147,36 +209,77 @@ class IssueAmphoraServerCert(task.Task):
 
     def execute(self, amphora_id: str) -> dict[str, str]:
         issued = self.cert_generator.issue(amphora_id, CertKind.SERVER)
-        bundle = CertificateBundle(
-            certificate=issued.certificate_pem, private_key=issued.private_key_pem
-        )
-        ref = self.cert_manager.store(bundle, name=f"amphora-{amphora_id}-server")
-        try:
-            self.state_store.save(
-                CertificateRecord(
-                    serial=issued.serial,
-                    kind=issued.kind,
-                    subject=issued.subject,
-                    not_after=issued.not_after,
-                    amphora_id=amphora_id,
-                    cert_ref=ref,
-                )
-            )
-        except Exception:
-            self.cert_manager.delete(ref)
-            raise
-        return {"serial": issued.serial, "cert_ref": ref, "not_after": issued.not_after.isoformat()}
+        return _store_server_certificate(self.cert_manager, self.state_store, amphora_id, issued)
 
     def revert(self, result: Any, **kwargs: Any) -> None:
         if isinstance(result, dict):
-            self.cert_manager.delete(result["cert_ref"])
-            self.state_store.delete(CertificateRecord, result["serial"])
+            _delete_server_certificate(self.cert_manager, self.state_store, result)
+
+
+class SignAmphoraCSR(task.Task):
+    """csr mode: sign the CSR of the server key the amphora made itself, and install the
+    certificate on its agent. Runs after boot, before ``wait_for_amphora_agent``.
+
+    The agent still serves a self-signed bootstrap certificate, which the amphora driver does not
+    verify against the server CA. It is trusted instead because (a) it presents the amphora's
+    unused activation token, checked in constant time against the stored hash and not spent
+    (``activate_amphora`` spends it), and (b) its CSR is for the key its TLS connection proved.
+    The certificate is signed by the server CA for the amphora id, kept in the certificate
+    manager without a key (the key never leaves the amphora) and recorded as
+    ``issue_amphora_server_cert`` does. Provides the same ``amphora_server_cert``.
+    """
+
+    def __init__(
+        self,
+        amphora: AmphoraDriver,
+        cert_generator: CertGenerator,
+        cert_manager: CertManager,
+        state_store: StateStore,
+        *,
+        timeout: float,
+        rebind: Rebind = None,
+    ) -> None:
+        super().__init__(name="sign_amphora_csr", provides="amphora_server_cert", rebind=rebind)
+        self.amphora = amphora
+        self.cert_generator = cert_generator
+        self.cert_manager = cert_manager
+        self.state_store = state_store
+        self.timeout = timeout
+
+    def execute(self, amphora_id: str, amphora_instance: dict[str, Any]) -> dict[str, str]:
+        endpoint = _endpoint(amphora_id, amphora_instance)
+        request: AmphoraCSR = self.amphora.fetch_csr(endpoint, self.timeout)
+        check_activation_token(self.state_store, amphora_id, request.activation_token)
+        if not csr_matches_key(request.csr_pem, request.server_public_key_pem):
+            raise KeramosError(
+                f"the CSR of amphora {amphora_id} is not for the key its agent proved over TLS"
+            )
+        issued = self.cert_generator.sign_csr(
+            request.csr_pem, CertKind.SERVER, expected_common_name=amphora_id
+        )
+        stored = _store_server_certificate(self.cert_manager, self.state_store, amphora_id, issued)
+        try:
+            self.amphora.install_signed_certificate(
+                endpoint, issued.certificate_pem, request.server_public_key_pem
+            )
+        except Exception:
+            # The result never reaches flow storage, so revert could not find the certificate.
+            _delete_server_certificate(self.cert_manager, self.state_store, stored)
+            raise
+        return stored
+
+    def revert(self, result: Any, **kwargs: Any) -> None:
+        if isinstance(result, dict):
+            _delete_server_certificate(self.cert_manager, self.state_store, result)
 
 
 class BootAmphora(task.Task):
     """Boot the amphora's instance with its config drive: server cert and key, client CA, a
     one-time activation token and, when given, the agent's heartbeat configuration
     (``amphora_agent.conf``, see :func:`agent_heartbeat_config`).
+
+    With ``amphora_makes_server_key`` (csr mode) the drive carries no server certificate nor key:
+    the agent makes its own, and ``sign_amphora_csr`` certifies it after the boot.
 
     The token exists only in the config drive; the record keeps its SHA-256 hash until
     ``activate_amphora`` clears it. On revert the instance is deleted and the hash cleared.
@@ -190,25 +293,31 @@ class BootAmphora(task.Task):
         state_store: StateStore,
         *,
         agent_config: bytes | None = None,
+        amphora_makes_server_key: bool = False,
         rebind: Rebind = None,
     ) -> None:
-        super().__init__(name="boot_amphora", provides="compute_id", rebind=rebind)
+        # In csr mode no task before the boot provides the server certificate.
+        inject = {"amphora_server_cert": None} if amphora_makes_server_key else None
+        super().__init__(name="boot_amphora", provides="compute_id", rebind=rebind, inject=inject)
         self.agent_config = agent_config
         self.compute = compute
         self.cert_generator = cert_generator
         self.cert_manager = cert_manager
         self.state_store = state_store
 
-    def execute(self, amphora_id: str, image_id: str, amphora_server_cert: dict[str, str]) -> str:
-        bundle = self.cert_manager.get(amphora_server_cert["cert_ref"])
+    def execute(
+        self, amphora_id: str, image_id: str, amphora_server_cert: dict[str, str] | None
+    ) -> str:
         activation_token = secrets.token_urlsafe(32)
         config_drive = {
             "amphora_id": amphora_id.encode(),
-            "amphora_server_cert.pem": bundle.certificate,
-            "amphora_server_key.pem": bundle.private_key or b"",
             "client_ca_cert.pem": self.cert_generator.ca_certificate(CertKind.CLIENT),
             ACTIVATION_TOKEN_FILE: activation_token.encode("ascii"),
         }
+        if amphora_server_cert is not None:
+            bundle = self.cert_manager.get(amphora_server_cert["cert_ref"])
+            config_drive["amphora_server_cert.pem"] = bundle.certificate
+            config_drive["amphora_server_key.pem"] = bundle.private_key or b""
         if self.agent_config is not None:
             config_drive[AGENT_CONFIG_FILE] = self.agent_config
         self.state_store.update(
@@ -285,34 +394,36 @@ class WaitForAmphoraAgent(task.Task):
         self.timeout = timeout
 
     def execute(self, amphora_id: str, amphora_instance: dict[str, Any]) -> dict[str, Any]:
-        endpoint = AmphoraEndpoint(
-            amphora_id, amphora_instance["address"] or "", amphora_instance["port"]
-        )
-        return self.amphora.wait_until_reachable(endpoint, self.timeout)
+        return self.amphora.wait_until_reachable(_endpoint(amphora_id, amphora_instance), self.timeout)
 
 
 class ActivateAmphora(task.Task):
     """Activate the amphora once its agent answered: the controller activates, never the amphora.
 
-    The agent proved its identity over mutual TLS (its server certificate names the amphora);
-    the controller then spends the amphora's one-time activation token by clearing its hash, so
-    that the token handed over in the config drive is useless afterwards and a second activation
-    is refused. The agent has no endpoint to present the token yet, so the check is made on the
-    controller side: an unused token must be on record for this amphora.
+    The agent proved its identity over mutual TLS (its server certificate, from the server CA,
+    names the amphora). The controller asks it to activate: the agent hands over the one-time
+    token of its config drive, deletes it and accepts configuration changes from then on. The
+    token is checked in constant time against the stored hash, which is cleared
+    (:func:`redeem_activation_token`): the token is useless afterwards and a second activation
+    is refused by both sides. A wrong token fails the flow, which deletes the amphora.
     """
 
-    def __init__(self, state_store: StateStore, *, rebind: Rebind = None) -> None:
+    def __init__(self, amphora: AmphoraDriver, state_store: StateStore, *, rebind: Rebind = None) -> None:
         super().__init__(name="activate_amphora", rebind=rebind)
+        self.amphora = amphora
         self.state_store = state_store
 
-    def execute(self, amphora_id: str, amphora_agent_info: dict[str, Any]) -> None:
+    def execute(
+        self, amphora_id: str, amphora_instance: dict[str, Any], amphora_agent_info: dict[str, Any]
+    ) -> None:
         answered_as = amphora_agent_info.get("amphora_id")
         if answered_as not in (None, amphora_id):
             raise KeramosError(f"agent of amphora {amphora_id} answered as {answered_as}")
         record = self.state_store.get(AmphoraRecord, amphora_id)
         if record is None or record.activation_token_hash is None:
             raise KeramosError(f"amphora {amphora_id} has no unused activation token")
-        self.state_store.update(AmphoraRecord, amphora_id, activation_token_hash=None)
+        token = self.amphora.activate(_endpoint(amphora_id, amphora_instance))
+        redeem_activation_token(self.state_store, amphora_id, token)
 
 
 class MarkAmphoraReady(task.Task):

@@ -5,7 +5,7 @@ Plugin authors subclass one of these and register the class under the entry-poin
 its contract, and refuses to start, naming the entry point, if it does not.
 """
 
-from keramos.framework.contracts.amphora import AmphoraDriver, AmphoraEndpoint
+from keramos.framework.contracts.amphora import AmphoraCSR, AmphoraDriver, AmphoraEndpoint
 from keramos.framework.contracts.base import Driver
 from keramos.framework.contracts.cert_generator import CertGenerator, CertKind, IssuedCertificate
 from keramos.framework.contracts.cert_manager import CertificateBundle, CertManager
@@ -33,6 +33,7 @@ DRIVER_CONTRACTS: dict[str, type[Driver]] = {
 
 __all__ = [
     "DRIVER_CONTRACTS",
+    "AmphoraCSR",
     "AmphoraDriver",
     "AmphoraEndpoint",
     "CertGenerator",

@@ -18,8 +18,22 @@ class AmphoraEndpoint:
     port: int | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class AmphoraCSR:
+    """What the agent of an amphora that makes its own server key (csr mode) hands over.
+
+    ``server_public_key_pem`` is not the agent's word: it is the public key (PEM
+    SubjectPublicKeyInfo) that the agent's TLS connection proved to hold, so that the controller
+    can check the CSR is for that key.
+    """
+
+    csr_pem: bytes
+    activation_token: str
+    server_public_key_pem: bytes
+
+
 class AmphoraDriver(Driver):
-    """Controls amphora agents: reachability, configuration, certificates.
+    """Controls amphora agents: reachability, activation, configuration, certificates.
 
     Errors: :class:`~keramos.framework.errors.DriverError` carrying the agent's message,
     ``retryable`` for connection errors and 503s.
@@ -32,6 +46,35 @@ class AmphoraDriver(Driver):
         """Wait until the agent answers and return its ``info`` document.
 
         Raises :class:`~keramos.framework.errors.Timeout` after ``timeout`` seconds.
+        """
+
+    @abc.abstractmethod
+    def activate(self, endpoint: AmphoraEndpoint) -> str:
+        """Activate the agent and return the one-time activation token it presents.
+
+        The agent deletes its token and accepts configuration changes from then on; a second
+        activation raises :class:`~keramos.framework.errors.DriverError`. The caller checks the
+        token against the one on record.
+        """
+
+    @abc.abstractmethod
+    def fetch_csr(self, endpoint: AmphoraEndpoint, timeout: float) -> AmphoraCSR:
+        """Wait until the agent answers, then fetch its CSR and activation token (csr mode).
+
+        The connection presents the controller's client certificate but does not verify the
+        agent's self-signed bootstrap certificate against the server CA; it reports the public
+        key the agent proved instead. Raises :class:`~keramos.framework.errors.Timeout` after
+        ``timeout`` seconds.
+        """
+
+    @abc.abstractmethod
+    def install_signed_certificate(
+        self, endpoint: AmphoraEndpoint, certificate_pem: bytes, server_public_key_pem: bytes
+    ) -> None:
+        """Install the certificate signed from the agent's CSR (no key: the agent holds it).
+
+        The agent still serves its bootstrap certificate, so the connection is not verified
+        against the server CA: it must prove ``server_public_key_pem`` before anything is sent.
         """
 
     @abc.abstractmethod

@@ -8,6 +8,10 @@ from collections.abc import Mapping
 
 from keramos.framework.contracts.base import Driver
 
+#: Config drive file holding an amphora's one-time activation token: the agent hands it to the
+#: controller that activates it, then deletes it (so a compute driver hands it over writable).
+ACTIVATION_TOKEN_FILE = "activation_token"
+
 
 class InstanceStatus:
     """What a compute driver reports about an instance."""
@@ -53,9 +57,10 @@ class ComputeDriver(Driver):
     ) -> str:
         """Start booting an instance for ``amphora_id`` and return its compute id.
 
-        ``config_drive`` maps file names to their contents (server certificate, client CA,
-        agent configuration); the driver must hand them to the instance read-only and, for files
-        named ``*.key`` or ``*key.pem``, readable by the agent alone.
+        ``config_drive`` maps file names to their contents (server certificate and key, unless
+        the amphora makes its own; client CA, agent configuration, :data:`ACTIVATION_TOKEN_FILE`);
+        the driver must hand them to the instance readable by the agent alone for keys
+        (``*.key``, ``*key.pem``) and the token, which the agent deletes once activated.
         Must not wait for the instance to be active. Undone by :meth:`delete`.
         """
 

@@ -19,6 +19,11 @@ LB = {
 }
 
 
+def certificate_mode(mode: str) -> dict[str, dict[str, Any]]:
+    """Worker options (``conf_overrides``) for ``[amphora] certificate_mode``."""
+    return {"amphora": {"certificate_mode": mode}}
+
+
 class InjectedFault(Exception):
     """Raised by a task made to fail on purpose."""
 

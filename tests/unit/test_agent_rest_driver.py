@@ -152,3 +152,21 @@ def test_one_kept_alive_session_per_amphora_checking_its_id(driver):
     assert isinstance(adapter, AmphoraIdAdapter)
     assert adapter.poolmanager.connection_pool_kw["assert_hostname"] == "amp-2"
     assert session.verify == driver.server_ca and not session.trust_env
+
+
+def test_activation_returns_the_token_the_agent_hands_over(driver):
+    adapter = script(driver, (200, {"amphora_id": "amp-1", "activation_token": "t0k"}))
+    assert driver.activate(ENDPOINT) == "t0k"
+    (request,) = adapter.requests
+    assert (request.method, request.path_url) == ("POST", "/1.0/activate")
+
+
+def test_a_second_activation_is_a_410_not_retried_and_an_answer_without_token_is_refused(driver):
+    adapter = script(driver, (410, {"message": "Gone", "details": "already activated"}))
+    with pytest.raises(AgentError) as caught:
+        driver.activate(ENDPOINT)
+    assert caught.value.status == 410 and not caught.value.retryable
+    assert len(adapter.requests) == 1
+    script(driver, (200, {"amphora_id": "amp-1"}))
+    with pytest.raises(AgentError, match="answer without an activation token"):
+        driver.activate(ENDPOINT)

@@ -14,6 +14,7 @@ from keramos.plugins import noop
 from tests.unit.amphora_helpers import (
     LB,
     InjectedFault,
+    certificate_mode,
     failing,
     failing_at,
     members,
@@ -35,6 +36,26 @@ FAILOVER_TASKS = [
     "mark_amphora_ready",
     "retire_failed_amphora",
 ]
+
+#: In csr mode the replacement makes its own key, certified once its agent answers.
+CSR_FAILOVER_TASKS = [
+    "load_failed_amphora",
+    "record_amphora",
+    "verify_amphora_image",
+    "boot_amphora",
+    "wait_for_amphora_active",
+    "plug_amphora_network",
+    "sign_amphora_csr",
+    "wait_for_amphora_agent",
+    "activate_amphora",
+    "move_loadbalancer_configs",
+    "mark_amphora_ready",
+    "retire_failed_amphora",
+]
+
+MODE_TASKS = {"controller": FAILOVER_TASKS, "csr": CSR_FAILOVER_TASKS}
+EVERY_TASK = [(mode, name) for mode, names in MODE_TASKS.items() for name in names]
+
 
 
 def create_with_lb(worker: InProcessWorker) -> AmphoraRecord:
@@ -62,8 +83,9 @@ def assert_old_as_it_was(worker: InProcessWorker, old: AmphoraRecord, before: di
         assert replacement.compute_id is None and replacement.activation_token_hash is None
 
 
-def test_failover_boots_a_replacement_moves_the_config_and_deletes_the_old_one():
-    with InProcessWorker() as worker:
+@pytest.mark.parametrize("mode", MODE_TASKS)
+def test_failover_boots_a_replacement_moves_the_config_and_deletes_the_old_one(mode):
+    with InProcessWorker(conf_overrides=certificate_mode(mode)) as worker:
         old = create_with_lb(worker)
         result = worker.run("failover_amphora", {"amphora_id": "amp-1"})
         new = result["amphora"]
@@ -87,15 +109,16 @@ def test_failover_boots_a_replacement_moves_the_config_and_deletes_the_old_one()
         assert members(worker) == [again["amphora"]["amphora_id"]]
 
 
-def test_the_flow_runs_the_tasks_the_fault_tests_cover():
-    with InProcessWorker() as worker:
-        assert task_names(worker, "failover_amphora") == FAILOVER_TASKS
+@pytest.mark.parametrize("mode", MODE_TASKS)
+def test_the_flow_runs_the_tasks_the_fault_tests_cover(mode):
+    with InProcessWorker(conf_overrides=certificate_mode(mode)) as worker:
+        assert task_names(worker, "failover_amphora") == MODE_TASKS[mode]
 
 
-@pytest.mark.parametrize("task_name", FAILOVER_TASKS)
-def test_a_failure_at_every_task_deletes_the_replacement_and_keeps_the_old(task_name):
+@pytest.mark.parametrize(("mode", "task_name"), EVERY_TASK)
+def test_a_failure_at_every_task_deletes_the_replacement_and_keeps_the_old(mode, task_name):
     faulty = failing_at(FailoverAmphora, task_name)
-    with InProcessWorker(flows=[faulty]) as worker:
+    with InProcessWorker(flows=[faulty], conf_overrides=certificate_mode(mode)) as worker:
         old = create_with_lb(worker)
         before = resources(worker)
         with pytest.raises(InjectedFault):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from keramos.flows.amphora import CreateAmphora
 from keramos.flows.tasks.amphora import (
@@ -15,13 +18,15 @@ from keramos.flows.tasks.amphora import (
     redeem_activation_token,
 )
 from keramos.flows.templates import render_haproxy_config
+from keramos.framework.contracts import AmphoraEndpoint
 from keramos.framework.errors import DriverError, KeramosError, NotFound
-from keramos.framework.records import AmphoraRecord, AmphoraStatus, LoadBalancerRecord
+from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord, LoadBalancerRecord
 from keramos.framework.testing import InProcessWorker
 from keramos.plugins import noop
 from tests.unit.amphora_helpers import (
     LB,
     InjectedFault,
+    certificate_mode,
     failing,
     failing_at,
     members,
@@ -44,6 +49,23 @@ CREATE_TASKS = [
     "mark_amphora_ready",
 ]
 
+#: In csr mode the amphora makes its own key: it is certified once its agent answers.
+CSR_CREATE_TASKS = [
+    "record_amphora",
+    "verify_amphora_image",
+    "boot_amphora",
+    "wait_for_amphora_active",
+    "plug_amphora_network",
+    "sign_amphora_csr",
+    "wait_for_amphora_agent",
+    "activate_amphora",
+    "push_initial_config",
+    "mark_amphora_ready",
+]
+
+MODE_TASKS = {"controller": CREATE_TASKS, "csr": CSR_CREATE_TASKS}
+EVERY_TASK = [(mode, name) for mode, names in MODE_TASKS.items() for name in names]
+
 FAULTS = [
     ("image_store", noop.NoopImageStore, "properties"),
     ("cert_generator", noop.NoopCertGenerator, "issue"),
@@ -53,8 +75,18 @@ FAULTS = [
     ("compute", noop.NoopCompute, "get"),
     ("network", noop.NoopNetwork, "plug"),
     ("amphora", noop.NoopAmphora, "wait_until_reachable"),
+    ("amphora", noop.NoopAmphora, "activate"),
     ("amphora", noop.NoopAmphora, "upload_config"),
 ]
+
+CSR_FAULTS = [
+    ("amphora", noop.NoopAmphora, "fetch_csr"),
+    ("cert_generator", noop.NoopCertGenerator, "sign_csr"),
+    ("cert_manager", noop.NoopCertManager, "store"),
+    ("amphora", noop.NoopAmphora, "install_signed_certificate"),
+    ("amphora", noop.NoopAmphora, "activate"),
+]
+
 
 
 def assert_error_and_clean(worker: InProcessWorker, reason: str) -> None:
@@ -76,15 +108,25 @@ def test_a_driver_failure_at_any_step_leaves_nothing_behind(kind, cls, method):
         assert members(worker) == []
 
 
-def test_the_flow_runs_the_tasks_the_fault_tests_cover():
-    with InProcessWorker() as worker:
-        assert task_names(worker, "create_amphora") == CREATE_TASKS
+@pytest.mark.parametrize(("kind", "cls", "method"), CSR_FAULTS, ids=lambda v: getattr(v, "__name__", v))
+def test_a_driver_failure_at_any_step_in_csr_mode_leaves_nothing_behind(kind, cls, method):
+    with InProcessWorker(conf_overrides=certificate_mode("csr"), **{kind: failing(cls, method)}) as worker:
+        with pytest.raises(DriverError, match="failed on purpose"):
+            worker.run("create_amphora", {**PAYLOAD, "lb": LB})
+        assert_error_and_clean(worker, "failed on purpose")
+        assert worker.drivers.amphora.configs == {}
 
 
-@pytest.mark.parametrize("task_name", CREATE_TASKS)
-def test_a_failure_at_every_task_reverts_everything_before_it(task_name):
+@pytest.mark.parametrize("mode", MODE_TASKS)
+def test_the_flow_runs_the_tasks_the_fault_tests_cover(mode):
+    with InProcessWorker(conf_overrides=certificate_mode(mode)) as worker:
+        assert task_names(worker, "create_amphora") == MODE_TASKS[mode]
+
+
+@pytest.mark.parametrize(("mode", "task_name"), EVERY_TASK)
+def test_a_failure_at_every_task_reverts_everything_before_it(mode, task_name):
     faulty = failing_at(CreateAmphora, task_name)
-    with InProcessWorker(flows=[faulty]) as worker:
+    with InProcessWorker(flows=[faulty], conf_overrides=certificate_mode(mode)) as worker:
         # An earlier run of the load balancer must come back as it was.
         worker.run("create_amphora", {"amphora_id": "amp-0", "image_id": "img-1", "lb": LB})
         before = worker.state_store.get(LoadBalancerRecord, "lb-1")
@@ -237,13 +279,93 @@ def test_activation_is_refused_twice_and_for_an_agent_answering_as_another_ampho
     with InProcessWorker() as worker:
         store = worker.state_store
         store.save(AmphoraRecord(amphora_id="amp-1", activation_token_hash=hash_activation_token("t")))
-        activate = ActivateAmphora(store)
+        worker.drivers.compute.build("amp-1", "img-1", {ACTIVATION_TOKEN_FILE: b"t"})
+        activate = ActivateAmphora(worker.drivers.amphora, store)
+        instance = {"address": "127.0.0.1", "port": None}
         with pytest.raises(KeramosError, match="answered as amp-2"):
-            activate.execute("amp-1", {"amphora_id": "amp-2"})
-        activate.execute("amp-1", {"amphora_id": "amp-1"})
+            activate.execute("amp-1", instance, {"amphora_id": "amp-2"})
+        activate.execute("amp-1", instance, {"amphora_id": "amp-1"})
         assert store.get(AmphoraRecord, "amp-1").activation_token_hash is None
         with pytest.raises(KeramosError, match="no unused activation token"):
-            activate.execute("amp-1", {"amphora_id": "amp-1"})
+            activate.execute("amp-1", instance, {"amphora_id": "amp-1"})
+
+
+def test_the_agent_hands_its_token_over_once_and_the_flow_spends_it():
+    with InProcessWorker(compute=RecordingCompute) as worker:
+        worker.run("create_amphora", PAYLOAD)
+        endpoint = AmphoraEndpoint("amp-1", "127.0.0.1")
+        with pytest.raises(DriverError, match="no activation token"):
+            worker.drivers.amphora.activate(endpoint)
+
+
+class WrongTokenAmphora(noop.NoopAmphora):
+    """An agent that presents another token than the one of its config drive."""
+
+    def activate(self, endpoint):
+        super().activate(endpoint)
+        return "not-the-token"
+
+
+def test_an_agent_presenting_a_wrong_token_is_not_activated_and_nothing_is_left():
+    with InProcessWorker(amphora=WrongTokenAmphora) as worker:
+        with pytest.raises(KeramosError, match="activation token refused"):
+            worker.run("create_amphora", {**PAYLOAD, "lb": LB})
+        assert_error_and_clean(worker, "activation token refused")
+        assert worker.drivers.amphora.configs == {}
+
+
+def test_csr_mode_certifies_the_key_the_amphora_made_and_keeps_no_key():
+    with InProcessWorker(compute=RecordingCompute, conf_overrides=certificate_mode("csr")) as worker:
+        created = worker.run("create_amphora", {**PAYLOAD, "lb": LB})["amphora"]
+        assert created["status"] == AmphoraStatus.READY and created["activation_token_hash"] is None
+        assert sorted(worker.drivers.compute.drives["amp-1"]) == [
+            ACTIVATION_TOKEN_FILE,
+            "amphora_id",
+            "client_ca_cert.pem",
+        ]
+        (record,) = worker.state_store.find(CertificateRecord, amphora_id="amp-1")
+        assert record.serial == created["cert_serial"] and record.kind == "server"
+        bundle = worker.drivers.cert_manager.get(record.cert_ref)
+        assert bundle.private_key is None
+        assert worker.drivers.amphora.certificates["amp-1"] == bundle.certificate
+        assert ("amp-1", "lb-1") in worker.drivers.amphora.configs
+
+
+def test_csr_signing_checks_the_token_without_spending_it():
+    with InProcessWorker(amphora=HashWatchingAmphora, conf_overrides=certificate_mode("csr")) as worker:
+        worker.drivers.amphora.state_store = worker.state_store
+        worker.run("create_amphora", PAYLOAD)
+        (seen,) = worker.drivers.amphora.hashes
+        assert seen is not None
+        assert worker.state_store.get(AmphoraRecord, "amp-1").activation_token_hash is None
+
+
+class WrongCsrTokenAmphora(noop.NoopAmphora):
+    """An agent whose CSR comes with another token than the one of its config drive."""
+
+    def fetch_csr(self, endpoint, timeout):
+        return dataclasses.replace(super().fetch_csr(endpoint, timeout), activation_token="forged")
+
+
+class ImpostorKeyAmphora(noop.NoopAmphora):
+    """A CSR for another key than the one the agent proved over TLS (a relayed CSR)."""
+
+    def fetch_csr(self, endpoint, timeout):
+        other = ec.generate_private_key(ec.SECP256R1()).public_key()
+        proved = other.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return dataclasses.replace(super().fetch_csr(endpoint, timeout), server_public_key_pem=proved)
+
+
+@pytest.mark.parametrize(
+    ("amphora", "reason"),
+    [(WrongCsrTokenAmphora, "activation token refused"), (ImpostorKeyAmphora, "not for the key its agent proved")],
+)
+def test_csr_mode_refuses_a_wrong_token_or_a_csr_for_another_key_and_leaves_nothing(amphora, reason):
+    with InProcessWorker(amphora=amphora, conf_overrides=certificate_mode("csr")) as worker:
+        with pytest.raises(KeramosError, match=reason):
+            worker.run("create_amphora", {**PAYLOAD, "lb": LB})
+        assert_error_and_clean(worker, reason)
+        assert worker.drivers.amphora.certificates == {}
 
 
 class ImpostorAmphora(noop.NoopAmphora):

@@ -1,0 +1,39 @@
+"""How the process compute driver reads a config drive: controller-made key, csr mode, token."""
+
+from __future__ import annotations
+
+import pytest
+
+from keramos.framework.errors import DriverError
+from keramos.plugins.compute_process import _classify
+from tests.functional.agent_helpers import make_ca
+
+CLIENT_CA = make_ca("client CA").cert_pem
+CERT = b"-----BEGIN CERTIFICATE-----\nnot parsed\n-----END CERTIFICATE-----\n"
+KEY = b"-----BEGIN PRIVATE KEY-----\nkey\n-----END PRIVATE KEY-----\n"
+
+
+def test_a_drive_with_the_server_certificate_and_key_and_a_token():
+    roles = _classify({"ca.pem": CLIENT_CA, "s.pem": CERT, "k.pem": KEY, "activation_token": b"t"})
+    assert roles == {
+        "client_ca": "ca.pem",
+        "server_cert": "s.pem",
+        "server_key": "k.pem",
+        "activation_token": "activation_token",
+    }
+
+
+def test_a_drive_without_server_certificate_nor_key_is_csr_mode():
+    assert _classify({"ca.pem": CLIENT_CA, "activation_token": b"t"}) == {
+        "client_ca": "ca.pem",
+        "activation_token": "activation_token",
+    }
+
+
+@pytest.mark.parametrize(
+    ("drive", "missing"),
+    [({"ca.pem": CLIENT_CA, "s.pem": CERT}, "server_key"), ({"s.pem": CERT, "k.pem": KEY}, "client_ca")],
+)
+def test_a_drive_with_half_a_server_identity_or_no_client_ca_is_refused(drive, missing):
+    with pytest.raises(DriverError, match=f"config drive lacks {missing}"):
+        _classify(drive)
