@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -24,6 +25,8 @@ from tests.functional.agent_helpers import require_haproxy
 
 PASSPHRASE = "lifecycle test passphrase"
 BODY = b"served through the amphora\n"
+#: The drivers of a keramos-worker running real amphorae (``[drivers]``).
+LIFECYCLE_DRIVERS = {"compute": "process", "amphora": "rest", "cert_generator": "local", "cert_manager": "local"}
 
 
 def lifecycle_settings(state_path: str) -> dict[str, dict[str, Any]]:
@@ -114,3 +117,17 @@ def wait_for_traffic(listener_port: int, timeout: float = 15.0) -> None:
             last = error
         time.sleep(0.1)
     raise AssertionError(f"no traffic through port {listener_port}: {last}")
+
+
+def instance_process_groups(compute_id: str) -> set[int]:
+    """Process groups of the processes running in the instance's directory (agent, HAProxy)."""
+    groups = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.path.basename(os.readlink(entry / "cwd")) == compute_id:
+                groups.add(os.getpgid(int(entry.name)))
+        except OSError:
+            continue
+    return groups

@@ -10,32 +10,22 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 from keramos.framework.records import AmphoraStatus, TaskState
 from tests.functional.agent_helpers import free_port, http_backend
-from tests.functional.lifecycle_helpers import BODY, description, lifecycle_settings, wait_for_traffic
-
-DRIVERS = {"compute": "process", "amphora": "rest", "cert_generator": "local", "cert_manager": "local"}
-
-
-def instance_process_groups(compute_id: str) -> set[int]:
-    """Process groups of the processes running in the instance's directory (agent, HAProxy)."""
-    groups = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.path.basename(os.readlink(entry / "cwd")) == compute_id:
-                groups.add(os.getpgid(int(entry.name)))
-        except OSError:
-            continue
-    return groups
+from tests.functional.lifecycle_helpers import (
+    BODY,
+    LIFECYCLE_DRIVERS,
+    description,
+    instance_process_groups,
+    lifecycle_settings,
+    wait_for_traffic,
+)
 
 
 def test_create_traffic_kill_failover_traffic_over_rabbitmq(worker_process, tmp_path):
     settings = lifecycle_settings(str(tmp_path))
-    settings["drivers"] = dict(DRIVERS)
+    settings["drivers"] = dict(LIFECYCLE_DRIVERS)
     settings["amphora"] = {
         "require_signed_images": False,
         "active_timeout": 60.0,
