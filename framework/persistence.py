@@ -24,7 +24,9 @@ Usage::
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import hashlib
 import importlib.util
 import os
 import threading
@@ -166,6 +168,41 @@ def _flow_details(flows: list[sa.Row], atoms: list[sa.Row]) -> list[tuple[str, m
     return list(by_uuid.values())
 
 
+class _WrittenAtoms:
+    """What was last written of each atom detail, minus its progress.
+
+    taskflow saves a task's atom detail when it starts and ends to record its progress (0.0 then
+    1.0), right after and before the state changes that are saved anyway: two of the four writes
+    of every task. Progress is not used to resume a flow (a task that did not finish runs again),
+    so those writes are skipped; state, results and failures are always written. Remembers the
+    most recent ``size`` atoms of this process, by a digest.
+    """
+
+    _PROGRESS_KEYS = ("progress", "progress_details")
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._digests: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def digest(self, atom_uuid: str, fields: dict[str, Any]) -> bytes | None:
+        """The digest of ``fields`` without progress, or None if the last write of the atom had
+        the same (nothing worth writing)."""
+        meta = fields.get("meta") or {}
+        significant = {**fields, "meta": {k: v for k, v in meta.items() if k not in self._PROGRESS_KEYS}}
+        digest = hashlib.blake2b(_dumps(significant).encode(), digest_size=16).digest()
+        with self._lock:
+            return None if self._digests.get(atom_uuid) == digest else digest
+
+    def written(self, atom_uuid: str, digest: bytes) -> None:
+        """Remember that the atom was written with fields of ``digest``."""
+        with self._lock:
+            self._digests[atom_uuid] = digest
+            self._digests.move_to_end(atom_uuid)
+            if len(self._digests) > self._size:
+                self._digests.popitem(last=False)
+
+
 class LeanSQLBackend(base.Backend):
     """Durable taskflow persistence backend on any SQLAlchemy database.
 
@@ -205,6 +242,7 @@ class LeanSQLBackend(base.Backend):
         self._delete_book = _Prepared(LOGBOOKS.delete().where(LOGBOOKS.c.uuid == _KEY), dialect)
         self._clear = [_Prepared(t.delete(), dialect) for t in reversed(METADATA.sorted_tables)]
         self._upserts = {t: _upsert(t, dialect) for t in METADATA.sorted_tables}
+        self._written_atoms = _WrittenAtoms()
 
     def _create_engine(self, url: sa.engine.URL, busy_timeout: float) -> sa.engine.Engine:
         kwargs: dict[str, Any] = {}
@@ -328,15 +366,25 @@ class Connection(base.Connection):
                 cursor.execute(stmt.sql, stmt.params({}))
 
     def update_atom_details(self, atom_detail: models.AtomDetail) -> models.AtomDetail:
-        """Store an existing atom detail as given and return it (``NotFound`` if unknown)."""
+        """Store an existing atom detail as given and return it (``NotFound`` if unknown).
+
+        An update that changes nothing but the task's progress is not written (see
+        :class:`_WrittenAtoms`).
+        """
         stmt = self._backend._update_atom
-        data = _dumps(atom_detail.to_dict())
+        fields = atom_detail.to_dict()
+        written_atoms = self._backend._written_atoms
+        digest = written_atoms.digest(atom_detail.uuid, fields)
+        if digest is None:
+            return atom_detail
+        data = _dumps(fields)
         atom_type = models.atom_detail_type(atom_detail)
         params = stmt.params({"key": atom_detail.uuid, "atom_type": atom_type, "data": data})
         with self._backend._writing(f"updating atom details '{atom_detail.uuid}'") as cursor:
             cursor.execute(stmt.sql, params)
             if cursor.rowcount == 0:
                 raise exc.NotFound(f"No atom details found with uuid '{atom_detail.uuid}'")
+        written_atoms.written(atom_detail.uuid, digest)
         return atom_detail
 
     def update_flow_details(self, flow_detail: models.FlowDetail) -> models.FlowDetail:

@@ -118,6 +118,75 @@ def test_update_atom_details_writes_through(conn: persistence.Connection) -> Non
     assert stored.revert_failure.exception_str == "revert broke"
 
 
+def _count_atom_writes(backend: LeanSQLBackend, monkeypatch) -> list[str]:
+    writes: list[str] = []
+    real_writing = backend._writing
+
+    def counting(what: str):
+        writes.append(what)
+        return real_writing(what)
+
+    monkeypatch.setattr(backend, "_writing", counting)
+    return writes
+
+
+def test_a_progress_only_update_is_not_written_but_any_other_change_is(
+    backend: LeanSQLBackend, conn: persistence.Connection, monkeypatch
+) -> None:
+    conn.save_logbook(_book())
+    writes = _count_atom_writes(backend, monkeypatch)
+    ad = conn.get_atom_details("atom-done")
+    ad.state = states.RUNNING
+    conn.update_atom_details(ad)
+    ad.meta = {**ad.meta, "progress": 0.5, "progress_details": {"at": 1}}
+    conn.update_atom_details(ad)
+    assert len(writes) == 1
+    assert conn.get_atom_details("atom-done").meta.get("progress") is None
+
+    ad.state, ad.results = states.SUCCESS, {"ids": [3]}
+    conn.update_atom_details(ad)
+    ad.meta = {**ad.meta, "owner": "kept"}
+    conn.update_atom_details(ad)
+    assert len(writes) == 3
+    stored = conn.get_atom_details("atom-done")
+    assert (stored.state, stored.results, stored.meta["owner"]) == (states.SUCCESS, {"ids": [3]}, "kept")
+    assert stored.meta["progress"] == 0.5
+
+
+def test_a_failed_atom_write_is_tried_again_next_time(conn: persistence.Connection) -> None:
+    ad = models.TaskDetail("orphan", uuid="atom-orphan")
+    for _ in range(2):
+        with pytest.raises(exceptions.NotFound):
+            conn.update_atom_details(ad)
+
+
+def test_a_flow_run_writes_each_task_twice_and_stores_its_final_state_and_result(
+    backend: LeanSQLBackend, monkeypatch
+) -> None:
+    calls: list[str] = []
+
+    class Step(task.Task):
+        def execute(self) -> str:
+            calls.append(self.name)
+            return self.name
+
+    flow = linear_flow.Flow("f").add(Step("one", provides="a"), Step("two", provides="b"))
+    book = models.LogBook("book")
+    flow_detail = models.FlowDetail("f", uuid="flow-resume")
+    book.add(flow_detail)
+    with contextlib.closing(backend.get_connection()) as connection:
+        connection.save_logbook(book)
+    engine = engines.load(flow, flow_detail=flow_detail, book=book, backend=backend)
+    writes = _count_atom_writes(backend, monkeypatch)
+    engine.run()
+    atom_writes = [what for what in writes if what.startswith("updating atom details")]
+    assert len(atom_writes) == 4  # RUNNING and SUCCESS of each task; progress 0.0 and 1.0 skipped
+    with contextlib.closing(backend.get_connection()) as connection:
+        stored = {ad.name: (ad.state, ad.results) for ad in connection.get_flow_details("flow-resume")}
+    assert stored == {"one": (states.SUCCESS, "one"), "two": (states.SUCCESS, "two")}
+    assert calls == ["one", "two"]
+
+
 def test_update_flow_details_stores_new_atoms(conn: persistence.Connection) -> None:
     conn.save_logbook(_book())
     flow_detail = conn.get_flow_details("flow-1")
