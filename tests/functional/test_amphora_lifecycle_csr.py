@@ -26,6 +26,7 @@ from keramos.framework.testing import InProcessWorker
 from keramos.plugins.agent.identity import ACTIVATED_MARKER
 from keramos.plugins.agent.options import CSR_MODE_KEY_NAME
 from keramos.plugins.amphora_rest import AgentError
+from keramos.plugins.certificates.ca import serial_hex
 from keramos.plugins.compute_process import ProcessCompute
 from tests.functional.agent_helpers import free_port, http_backend
 from tests.functional.lifecycle_helpers import BODY, description, lifecycle_drivers, wait_for_traffic
@@ -108,7 +109,7 @@ def test_csr_mode_amphora_keeps_its_key_and_serves_a_certificate_from_the_server
     assert public_pem(certificate.public_key()) == public_pem(agent_key.public_key())
     assert [a.value for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)] == ["csr-1"]
     (record,) = csr_worker.state_store.find(CertificateRecord, amphora_id="csr-1")
-    assert record.serial == amphora["cert_serial"] == format(certificate.serial_number, "x")
+    assert record.serial == amphora["cert_serial"] == serial_hex(certificate.serial_number)
     bundle = csr_worker.drivers.cert_manager.get(record.cert_ref)
     assert bundle.private_key is None
     assert x509.load_pem_x509_certificate(bundle.certificate) == certificate
@@ -145,5 +146,5 @@ def test_csr_mode_failover_certifies_the_replacement_key_and_traffic_returns(csr
         wait_for_traffic(listener_port)
     assert csr_worker.state_store.get(AmphoraRecord, "csr-2").status == AmphoraStatus.DELETED
     certificate = served_certificate(csr_worker, endpoint_of(new))
-    assert format(certificate.serial_number, "x") == new["cert_serial"]
+    assert serial_hex(certificate.serial_number) == new["cert_serial"]
     assert [c.amphora_id for c in csr_worker.state_store.find(CertificateRecord)] == [new["amphora_id"]]

@@ -24,6 +24,38 @@ def certificate_mode(mode: str) -> dict[str, dict[str, Any]]:
     return {"amphora": {"certificate_mode": mode}}
 
 
+#: The tasks of create_amphora in each ``[amphora] certificate_mode``, in order.
+CREATE_TASKS = [
+    "record_amphora",
+    "verify_amphora_image",
+    "issue_amphora_server_cert",
+    "boot_amphora",
+    "wait_for_amphora_active",
+    "plug_amphora_network",
+    "wait_for_amphora_agent",
+    "activate_amphora",
+    "push_initial_config",
+    "mark_amphora_ready",
+]
+
+#: In csr mode the amphora makes its own key: it is certified once its agent answers.
+CSR_CREATE_TASKS = [
+    "record_amphora",
+    "verify_amphora_image",
+    "boot_amphora",
+    "wait_for_amphora_active",
+    "plug_amphora_network",
+    "sign_amphora_csr",
+    "wait_for_amphora_agent",
+    "activate_amphora",
+    "push_initial_config",
+    "mark_amphora_ready",
+]
+
+CREATE_MODE_TASKS = {"controller": CREATE_TASKS, "csr": CSR_CREATE_TASKS}
+CREATE_TASKS_IN_EVERY_MODE = [(mode, name) for mode, names in CREATE_MODE_TASKS.items() for name in names]
+
+
 class InjectedFault(Exception):
     """Raised by a task made to fail on purpose."""
 

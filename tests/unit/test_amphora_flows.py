@@ -24,6 +24,8 @@ from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateR
 from keramos.framework.testing import InProcessWorker
 from keramos.plugins import noop
 from tests.unit.amphora_helpers import (
+    CREATE_MODE_TASKS,
+    CREATE_TASKS_IN_EVERY_MODE,
     LB,
     InjectedFault,
     certificate_mode,
@@ -35,36 +37,6 @@ from tests.unit.amphora_helpers import (
 )
 
 PAYLOAD = {"amphora_id": "amp-1", "image_id": "img-1"}
-
-CREATE_TASKS = [
-    "record_amphora",
-    "verify_amphora_image",
-    "issue_amphora_server_cert",
-    "boot_amphora",
-    "wait_for_amphora_active",
-    "plug_amphora_network",
-    "wait_for_amphora_agent",
-    "activate_amphora",
-    "push_initial_config",
-    "mark_amphora_ready",
-]
-
-#: In csr mode the amphora makes its own key: it is certified once its agent answers.
-CSR_CREATE_TASKS = [
-    "record_amphora",
-    "verify_amphora_image",
-    "boot_amphora",
-    "wait_for_amphora_active",
-    "plug_amphora_network",
-    "sign_amphora_csr",
-    "wait_for_amphora_agent",
-    "activate_amphora",
-    "push_initial_config",
-    "mark_amphora_ready",
-]
-
-MODE_TASKS = {"controller": CREATE_TASKS, "csr": CSR_CREATE_TASKS}
-EVERY_TASK = [(mode, name) for mode, names in MODE_TASKS.items() for name in names]
 
 FAULTS = [
     ("image_store", noop.NoopImageStore, "properties"),
@@ -117,13 +89,13 @@ def test_a_driver_failure_at_any_step_in_csr_mode_leaves_nothing_behind(kind, cl
         assert worker.drivers.amphora.configs == {}
 
 
-@pytest.mark.parametrize("mode", MODE_TASKS)
+@pytest.mark.parametrize("mode", CREATE_MODE_TASKS)
 def test_the_flow_runs_the_tasks_the_fault_tests_cover(mode):
     with InProcessWorker(conf_overrides=certificate_mode(mode)) as worker:
-        assert task_names(worker, "create_amphora") == MODE_TASKS[mode]
+        assert task_names(worker, "create_amphora") == CREATE_MODE_TASKS[mode]
 
 
-@pytest.mark.parametrize(("mode", "task_name"), EVERY_TASK)
+@pytest.mark.parametrize(("mode", "task_name"), CREATE_TASKS_IN_EVERY_MODE)
 def test_a_failure_at_every_task_reverts_everything_before_it(mode, task_name):
     faulty = failing_at(CreateAmphora, task_name)
     with InProcessWorker(flows=[faulty], conf_overrides=certificate_mode(mode)) as worker:
