@@ -78,6 +78,10 @@ class NotFound(KeramosError):
     """A resource asked for by id does not exist."""
 
 
+class Conflict(KeramosError):
+    """A record is not in the state a change expects: another flow changed it first."""
+
+
 class Timeout(KeramosError):
     """Something did not happen within the time it was given."""
 

@@ -7,6 +7,7 @@ here when a configuration is pushed at creation and moved on failover.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from taskflow.patterns import linear_flow
 from keramos.flows.tasks import amphora as amphora_tasks
 from keramos.flows.tasks import loadbalancer as lb_tasks
 from keramos.framework.contracts import AmphoraDriver, AmphoraEndpoint, ImageStore, StateStore
-from keramos.framework.errors import KeramosError, NotFound, PayloadError
+from keramos.framework.errors import Conflict, KeramosError, NotFound, PayloadError
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, LoadBalancerRecord
 from keramos.framework.runner import jsonable
 from keramos.plugins.images.signature import (
@@ -193,9 +194,15 @@ class PushInitialConfig(task.Task):
 
 
 class LoadFailedAmphora(task.Task):
-    """Fetch the amphora to fail over and name its replacement; the old one is left untouched."""
+    """Claim the amphora to fail over and name its replacement.
+
+    The amphora turns PENDING_FAILOVER from READY or ERROR in one compare-and-set, so that of two
+    failovers cast for it (two health managers, an operator and a health manager) one runs and
+    the other is refused before it boots anything. On revert it gets its status back.
+    """
 
     default_provides = ("failed_amphora", "replacement_id", "image_id", "network_id")
+    _FAILABLE = (AmphoraStatus.READY, AmphoraStatus.ERROR)
 
     def __init__(self, state_store: StateStore) -> None:
         super().__init__(name="load_failed_amphora")
@@ -205,11 +212,29 @@ class LoadFailedAmphora(task.Task):
         record = self.state_store.get(AmphoraRecord, amphora_id)
         if record is None or record.status in (AmphoraStatus.DELETED, AmphoraStatus.PENDING_DELETE):
             raise NotFound(f"no amphora {amphora_id} to fail over")
-        if record.status not in (AmphoraStatus.READY, AmphoraStatus.ERROR):
-            raise KeramosError(f"amphora {amphora_id} is {record.status}: not failed over")
         if not record.image_id:
             raise KeramosError(f"amphora {amphora_id} has no image on record to boot again")
+        try:
+            self.state_store.update_if(
+                AmphoraRecord,
+                amphora_id,
+                {"status": self._FAILABLE},
+                status=AmphoraStatus.PENDING_FAILOVER,
+            )
+        except Conflict as error:
+            raise Conflict(f"amphora {amphora_id} is not failed over: {error}") from None
         return jsonable(record.to_dict()), replacement_id_for(amphora_id), record.image_id, None
+
+    def revert(self, amphora_id: str, result: Any, **kwargs: Any) -> None:
+        if not isinstance(result, (list, tuple)):
+            return
+        with contextlib.suppress(Conflict, NotFound):
+            self.state_store.update_if(
+                AmphoraRecord,
+                amphora_id,
+                {"status": (AmphoraStatus.PENDING_FAILOVER,)},
+                status=result[0]["status"],
+            )
 
 
 class MoveLoadBalancerConfigs(task.Task):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
 from keramos.framework.contracts.base import Driver
@@ -35,6 +36,22 @@ class StateStore(Driver):
 
         Raises :class:`~keramos.framework.errors.NotFound` if there is no such record and
         :class:`TypeError` for a field the record type does not have.
+        """
+
+    @abc.abstractmethod
+    def update_if(
+        self,
+        record_type: type[R],
+        key: str,
+        expected: Mapping[str, Collection[Any]],
+        **changes: Any,
+    ) -> R:
+        """:meth:`update` only if each field named in ``expected`` holds one of its values now,
+        atomically (compare and set): of two callers expecting the same state, one wins.
+
+        Raises :class:`~keramos.framework.errors.Conflict` (naming the current values) when a
+        field holds another value, and :class:`~keramos.framework.errors.NotFound` or
+        :class:`TypeError` as :meth:`update` does.
         """
 
     @abc.abstractmethod

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
 from keramos.framework.contracts import StateStore
-from keramos.framework.errors import NotFound
+from keramos.framework.errors import Conflict, NotFound
 from keramos.framework.records import Record, utcnow
-from keramos.plugins.state_store import check_changes
+from keramos.plugins.state_store import check_changes, conflict_message
 
 R = TypeVar("R", bound=Record)
 
@@ -32,17 +33,39 @@ class MemoryStateStore(StateStore):
             found = self._tables.get(record_type, {}).get(key)
             return copy.deepcopy(found)
 
+    def _stored(self, record_type: type[R], key: str) -> R:
+        record = self._tables.get(record_type, {}).get(key)
+        if record is None:
+            raise NotFound(f"no {record_type.__name__} {key}")
+        return record
+
+    @staticmethod
+    def _change(record: R, changes: dict[str, Any]) -> R:
+        for name, value in changes.items():
+            setattr(record, name, copy.deepcopy(value))
+        if hasattr(record, "updated_at"):
+            record.updated_at = utcnow()
+        return copy.deepcopy(record)
+
     def update(self, record_type: type[R], key: str, **changes: Any) -> R:
         check_changes(record_type, changes)
         with self._lock:
-            record = self._tables.get(record_type, {}).get(key)
-            if record is None:
-                raise NotFound(f"no {record_type.__name__} {key}")
-            for name, value in changes.items():
-                setattr(record, name, copy.deepcopy(value))
-            if hasattr(record, "updated_at"):
-                record.updated_at = utcnow()
-            return copy.deepcopy(record)
+            return self._change(self._stored(record_type, key), changes)
+
+    def update_if(
+        self,
+        record_type: type[R],
+        key: str,
+        expected: Mapping[str, Collection[Any]],
+        **changes: Any,
+    ) -> R:
+        check_changes(record_type, {**dict.fromkeys(expected), **changes})
+        with self._lock:
+            record = self._stored(record_type, key)
+            current = {name: getattr(record, name) for name in expected}
+            if any(current[name] not in values for name, values in expected.items()):
+                raise Conflict(conflict_message(record_type, key, current, expected))
+            return self._change(record, changes)
 
     def delete(self, record_type: type[R], key: str) -> None:
         with self._lock:

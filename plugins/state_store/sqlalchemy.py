@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from oslo_config import cfg
 
 from keramos.framework.contracts import StateStore
-from keramos.framework.errors import ConfigError, NotFound
+from keramos.framework.errors import ConfigError, Conflict, NotFound
 from keramos.framework.persistence import make_sqlite_directory
 from keramos.framework.records import RECORD_TYPES, Record, utcnow
-from keramos.plugins.state_store import check_changes, field_types
+from keramos.plugins.state_store import check_changes, conflict_message, field_types
 
 R = TypeVar("R", bound=Record)
 
@@ -158,6 +159,30 @@ class SQLAlchemyStateStore(StateStore):
                 raise NotFound(f"no {record_type.__name__} {key}")
             row = connection.execute(table.select().where(key_column == key)).one()
         return self._to_record(record_type, row)
+
+    def update_if(
+        self,
+        record_type: type[R],
+        key: str,
+        expected: Mapping[str, Collection[Any]],
+        **changes: Any,
+    ) -> R:
+        check_changes(record_type, {**dict.fromkeys(expected), **changes})
+        table = TABLES[record_type]
+        if "updated_at" in table.c:
+            changes = {**changes, "updated_at": utcnow()}
+        key_column = table.c[record_type.key]
+        condition = sa.and_(key_column == key, *(table.c[name].in_(list(values)) for name, values in expected.items()))
+        with self.engine.begin() as connection:
+            updated = connection.execute(table.update().where(condition).values(changes))
+            row = connection.execute(table.select().where(key_column == key)).first()
+        if row is None:
+            raise NotFound(f"no {record_type.__name__} {key}")
+        record = self._to_record(record_type, row)
+        if updated.rowcount == 0:
+            current = {name: getattr(record, name) for name in expected}
+            raise Conflict(conflict_message(record_type, key, current, expected))
+        return record
 
     def delete(self, record_type: type[R], key: str) -> None:
         table = TABLES[record_type]

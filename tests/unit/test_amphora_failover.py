@@ -3,11 +3,14 @@ amphora as it was and nothing of the replacement."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
+
 import pytest
 
 from keramos.flows.amphora import FailoverAmphora
 from keramos.flows.tasks.amphora_lifecycle import replacement_id_for
-from keramos.framework.errors import DriverError, KeramosError, NotFound
+from keramos.framework.errors import Conflict, DriverError, KeramosError, NotFound
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord
 from keramos.framework.testing import InProcessWorker
 from keramos.plugins import noop
@@ -224,3 +227,45 @@ def test_an_original_id_containing_the_failover_mark_keeps_its_whole_name():
     assert first.startswith("web-fo-prod-fo-") and len(first) == len("web-fo-prod-fo-") + 8
     assert replacement_id_for(first).startswith("web-fo-prod-fo-")
     assert replacement_id_for("web-fo-1").startswith("web-fo-1-fo-")
+
+
+class GatedCompute(noop.NoopCompute):
+    """Noop compute whose builds wait until the test opens the gate."""
+
+    def __init__(self, conf) -> None:
+        super().__init__(conf)
+        self.building = threading.Event()
+        self.gate = threading.Event()
+
+    def build(self, amphora_id, image_id, config_drive, *, flavor=None) -> str:
+        if "-fo-" in amphora_id:
+            self.building.set()
+            assert self.gate.wait(30), "the test never opened the gate"
+        return super().build(amphora_id, image_id, config_drive, flavor=flavor)
+
+
+def test_a_second_failover_of_an_amphora_being_failed_over_is_refused_before_it_boots_anything():
+    with InProcessWorker(compute=GatedCompute) as worker:
+        create_with_lb(worker)
+        compute = worker.drivers.compute
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(worker.run, "failover_amphora", {"amphora_id": "amp-1"})
+            assert compute.building.wait(30)
+            assert worker.state_store.get(AmphoraRecord, "amp-1").status == AmphoraStatus.PENDING_FAILOVER
+            with pytest.raises(Conflict, match="amp-1 is not failed over: .*status is 'PENDING_FAILOVER'"):
+                worker.run("failover_amphora", {"amphora_id": "amp-1"})
+            compute.gate.set()
+            new = first.result(timeout=30)["amphora"]
+        assert [a.amphora_id for a in replacements(worker)] == [new["amphora_id"]]
+        assert worker.state_store.get(AmphoraRecord, "amp-1").status == AmphoraStatus.DELETED
+        assert members(worker) == [new["amphora_id"]]
+
+
+def test_a_failed_failover_gives_the_amphora_its_status_back_so_it_can_be_failed_over_again():
+    with InProcessWorker(compute=failing(noop.NoopCompute, "build")) as worker:
+        worker.state_store.save(AmphoraRecord("amp-1", status=AmphoraStatus.ERROR, image_id="img-1"))
+        with pytest.raises(DriverError):
+            worker.run("failover_amphora", {"amphora_id": "amp-1"})
+        assert worker.state_store.get(AmphoraRecord, "amp-1").status == AmphoraStatus.ERROR
+        with pytest.raises(DriverError):
+            worker.run("failover_amphora", {"amphora_id": "amp-1"})

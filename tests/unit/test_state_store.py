@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 import pytest
 
 from keramos.framework.config import make_conf
-from keramos.framework.errors import ConfigError, NotFound
+from keramos.framework.errors import ConfigError, Conflict, NotFound
 from keramos.framework.records import AmphoraRecord, CertificateRecord, TaskRecord, TaskState
 from keramos.plugins.state_store.memory import MemoryStateStore
 from keramos.plugins.state_store.sqlalchemy import SQLAlchemyStateStore
@@ -61,9 +62,40 @@ def state_store_behaviour(store):
     store.save(CertificateRecord(serial="ab12", kind="server", subject="a1", not_after=not_after))
     assert store.get(CertificateRecord, "ab12").not_after == not_after
 
+    changed = store.update_if(AmphoraRecord, "a2", {"status": ("READY", "ERROR")}, status="PENDING_FAILOVER")
+    assert changed.status == "PENDING_FAILOVER"
+    with pytest.raises(Conflict, match="a2: status is 'PENDING_FAILOVER', expected status in \\['ERROR', 'READY'\\]"):
+        store.update_if(AmphoraRecord, "a2", {"status": ("READY", "ERROR")}, status="PENDING_FAILOVER", error="x")
+    assert store.get(AmphoraRecord, "a2").error is None
+    with pytest.raises(NotFound):
+        store.update_if(AmphoraRecord, "nobody", {"status": ("READY",)}, status="ERROR")
+    with pytest.raises(TypeError, match="no field"):
+        store.update_if(AmphoraRecord, "a2", {"colour": ("blue",)}, status="ERROR")
+
     store.delete(AmphoraRecord, "a1")
     store.delete(AmphoraRecord, "a1")
     assert store.get(AmphoraRecord, "a1") is None
+
+
+def test_of_many_threads_expecting_the_same_state_exactly_one_changes_it(store):
+    store.save(AmphoraRecord(amphora_id="a1", status="READY"))
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def claim(index: int) -> None:
+        barrier.wait()
+        try:
+            store.update_if(AmphoraRecord, "a1", {"status": ("READY",)}, status="PENDING_FAILOVER", error=str(index))
+            outcomes.append("won")
+        except Conflict:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=claim, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["refused"] * 7 + ["won"]
 
 
 def test_state_store_behaviour(store):
