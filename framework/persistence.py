@@ -173,9 +173,11 @@ class _WrittenAtoms:
 
     taskflow saves a task's atom detail when it starts and ends to record its progress (0.0 then
     1.0), right after and before the state changes that are saved anyway: two of the four writes
-    of every task. Progress is not used to resume a flow (a task that did not finish runs again),
-    so those writes are skipped; state, results and failures are always written. Remembers the
-    most recent ``size`` atoms of this process, by a digest.
+    of every task. It also saves every atom of a flow again each time the flow's own state
+    changes. Progress is not used to resume a flow (a task that did not finish runs again), so an
+    atom is written only when something else changed: state, results and failures always are.
+    Remembers the most recent ``size`` atoms of this process, by a digest; atom uuids are never
+    reused once their logbook is destroyed, and :meth:`forget_all` follows ``clear_all``.
     """
 
     _PROGRESS_KEYS = ("progress", "progress_details")
@@ -193,6 +195,11 @@ class _WrittenAtoms:
         digest = hashlib.blake2b(_dumps(significant).encode(), digest_size=16).digest()
         with self._lock:
             return None if self._digests.get(atom_uuid) == digest else digest
+
+    def forget_all(self) -> None:
+        """Forget every write (the rows are gone): the next update of any atom is written."""
+        with self._lock:
+            self._digests.clear()
 
     def written(self, atom_uuid: str, digest: bytes) -> None:
         """Remember that the atom was written with fields of ``digest``."""
@@ -364,6 +371,7 @@ class Connection(base.Connection):
         with self._backend._writing("clearing all entries") as cursor:
             for stmt in self._backend._clear:
                 cursor.execute(stmt.sql, stmt.params({}))
+        self._backend._written_atoms.forget_all()
 
     def update_atom_details(self, atom_detail: models.AtomDetail) -> models.AtomDetail:
         """Store an existing atom detail as given and return it (``NotFound`` if unknown).
@@ -391,12 +399,20 @@ class Connection(base.Connection):
         """Store an existing flow detail and its atom details; return it (``NotFound`` if unknown)."""
         stmt = self._backend._update_flow
         params = stmt.params({"key": flow_detail.uuid, "data": _dumps(flow_detail.to_dict())})
-        rows = [_atom_row(ad, flow_detail.uuid) for ad in flow_detail]
+        written_atoms = self._backend._written_atoms
+        changed = []
+        for ad in flow_detail:
+            digest = written_atoms.digest(ad.uuid, ad.to_dict())
+            if digest is not None:
+                changed.append((ad, digest))
+        rows = [_atom_row(ad, flow_detail.uuid) for ad, _digest in changed]
         with self._backend._writing(f"updating flow details '{flow_detail.uuid}'") as cursor:
             cursor.execute(stmt.sql, params)
             if cursor.rowcount == 0:
                 raise exc.NotFound(f"No flow details found with uuid '{flow_detail.uuid}'")
             self._backend._upsert(cursor, ATOMDETAILS, rows)
+        for ad, digest in changed:
+            written_atoms.written(ad.uuid, digest)
         return flow_detail
 
     def save_logbook(self, book: models.LogBook) -> models.LogBook:

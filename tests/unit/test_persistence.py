@@ -153,6 +153,34 @@ def test_a_progress_only_update_is_not_written_but_any_other_change_is(
     assert stored.meta["progress"] == 0.5
 
 
+def test_a_flow_update_writes_only_the_atoms_that_changed_and_all_of_them_after_clear_all(
+    backend: LeanSQLBackend, conn: persistence.Connection, monkeypatch
+) -> None:
+    upserted: list[int] = []
+    real_upsert = backend._upsert
+
+    def counting(cursor, table, rows):
+        if table is persistence.ATOMDETAILS:
+            upserted.append(len(rows))
+        return real_upsert(cursor, table, rows)
+
+    monkeypatch.setattr(backend, "_upsert", counting)
+    for _ in range(2):
+        conn.save_logbook(_book())
+        upserted.clear()
+        flow_detail = conn.get_flow_details("flow-1")
+        conn.update_flow_details(flow_detail)
+        flow_detail.state = states.SUCCESS
+        conn.update_flow_details(flow_detail)
+        flow_detail.find("atom-done").results = {"ids": [9]}
+        conn.update_flow_details(flow_detail)
+        assert upserted == [3, 0, 1]
+        stored = conn.get_flow_details("flow-1")
+        assert stored.state == states.SUCCESS
+        assert stored.find("atom-done").results == {"ids": [9]}
+        conn.clear_all()
+
+
 def test_a_failed_atom_write_is_tried_again_next_time(conn: persistence.Connection) -> None:
     ad = models.TaskDetail("orphan", uuid="atom-orphan")
     for _ in range(2):
