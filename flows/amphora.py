@@ -80,17 +80,19 @@ class _AmphoraFlowFactory(FlowFactory):
         drivers = self.drivers
         options = self.conf[GROUP]
         csr_mode = options.certificate_mode == "csr"
-        issue = tasks.IssueAmphoraServerCert(
-            drivers.cert_generator, drivers.cert_manager, drivers.state_store, rebind=rebind
-        )
-        sign = tasks.SignAmphoraCSR(
-            drivers.amphora,
-            drivers.cert_generator,
-            drivers.cert_manager,
-            drivers.state_store,
-            timeout=options.agent_timeout,
-            rebind=rebind,
-        )
+        if csr_mode:
+            certify = tasks.SignAmphoraCSR(
+                drivers.amphora,
+                drivers.cert_generator,
+                drivers.cert_manager,
+                drivers.state_store,
+                timeout=options.agent_timeout,
+                rebind=rebind,
+            )
+        else:
+            certify = tasks.IssueAmphoraServerCert(
+                drivers.cert_generator, drivers.cert_manager, drivers.state_store, rebind=rebind
+            )
         return [
             tasks.RecordAmphora(drivers.state_store, rebind=rebind),
             lifecycle.VerifyAmphoraImage(
@@ -98,7 +100,7 @@ class _AmphoraFlowFactory(FlowFactory):
                 self._verify_image.build,
                 require_signed=options.require_signed_images,
             ),
-            *([] if csr_mode else [issue]),
+            *([] if csr_mode else [certify]),
             tasks.BootAmphora(
                 drivers.compute,
                 drivers.cert_generator,
@@ -112,7 +114,7 @@ class _AmphoraFlowFactory(FlowFactory):
                 drivers.compute, timeout=options.active_timeout, interval=options.poll_interval
             ),
             tasks.PlugAmphoraNetwork(drivers.network, rebind=rebind),
-            *([sign] if csr_mode else []),
+            *([certify] if csr_mode else []),
             tasks.WaitForAmphoraAgent(drivers.amphora, timeout=options.agent_timeout, rebind=rebind),
             tasks.ActivateAmphora(drivers.amphora, drivers.state_store, rebind=rebind),
         ]
