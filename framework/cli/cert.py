@@ -21,6 +21,7 @@ from keramos.framework.cli.ca import (
     certificates_conf,
     resolve_passphrase,
 )
+from keramos.framework.cli.progress import print_table
 from keramos.framework.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -110,9 +111,7 @@ def _list(args: argparse.Namespace) -> int:
         )
         for r in records
     ]
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print_table(header, rows)
     return 0
 
 

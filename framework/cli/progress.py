@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 _SHOWN_STATES = {
@@ -47,6 +47,14 @@ class ProgressPrinter:
             if reason:
                 line += f": {reason}"
         print(line, file=self.out, flush=True)
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO | None = None) -> None:
+    """Print rows under a header, each column as wide as its widest cell."""
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print(line.rstrip(), file=out or sys.stdout)
 
 
 def print_json(document: Any, out: TextIO | None = None) -> None:

@@ -1,0 +1,106 @@
+"""``keramos amphora``: what the state store records of the amphorae, for operators.
+
+``list`` shows one line per amphora (status, where its agent answers, its server certificate,
+how long ago its last heartbeat arrived); ``show`` prints one record as JSON. Both read the
+configured state store directly, as the health manager does; no worker needs to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from keramos.framework.cli.progress import print_json, print_table
+
+if TYPE_CHECKING:
+    from oslo_config import cfg
+
+    from keramos.framework.contracts import StateStore
+    from keramos.framework.records import AmphoraRecord
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "amphora",
+        help="list and show the amphorae the state store records",
+        description="List and show amphorae as the state store records them. To act on one, cast "
+        "its flow: 'keramos cast failover_amphora --payload {\"amphora_id\": ...} --wait'.",
+    )
+    commands = parser.add_subparsers(dest="amphora_command", metavar="COMMAND", required=True)
+    listing = commands.add_parser(
+        "list",
+        help="one line per amphora, oldest first",
+        description="One line per amphora, oldest first: status, agent address, server "
+        "certificate serial, seconds since its last heartbeat ('-' if none arrived) and, for an "
+        "amphora in ERROR, why.",
+    )
+    listing.add_argument("--status", metavar="STATUS", help="only amphorae in this status (READY, ERROR, ...)")
+    listing.add_argument(
+        "--all", action="store_true", help="include DELETED amphorae (left out by default)"
+    )
+    listing.set_defaults(func=_list)
+    show = commands.add_parser("show", help="one amphora's record, as JSON")
+    show.add_argument("amphora_id", metavar="AMPHORA_ID")
+    show.set_defaults(func=_show)
+
+
+def _state_store(conf: cfg.ConfigOpts) -> StateStore:
+    from keramos.framework.loader import load_driver
+
+    return load_driver("state_store", conf.drivers.state_store, conf)
+
+
+def _heartbeat_age(record: AmphoraRecord) -> str:
+    from keramos.framework.records import utcnow
+
+    if record.last_heartbeat_at is None:
+        return "-"
+    return f"{(utcnow() - record.last_heartbeat_at).total_seconds():.0f}s"
+
+
+def _list(args: argparse.Namespace) -> int:
+    from keramos.framework.records import AmphoraRecord, AmphoraStatus
+
+    state_store = _state_store(args.conf())
+    try:
+        filters = {"status": args.status.upper()} if args.status else {}
+        records = state_store.find(AmphoraRecord, **filters)
+    finally:
+        state_store.close()
+    if not (args.all or args.status):
+        records = [r for r in records if r.status != AmphoraStatus.DELETED]
+    if not records:
+        print("no amphorae recorded")
+        return 0
+    header = ("AMPHORA", "STATUS", "AGENT", "CERTIFICATE", "HEARTBEAT", "ERROR")
+    rows = [
+        (
+            r.amphora_id,
+            r.status,
+            f"{r.address}:{r.agent_port}" if r.address else "-",
+            r.cert_serial or "-",
+            _heartbeat_age(r),
+            (r.error or "")[:60],
+        )
+        for r in records
+    ]
+    print_table(header, rows)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from keramos.framework.records import AmphoraRecord
+
+    state_store = _state_store(args.conf())
+    try:
+        record = state_store.get(AmphoraRecord, args.amphora_id)
+    finally:
+        state_store.close()
+    if record is None:
+        print(f"keramos amphora: no amphora {args.amphora_id}", file=sys.stderr)
+        return 1
+    document = record.to_dict()
+    document["activation_token_unused"] = document.pop("activation_token_hash") is not None
+    print_json(document)
+    return 0
