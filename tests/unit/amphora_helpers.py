@@ -7,6 +7,7 @@ from typing import Any
 from keramos.framework.errors import DriverError
 from keramos.framework.records import CertificateRecord, LoadBalancerRecord
 from keramos.framework.testing import InProcessWorker
+from keramos.plugins import noop
 
 LB = {
     "lb_id": "lb-1",
@@ -58,6 +59,18 @@ CREATE_TASKS_IN_EVERY_MODE = [(mode, name) for mode, names in CREATE_MODE_TASKS.
 
 class InjectedFault(Exception):
     """Raised by a task made to fail on purpose."""
+
+
+class RecordingCompute(noop.NoopCompute):
+    """Noop compute that keeps every config drive it is given, by amphora id."""
+
+    def __init__(self, conf) -> None:
+        super().__init__(conf)
+        self.drives: dict[str, dict[str, bytes]] = {}
+
+    def build(self, amphora_id, image_id, config_drive, *, flavor=None) -> str:
+        self.drives[amphora_id] = dict(config_drive)
+        return super().build(amphora_id, image_id, config_drive, flavor=flavor)
 
 
 def failing(cls: type, method: str) -> type:

@@ -28,6 +28,7 @@ from tests.unit.amphora_helpers import (
     CREATE_TASKS_IN_EVERY_MODE,
     LB,
     InjectedFault,
+    RecordingCompute,
     certificate_mode,
     failing,
     failing_at,
@@ -182,18 +183,6 @@ def test_an_existing_amphora_is_not_created_twice_nor_disturbed():
             worker.run("create_amphora", PAYLOAD)
         assert worker.state_store.get(AmphoraRecord, "amp-1").status == AmphoraStatus.READY
         assert len(worker.drivers.compute.instances) == 1
-
-
-class RecordingCompute(noop.NoopCompute):
-    """Keeps every config drive it is given."""
-
-    def __init__(self, conf) -> None:
-        super().__init__(conf)
-        self.drives: dict[str, dict[str, bytes]] = {}
-
-    def build(self, amphora_id, image_id, config_drive, *, flavor=None) -> str:
-        self.drives[amphora_id] = dict(config_drive)
-        return super().build(amphora_id, image_id, config_drive, flavor=flavor)
 
 
 class HashWatchingAmphora(noop.NoopAmphora):

@@ -9,23 +9,11 @@ from oslo_config import cfg
 from keramos.flows.tasks.amphora import AGENT_CONFIG_FILE
 from keramos.framework.errors import KeramosError
 from keramos.framework.testing import InProcessWorker
-from keramos.plugins import noop
 from keramos.plugins.agent.options import register_opts as register_agent_opts
+from tests.unit.amphora_helpers import RecordingCompute
 
 PAYLOAD = {"amphora_id": "amp-1", "image_id": "img-1"}
 KEY = "heartbeat key shared with the health manager"
-
-
-class RecordingCompute(noop.NoopCompute):
-    """Keeps every config drive it is given."""
-
-    def __init__(self, conf) -> None:
-        super().__init__(conf)
-        self.drives: dict[str, dict[str, bytes]] = {}
-
-    def build(self, amphora_id, image_id, config_drive, *, flavor=None) -> str:
-        self.drives[amphora_id] = dict(config_drive)
-        return super().build(amphora_id, image_id, config_drive, flavor=flavor)
 
 
 def agent_options(tmp_path, drive: dict[str, bytes]) -> cfg.ConfigOpts:
