@@ -10,9 +10,10 @@
    at about 2.6 flows/s on this kind of machine (RSA keygen and a database round trip per task
    dominate); the goal is 10 times that.
 2. With the process compute driver, the rest amphora driver and the local dual CA (real agents
-   on loopback): p50 and p99 seconds from cast to READY for ``amphorae`` created at once. The raw
-   column is the cost of starting the same agents directly (build + wait until reachable),
-   without the flow.
+   on loopback): p50 and p99 seconds from cast to READY for ``amphorae`` created at once, in
+   both ``[amphora] certificate_mode`` (csr: the agents make their keys, the controller signs
+   their CSRs). The raw column is the cost of starting the same agents directly (build + wait
+   until reachable), without the flow.
 
 Run ``python bench/bench_lifecycle.py [CREATIONS]``; progress goes to stderr, the table
 to stdout.
@@ -173,24 +174,37 @@ def _process_rows(amphorae: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="keramos-bench-lifecycle-") as directory:
         drivers = lifecycle_drivers(directory)
         compute, amphora = drivers["compute"], drivers["amphora"]
-        overrides = {
-            "amphora": {"require_signed_images": False, "active_timeout": 120.0, "agent_timeout": 120.0},
-            "worker": {"executor_threads": max(16, amphorae)},
-        }
+        latencies: dict[str, list[float]] = {}
         try:
             raw = _raw_boot_latencies(compute, amphora, drivers["cert_generator"], amphorae)
-            with InProcessWorker(conf_overrides=overrides, state_path=Path(directory) / "s", **drivers) as worker:
-                keramos = _cast_to_ready_latencies(worker, amphorae)
-                for index in range(amphorae):
-                    worker.run("delete_amphora", {"amphora_id": f"lat-{index}"})
+            for mode in ("controller", "csr"):
+                overrides = {
+                    "amphora": {
+                        "require_signed_images": False,
+                        "active_timeout": 120.0,
+                        "agent_timeout": 120.0,
+                        "certificate_mode": mode,
+                    },
+                    "worker": {"executor_threads": max(16, amphorae)},
+                }
+                state_path = Path(directory) / f"state-{mode}"
+                with InProcessWorker(conf_overrides=overrides, state_path=state_path, **drivers) as worker:
+                    latencies[mode] = _cast_to_ready_latencies(worker, amphorae)
+                    for index in range(amphorae):
+                        worker.run("delete_amphora", {"amphora_id": f"lat-{index}"})
         finally:
             compute.close()
             amphora.close()
+    keramos, csr = latencies["controller"], latencies["csr"]
     return [
         row(f"cast->READY p50, {amphorae} at once, process driver (raw: agents started bare)",
             statistics.median(keramos), statistics.median(raw), "s", "<= 2x"),
         row(f"cast->READY p99, {amphorae} at once, process driver (raw: agents started bare)",
             _percentile(keramos, 0.99), _percentile(raw, 0.99), "s", "<= 2x"),
+        row(f"cast->READY p50, {amphorae} at once, csr mode (raw: agents started bare)",
+            statistics.median(csr), statistics.median(raw), "s", "info"),
+        row(f"cast->READY p99, {amphorae} at once, csr mode (raw: agents started bare)",
+            _percentile(csr, 0.99), _percentile(raw, 0.99), "s", "info"),
     ]
 
 
