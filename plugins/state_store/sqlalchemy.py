@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from oslo_config import cfg
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from keramos.framework.contracts import StateStore
 from keramos.framework.errors import ConfigError, Conflict, NotFound
@@ -104,6 +107,39 @@ def add_missing_columns(engine: sa.engine.Engine) -> list[str]:
     return added
 
 
+_KEY_PARAMETER = "record_key"
+
+
+@functools.lru_cache(maxsize=1024)
+def _update_statement(table: sa.Table, key: str, names: tuple[str, ...], returning: bool) -> sa.sql.Executable:
+    """``UPDATE table SET names... WHERE key = :record_key`` (returning the row when the database
+    can), built once per table and set of changed fields."""
+    statement = (
+        table.update()
+        .where(table.c[key] == sa.bindparam(_KEY_PARAMETER))
+        .values({name: sa.bindparam(name) for name in names})
+    )
+    return statement.returning(*table.c) if returning else statement
+
+
+@functools.lru_cache(maxsize=None)
+def _select_statement(table: sa.Table, key: str) -> sa.sql.Executable:
+    """``SELECT * FROM table WHERE key = :record_key``, built once per table."""
+    return table.select().where(table.c[key] == sa.bindparam(_KEY_PARAMETER))
+
+
+@functools.lru_cache(maxsize=None)
+def _native_upsert(dialect_name: str, table: sa.Table, key: str) -> sa.sql.Executable | None:
+    """``INSERT ... ON CONFLICT (key) DO UPDATE`` for SQLite and PostgreSQL: one statement where
+    other databases take an UPDATE and, for a new record, an INSERT."""
+    if dialect_name not in ("sqlite", "postgresql"):
+        return None
+    module = sqlite_dialect if dialect_name == "sqlite" else pg_dialect
+    insert = module.insert(table)
+    others = {column.name: insert.excluded[column.name] for column in table.columns if column.name != key}
+    return insert.on_conflict_do_update(index_elements=[table.c[key]], set_=others)
+
+
 class SQLAlchemyStateStore(StateStore):
     """Records in ``keramos_<table>`` tables of the ``[state_store] connection`` database."""
 
@@ -131,7 +167,11 @@ class SQLAlchemyStateStore(StateStore):
         table = TABLES[type(record)]
         values = dataclasses.asdict(record)
         key_column = table.c[record.key]
+        upsert = _native_upsert(self.engine.dialect.name, table, record.key)
         with self.engine.begin() as connection:
+            if upsert is not None:
+                connection.execute(upsert, values)
+                return record
             updated = connection.execute(
                 table.update().where(key_column == record.key_value).values(values)
             )
@@ -142,9 +182,7 @@ class SQLAlchemyStateStore(StateStore):
     def get(self, record_type: type[R], key: str) -> R | None:
         table = TABLES[record_type]
         with self.engine.connect() as connection:
-            row = connection.execute(
-                table.select().where(table.c[record_type.key] == key)
-            ).first()
+            row = connection.execute(_select_statement(table, record_type.key), {_KEY_PARAMETER: key}).first()
         return None if row is None else self._to_record(record_type, row)
 
     def update(self, record_type: type[R], key: str, **changes: Any) -> R:
@@ -153,11 +191,16 @@ class SQLAlchemyStateStore(StateStore):
         if "updated_at" in table.c:
             changes = {**changes, "updated_at": utcnow()}
         key_column = table.c[record_type.key]
+        returning = self.engine.dialect.update_returning
+        statement = _update_statement(table, record_type.key, tuple(changes), returning)
         with self.engine.begin() as connection:
-            updated = connection.execute(table.update().where(key_column == key).values(changes))
-            if updated.rowcount == 0:
-                raise NotFound(f"no {record_type.__name__} {key}")
-            row = connection.execute(table.select().where(key_column == key)).one()
+            if returning:
+                row = connection.execute(statement, {**changes, _KEY_PARAMETER: key}).first()
+            else:
+                updated = connection.execute(statement, {**changes, _KEY_PARAMETER: key})
+                row = connection.execute(table.select().where(key_column == key)).first() if updated.rowcount else None
+        if row is None:
+            raise NotFound(f"no {record_type.__name__} {key}")
         return self._to_record(record_type, row)
 
     def update_if(

@@ -10,6 +10,7 @@ import pytest
 from keramos.framework.config import make_conf
 from keramos.framework.errors import ConfigError, Conflict, NotFound
 from keramos.framework.records import AmphoraRecord, CertificateRecord, TaskRecord, TaskState
+from keramos.plugins.state_store import sqlalchemy as sqlalchemy_store
 from keramos.plugins.state_store.memory import MemoryStateStore
 from keramos.plugins.state_store.sqlalchemy import SQLAlchemyStateStore
 
@@ -21,9 +22,13 @@ def make_store(kind: str, tmp_path):
     return SQLAlchemyStateStore(conf)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request, tmp_path):
+@pytest.fixture(params=["memory", "sqlite", "sqlite-portable"])
+def store(request, tmp_path, monkeypatch):
     made = make_store(request.param, tmp_path)
+    if request.param == "sqlite-portable":
+        # What databases without ON CONFLICT and UPDATE ... RETURNING (MySQL, MariaDB) run.
+        monkeypatch.setattr(sqlalchemy_store, "_native_upsert", lambda *args: None)
+        monkeypatch.setattr(made.engine.dialect, "update_returning", False)
     yield made
     made.close()
 
