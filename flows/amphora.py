@@ -130,6 +130,7 @@ class CreateAmphora(_AmphoraFlowFactory):
 
     name = "create_amphora"
     version = "1.0"
+    reusable = True
     payload = {
         "amphora_id": Field(str, pattern=IDENTIFIER_PATTERN, help="id of the new amphora"),
         "image_id": Field(str, pattern=IDENTIFIER_PATTERN, help="image to boot"),
@@ -158,6 +159,7 @@ class DeleteAmphora(FlowFactory):
 
     name = "delete_amphora"
     version = "1.0"
+    reusable = True
     payload = {"amphora_id": Field(str, pattern=IDENTIFIER_PATTERN, help="amphora to delete")}
     resource_field = "amphora_id"
 
@@ -184,6 +186,7 @@ class FailoverAmphora(_AmphoraFlowFactory):
 
     name = "failover_amphora"
     version = "1.0"
+    reusable = True
     payload = {"amphora_id": Field(str, pattern=IDENTIFIER_PATTERN, help="amphora to replace")}
     resource_field = "amphora_id"
     result_keys = ("amphora", "moved_loadbalancers")

@@ -22,6 +22,7 @@ class PushConfig(FlowFactory):
 
     name = "push_config"
     version = "1.0"
+    reusable = True
     payload = {
         "lb_id": Field(str, pattern=ID_PATTERN, help="load balancer whose configuration is pushed"),
         "amphora_ids": Field(list, help="the load balancer's amphorae (each READY, with an address)"),

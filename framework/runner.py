@@ -233,7 +233,7 @@ class FlowRunner:
         return book, flow_detail
 
     def _load_engine(self, job: Job, book: models.LogBook, flow_detail: models.FlowDetail):
-        flow = self.flows[job.event].build()
+        flow = self.flows[job.event].flow()
         options: dict[str, Any] = {"engine": self.conf.worker.engine}
         if self._executor is not None:
             options["executor"] = self._executor

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, ClassVar
 
@@ -65,10 +66,17 @@ class FlowFactory(abc.ABC):
         The payload field naming the resource the flow acts on (reported with every event).
     ``result_keys``
         The names, among what the flow's tasks provide, returned to the caller as the result.
+    ``reusable``
+        ``True`` when one flow from ``build`` may be run by many engines, at once and one after
+        the other: its tasks keep no state of their own (what a run needs comes from its
+        arguments, its drivers and the configuration read at build time) and never call
+        ``update_progress`` (progress would reach every engine running the task). The runner
+        then builds the flow once, on first use, and saves rebuilding every task for every run.
+        ``False`` by default.
 
-    The factory is built once per worker with the drivers and the configuration; ``build`` is
-    called for every run and must return a fresh flow whose tasks receive the drivers they need
-    as constructor arguments (never loading drivers themselves).
+    The factory is built once per worker with the drivers and the configuration; ``build`` must
+    return a fresh flow whose tasks receive the drivers they need as constructor arguments (never
+    loading drivers themselves). The runner asks :meth:`flow` for the flow of each run.
     """
 
     name: ClassVar[str]
@@ -76,14 +84,27 @@ class FlowFactory(abc.ABC):
     payload: ClassVar[Mapping[str, Field]] = {}
     resource_field: ClassVar[str | None] = None
     result_keys: ClassVar[tuple[str, ...]] = ()
+    reusable: ClassVar[bool] = False
 
     def __init__(self, drivers: Drivers, conf: cfg.ConfigOpts) -> None:
         self.drivers = drivers
         self.conf = conf
+        self._built: tf_flow.Flow | None = None
+        self._build_lock = threading.Lock()
 
     @abc.abstractmethod
     def build(self) -> tf_flow.Flow:
         """Return a new taskflow flow for one run."""
+
+    def flow(self) -> tf_flow.Flow:
+        """The flow for one run: :meth:`build`'s, built once if the factory is ``reusable``."""
+        if not self.reusable:
+            return self.build()
+        lock = self.__dict__.setdefault("_build_lock", threading.Lock())
+        with lock:
+            if getattr(self, "_built", None) is None:
+                self._built = self.build()
+            return self._built
 
     def periodic_tasks(self) -> list[PeriodicTask]:
         """Periodic work this flow needs (none by default), e.g. casting due rotations."""

@@ -341,3 +341,20 @@ def test_an_agent_answering_as_another_amphora_is_not_activated_and_nothing_is_l
         with pytest.raises(KeramosError, match="answered as someone-else"):
             worker.run("create_amphora", PAYLOAD)
         assert_error_and_clean(worker, "answered as someone-else")
+
+
+def test_creations_at_once_share_one_built_flow_and_each_gets_its_own_amphora():
+    with InProcessWorker(compute=RecordingCompute) as worker:
+        factory = worker.worker.runner.flows["create_amphora"]
+        assert factory.reusable and factory.flow() is factory.flow()
+        requests = {
+            worker.cast("create_amphora", {"amphora_id": f"amp-{i}", "image_id": "img-1"}): f"amp-{i}"
+            for i in range(20)
+        }
+        for request_id, amphora_id in requests.items():
+            assert worker.wait(request_id, timeout=60)["amphora"]["amphora_id"] == amphora_id
+        amphorae = [worker.state_store.get(AmphoraRecord, f"amp-{i}") for i in range(20)]
+        assert all(a.status == AmphoraStatus.READY and a.activation_token_hash is None for a in amphorae)
+        assert len({a.compute_id for a in amphorae}) == len({a.cert_serial for a in amphorae}) == 20
+        tokens = {drive[ACTIVATION_TOKEN_FILE] for drive in worker.drivers.compute.drives.values()}
+        assert len(tokens) == 20

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import subprocess
 import sys
@@ -182,3 +183,57 @@ def test_a_flow_killed_half_way_resumes_from_its_last_completed_task(tmp_path):
     finally:
         runner.close()
     assert lines(markers / "runs") == ["step_1", "step_2", "step_3", "step_3", "step_4", "step_5"]
+
+
+class _BuildCounting(Counting):
+    """Counting that notes every build."""
+
+    builds = 0
+
+    def build(self):
+        type(self).builds += 1
+        return super().build()
+
+
+class _ReusableCounting(_BuildCounting):
+    name = "reusable_counting"
+    reusable = True
+    builds = 0
+
+
+class _FreshCounting(_BuildCounting):
+    name = "fresh_counting"
+    builds = 0
+
+
+def test_a_reusable_flow_is_built_once_and_serves_runs_at_once_each_with_its_own_results(tmp_path):
+    conf = make_conf(config_files=[], overrides={"DEFAULT": {"state_path": str(tmp_path / "state")}})
+    drivers = loader.load_drivers(conf)
+    runner = FlowRunner(
+        conf,
+        drivers,
+        loader.load_flows(conf, drivers, extra=[_ReusableCounting, _FreshCounting]),
+        backend=persistence_backend(conf),
+    )
+    try:
+        markers = [tmp_path / f"m{i}" for i in range(8)]
+        for marker in markers:
+            marker.mkdir()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(
+                pool.map(
+                    lambda i: runner.submit(
+                        envelope("reusable_counting", {"marker_dir": str(markers[i])}, request_id=f"req-{i}")
+                    ),
+                    range(8),
+                )
+            )
+        assert results == [{"step_5": "step_5"}] * 8
+        assert all(lines(marker / "runs") == [f"step_{n}" for n in range(1, 6)] for marker in markers)
+        assert _ReusableCounting.builds == 1
+        for i in range(3):
+            runner.submit(envelope("fresh_counting", {"marker_dir": str(markers[i])}, request_id=f"fresh-{i}"))
+        assert _FreshCounting.builds == 3
+    finally:
+        runner.close()
+        drivers.close()
