@@ -139,10 +139,20 @@ persistence_opts = [
         "synchronous",
         default="normal",
         choices=[
-            ("normal", "SQLite WAL with synchronous=NORMAL: survives a crash of the worker"),
-            ("full", "SQLite synchronous=FULL: survives a power loss too, at some speed"),
+            (
+                "normal",
+                "SQLite WAL with synchronous=NORMAL, PostgreSQL synchronous_commit=off: survives a "
+                "crash of the worker; a power loss or a crash of the database server may lose the "
+                "last fraction of a second of progress (a flow then resumes from an earlier task)",
+            ),
+            (
+                "full",
+                "SQLite synchronous=FULL, PostgreSQL's own synchronous_commit: survives a power "
+                "loss too, at some speed",
+            ),
         ],
-        help="Durability of SQLite persistence (ignored by other databases).",
+        help="Durability of flow progress writes on SQLite and PostgreSQL (other databases keep "
+        "their own settings). The state store is not affected.",
     ),
     cfg.BoolOpt(
         "keep_completed",

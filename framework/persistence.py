@@ -275,7 +275,19 @@ class LeanSQLBackend(base.Backend):
             raise ValueError(f"unsupported connection URL {url.render_as_string()!r}: {err}") from None
         if engine.dialect.name == "sqlite":
             sa.event.listen(engine, "connect", self._on_sqlite_connect)
+        elif engine.dialect.name == "postgresql" and self._synchronous == "NORMAL":
+            sa.event.listen(engine, "connect", self._on_postgresql_connect)
         return engine
+
+    @staticmethod
+    def _on_postgresql_connect(dbapi_conn: Any, _record: Any) -> None:
+        # As SQLite's synchronous=NORMAL: a commit survives this process dying at once, and the
+        # server's crash or a power loss within a fraction of a second may lose it (never
+        # corrupt anything); "full" keeps the server's own setting.
+        cursor = dbapi_conn.cursor()
+        cursor.execute("SET synchronous_commit TO off")
+        cursor.close()
+        dbapi_conn.commit()
 
     def _on_sqlite_connect(self, dbapi_conn: Any, _record: Any) -> None:
         for pragma in ("foreign_keys=ON", "journal_mode=WAL", f"synchronous={self._synchronous}"):

@@ -206,3 +206,13 @@ def test_flow_killed_with_sigkill_resumes(backend: LeanSQLBackend, db_url: str, 
         flow_detail = conn.get_flow_details(ids["flow"])
     assert flow_detail.state == states.SUCCESS
     assert {ad.name: ad.results for ad in flow_detail} == {f"t{i}": i for i in range(1, 7)}
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("normal", "off"), ("full", "on")])
+def test_the_synchronous_mode_sets_how_durable_each_commit_is(db_url: str, mode: str, expected: str) -> None:
+    backend = get_backend(db_url, synchronous=mode)
+    try:
+        with backend.engine.connect() as db:
+            assert db.execute(sa.text("SHOW synchronous_commit")).scalar() == expected
+    finally:
+        backend.close()
