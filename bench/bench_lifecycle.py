@@ -66,6 +66,7 @@ class _TenNoopTasks(FlowFactory):
 
     name = "bench_ten_noop_tasks"
     version = "1.0"
+    reusable = True
     payload = {"amphora_id": Field(str), "image_id": Field(str)}
     resource_field = "amphora_id"
 
