@@ -10,11 +10,12 @@ lets the health manager fail it over.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from keramos.framework.cli import demo_amphorae
 from keramos.framework.cli.progress import ProgressPrinter
@@ -76,20 +77,32 @@ def _show_outcome(worker: InProcessWorker, request_id: str) -> TaskRecord:
     return record
 
 
-def _show_worker_log() -> logging.Handler:
+@contextlib.contextmanager
+def _worker_log_on_stdout() -> Iterator[None]:
+    """Show Keramos's INFO log among the demo's lines; put logging back as it was afterwards."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("    worker log: %(levelname)s %(message)s"))
     handler.setLevel(logging.INFO)
     keramos_logger = logging.getLogger("keramos")
+    saved = (keramos_logger.level, keramos_logger.propagate)
     keramos_logger.addHandler(handler)
     keramos_logger.setLevel(logging.INFO)
     keramos_logger.propagate = False
-    return handler
+    try:
+        yield
+    finally:
+        keramos_logger.removeHandler(handler)
+        keramos_logger.setLevel(saved[0])
+        keramos_logger.propagate = saved[1]
 
 
 def demo(args: argparse.Namespace) -> int:
+    with _worker_log_on_stdout():
+        return _run_demo(args)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
     amphora_id = args.amphora_id
-    _show_worker_log()
     step = _Steps()
     with tempfile.TemporaryDirectory(prefix="keramos-demo-") as state_path:
         printer = ProgressPrinter(prefix="    ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -93,7 +94,10 @@ def test_a_flow_failure_exits_one_and_says_it_was_reverted(capsys, tmp_path):
 
 
 def test_demo_shows_a_cast_consumed_and_a_flow_run_step_by_step(capsys):
+    keramos_logger = logging.getLogger("keramos")
+    before = (list(keramos_logger.handlers), keramos_logger.level, keramos_logger.propagate)
     code, out, _ = run_cli(capsys, "demo", "--no-amphorae")
+    assert (list(keramos_logger.handlers), keramos_logger.level, keramos_logger.propagate) == before
     assert code == 0
     for expected in (
         "[1] worker started",
