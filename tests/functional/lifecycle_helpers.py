@@ -3,8 +3,10 @@ compute, rest amphora driver, sharing one configuration."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,8 @@ import requests
 from oslo_config import cfg
 
 from keramos.framework.config import make_conf
-from keramos.framework.contracts import CertKind
+from keramos.framework.contracts import CertKind, FlowFactory
+from keramos.framework.testing import InProcessWorker
 from keramos.plugins.amphora_rest import RestAmphoraDriver
 from keramos.plugins.amphora_rest import list_opts as rest_list_opts
 from keramos.plugins.certificates.ca import create_dual_ca
@@ -78,6 +81,24 @@ def lifecycle_drivers(state_path: str) -> dict[str, Any]:
         "compute": ProcessCompute(conf),
         "amphora": RestAmphoraDriver(conf),
     }
+
+
+@contextlib.contextmanager
+def lifecycle_worker(
+    directory: Path, *, flows: Iterable[type[FlowFactory]] = (), **amphora_options: Any
+) -> Iterator[InProcessWorker]:
+    """An in-process worker on :func:`lifecycle_drivers` under ``directory``, 30 s timeouts and
+    ``[amphora]`` options on top; every agent it started is stopped afterwards."""
+    drivers = lifecycle_drivers(str(directory))
+    overrides = {"amphora": {"active_timeout": 30.0, "agent_timeout": 30.0, **amphora_options}}
+    try:
+        with InProcessWorker(
+            flows=flows, conf_overrides=overrides, state_path=directory / "state", **drivers
+        ) as worker:
+            yield worker
+    finally:
+        drivers["compute"].close()
+        drivers["amphora"].close()
 
 
 def description(listener_port: int, backend_port: int) -> dict[str, Any]:

@@ -9,15 +9,13 @@ encrypted certificate store on disk. Needs haproxy: fails under CI=true when it 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 
 from keramos.flows.amphora import CreateAmphora
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord, LoadBalancerRecord
-from keramos.framework.testing import InProcessWorker
 from tests.functional.agent_helpers import free_port, http_backend
-from tests.functional.lifecycle_helpers import BODY, description, lifecycle_drivers
+from tests.functional.lifecycle_helpers import BODY, description, lifecycle_worker
 from tests.unit.amphora_helpers import CREATE_TASKS_IN_EVERY_MODE, InjectedFault, failing_at
 
 
@@ -39,34 +37,14 @@ def processes_under(directory: str) -> list[str]:
     return found
 
 
-@pytest.fixture
-def real_drivers(tmp_path) -> Iterator[dict]:
-    drivers = lifecycle_drivers(str(tmp_path))
-    try:
-        yield drivers
-    finally:
-        drivers["compute"].close()
-        drivers["amphora"].close()
-
-
 @pytest.mark.parametrize(("mode", "task_name"), CREATE_TASKS_IN_EVERY_MODE)
-def test_a_failure_at_any_task_on_real_agents_leaves_no_process_file_key_or_record(
-    tmp_path, real_drivers, mode, task_name
-):
+def test_a_failure_at_any_task_on_real_agents_leaves_no_process_file_key_or_record(tmp_path, mode, task_name):
     faulty = failing_at(CreateAmphora, task_name)
-    overrides = {
-        "amphora": {
-            "certificate_mode": mode,
-            "require_signed_images": False,
-            "active_timeout": 30.0,
-            "agent_timeout": 30.0,
-        }
-    }
-    compute = real_drivers["compute"]
-    cert_manager = real_drivers["cert_manager"]
-    with http_backend(BODY) as backend_port, InProcessWorker(
-        flows=[faulty], conf_overrides=overrides, state_path=tmp_path / "state", **real_drivers
+    with http_backend(BODY) as backend_port, lifecycle_worker(
+        tmp_path, flows=[faulty], certificate_mode=mode, require_signed_images=False
     ) as worker:
+        compute = worker.drivers.compute
+        cert_manager = worker.drivers.cert_manager
         lb = {"lb_id": "lb-fault", **description(free_port(), backend_port)}
         with pytest.raises(InjectedFault):
             worker.run(faulty.name, {"amphora_id": "amp-fault", "image_id": "img", "lb": lb})

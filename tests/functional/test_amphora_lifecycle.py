@@ -19,20 +19,14 @@ from keramos.framework.errors import KeramosError
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord
 from keramos.framework.testing import InProcessWorker
 from tests.functional.agent_helpers import free_port, http_backend, require_haproxy
-from tests.functional.lifecycle_helpers import BODY, description, lifecycle_drivers, wait_for_traffic
+from tests.functional.lifecycle_helpers import BODY, description, lifecycle_worker, wait_for_traffic
 
 
 @pytest.fixture
 def worker(tmp_path) -> Iterator[InProcessWorker]:
     """An in-process worker on real agents; every agent it started is stopped afterwards."""
-    drivers = lifecycle_drivers(str(tmp_path))
-    overrides = {"amphora": {"active_timeout": 30.0, "agent_timeout": 30.0}}
-    try:
-        with InProcessWorker(conf_overrides=overrides, state_path=tmp_path / "state", **drivers) as w:
-            yield w
-    finally:
-        drivers["compute"].close()
-        drivers["amphora"].close()
+    with lifecycle_worker(tmp_path) as made:
+        yield made
 
 
 def agent_alive(worker: InProcessWorker, compute_id: str) -> bool:

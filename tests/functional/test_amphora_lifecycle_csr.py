@@ -29,18 +29,12 @@ from keramos.plugins.amphora_rest import AgentError
 from keramos.plugins.certificates.ca import serial_hex
 from keramos.plugins.compute_process import ProcessCompute
 from tests.functional.agent_helpers import free_port, http_backend
-from tests.functional.lifecycle_helpers import BODY, description, lifecycle_drivers, wait_for_traffic
+from tests.functional.lifecycle_helpers import BODY, description, lifecycle_worker, wait_for_traffic
 
 
 def _worker(tmp_path, mode: str) -> Iterator[InProcessWorker]:
-    drivers = lifecycle_drivers(str(tmp_path))
-    overrides = {"amphora": {"active_timeout": 30.0, "agent_timeout": 30.0, "certificate_mode": mode}}
-    try:
-        with InProcessWorker(conf_overrides=overrides, state_path=tmp_path / "state", **drivers) as w:
-            yield w
-    finally:
-        drivers["compute"].close()
-        drivers["amphora"].close()
+    with lifecycle_worker(tmp_path, certificate_mode=mode) as worker:
+        yield worker
 
 
 @pytest.fixture
