@@ -18,7 +18,7 @@ from stevedore import driver as sv_driver
 from stevedore import exception as sv_exception
 from stevedore import extension as sv_extension
 
-from keramos.framework.contracts import DRIVER_CONTRACTS, Driver, FlowFactory
+from keramos.framework.contracts import DRIVER_CONTRACTS, Driver, FlowFactory, StateStore
 from keramos.framework.drivers import Drivers
 from keramos.framework.errors import PluginLoadError
 from keramos.framework.schema import Field
@@ -93,6 +93,12 @@ def load_driver(kind: str, name: str, conf: cfg.ConfigOpts) -> Driver:
         ) from error
     LOG.debug("loaded %s driver %s (%s)", kind, name, plugin.__qualname__)
     return instance
+
+
+def load_state_store(conf: cfg.ConfigOpts) -> StateStore:
+    """The state store ``[drivers] state_store`` names, for processes that need no other driver
+    (the health manager, CLI commands reading records)."""
+    return load_driver("state_store", conf.drivers.state_store, conf)
 
 
 def load_drivers(conf: cfg.ConfigOpts, **given: Driver) -> Drivers:

@@ -14,9 +14,6 @@ from typing import TYPE_CHECKING
 from keramos.framework.cli.progress import print_json, print_table
 
 if TYPE_CHECKING:
-    from oslo_config import cfg
-
-    from keramos.framework.contracts import StateStore
     from keramos.framework.records import AmphoraRecord
 
 
@@ -45,12 +42,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.set_defaults(func=_show)
 
 
-def _state_store(conf: cfg.ConfigOpts) -> StateStore:
-    from keramos.framework.loader import load_driver
-
-    return load_driver("state_store", conf.drivers.state_store, conf)
-
-
 def _heartbeat_age(record: AmphoraRecord) -> str:
     from keramos.framework.records import utcnow
 
@@ -60,9 +51,10 @@ def _heartbeat_age(record: AmphoraRecord) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from keramos.framework.loader import load_state_store
     from keramos.framework.records import AmphoraRecord, AmphoraStatus
 
-    state_store = _state_store(args.conf())
+    state_store = load_state_store(args.conf())
     try:
         filters = {"status": args.status.upper()} if args.status else {}
         records = state_store.find(AmphoraRecord, **filters)
@@ -90,9 +82,10 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from keramos.framework.loader import load_state_store
     from keramos.framework.records import AmphoraRecord
 
-    state_store = _state_store(args.conf())
+    state_store = load_state_store(args.conf())
     try:
         record = state_store.get(AmphoraRecord, args.amphora_id)
     finally:

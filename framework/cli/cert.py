@@ -27,7 +27,6 @@ from keramos.framework.errors import ConfigError
 if TYPE_CHECKING:
     from oslo_config import cfg
 
-    from keramos.framework.contracts import StateStore
     from keramos.plugins.certificates.generator import LocalCertGenerator
 
 
@@ -40,13 +39,8 @@ def _generator(args: argparse.Namespace) -> tuple[cfg.ConfigOpts, LocalCertGener
     return conf, LocalCertGenerator(conf, passphrase=resolve_passphrase(args, conf))
 
 
-def _state_store(conf: cfg.ConfigOpts) -> StateStore:
-    from keramos.framework.loader import load_driver
-
-    return load_driver("state_store", conf.drivers.state_store, conf)
-
-
 def _issue(args: argparse.Namespace) -> int:
+    from keramos.framework.loader import load_state_store
     from keramos.framework.records import CertificateRecord
     from keramos.plugins.certificates.files import PRIVATE_MODE, PUBLIC_MODE, write_all_atomic
 
@@ -58,7 +52,7 @@ def _issue(args: argparse.Namespace) -> int:
     conf, generator = _generator(args)
     validity = dt.timedelta(days=args.validity_days) if args.validity_days else None
     issued = generator.issue(args.cn, args.kind, ip_addresses=args.ip or (), validity=validity)
-    state_store = _state_store(conf)
+    state_store = load_state_store(conf)
     try:
         state_store.save(
             CertificateRecord(
@@ -87,10 +81,11 @@ def _issue(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from keramos.framework.loader import load_state_store
     from keramos.framework.records import CertificateRecord
 
     conf = certificates_conf(args)
-    state_store = _state_store(conf)
+    state_store = load_state_store(conf)
     try:
         filters = {name: getattr(args, name) for name in ("kind", "status") if getattr(args, name)}
         records = state_store.find(CertificateRecord, **filters)

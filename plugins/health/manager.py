@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
     try:
-        state_store = loader.load_driver("state_store", conf.drivers.state_store, conf)
+        state_store = loader.load_state_store(conf)
     except KeramosError as error:
         print(f"keramos-health: cannot start: {error}", file=sys.stderr)
         return 2
