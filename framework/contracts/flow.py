@@ -100,9 +100,8 @@ class FlowFactory(abc.ABC):
         """The flow for one run: :meth:`build`'s, built once if the factory is ``reusable``."""
         if not self.reusable:
             return self.build()
-        lock = self.__dict__.setdefault("_build_lock", threading.Lock())
-        with lock:
-            if getattr(self, "_built", None) is None:
+        with self._build_lock:
+            if self._built is None:
                 self._built = self.build()
             return self._built
 
