@@ -34,10 +34,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import CertKind
+from keramos.framework.pki.ca import CertificateAuthority, create_dual_ca
+from keramos.framework.pki.keys import generate_private_key
+from keramos.framework.pki.options import register_opts
 from keramos.framework.testing import InProcessWorker
-from keramos.plugins.certificates.ca import CertificateAuthority, create_dual_ca
-from keramos.plugins.certificates.generator import LocalCertGenerator, register_opts
-from keramos.plugins.certificates.keys import generate_private_key
+from keramos.plugins.certificates.generator import LocalCertGenerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, row  # noqa: E402

@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from keramos.framework.config import make_conf
-from keramos.plugins.images import signature
-from keramos.plugins.images.certificate_validation import load_certificates
+from keramos.framework.images import signature
+from keramos.framework.images.certificate_validation import load_certificates
 from keramos.plugins.images.file_store import FileImageStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -205,9 +205,9 @@ def best_throughputs(size: int, repeats: int, keramos, raw) -> tuple[float, floa
 
 def _worker(workspace: Workspace, cache_size: int):
     from keramos.flows.images import VerifyImage
+    from keramos.framework.images.cache import image_cache_opts
+    from keramos.framework.images.certificate_validation import register_opts
     from keramos.framework.testing import InProcessWorker
-    from keramos.plugins.images.cache import image_cache_opts
-    from keramos.plugins.images.certificate_validation import register_opts
     from keramos.plugins.images.key_managers import LocalKeyManager
 
     worker = InProcessWorker(
@@ -238,7 +238,7 @@ def _configured(conf, workspace: Workspace, driver_class):
 
 def time_flow(worker, image_id: str) -> float:
     """Seconds one ``verify_image`` run takes, its cache entry evicted first."""
-    from keramos.plugins.images.cache import VerifiedImageCache, checksum_of
+    from keramos.framework.images.cache import VerifiedImageCache, checksum_of
 
     properties = worker.drivers.image_store.properties(image_id)
     VerifiedImageCache(worker.conf).evict(image_id, checksum_of(properties))

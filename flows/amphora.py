@@ -1,7 +1,6 @@
 """Amphora lifecycle flows: ``create_amphora``, ``delete_amphora`` and ``failover_amphora``.
 
-Options (``[amphora]``, besides the timeouts of :mod:`keramos.framework.config`):
-``require_signed_images`` and ``certificate_mode``.
+Their options are the ``[amphora]`` group of :mod:`keramos.framework.config`.
 """
 
 from __future__ import annotations
@@ -19,41 +18,6 @@ from keramos.framework.schema import IDENTIFIER_PATTERN, Field
 
 GROUP = "amphora"
 
-lifecycle_opts = [
-    cfg.BoolOpt(
-        "require_signed_images",
-        default=True,
-        help="Refuse to boot an amphora from an image that carries no signature properties. "
-        "Signed images are always verified (certificate and signature) before anything boots; "
-        "set False only for development and tests with unsigned images.",
-    ),
-    cfg.StrOpt(
-        "certificate_mode",
-        default="controller",
-        choices=[
-            (
-                "controller",
-                "the controller issues the amphora's server certificate and key and hands both "
-                "over in the config drive",
-            ),
-            (
-                "csr",
-                "the amphora's agent makes its own key, which never leaves the amphora; after the "
-                "boot the controller fetches its CSR over mutual TLS, checks the activation token "
-                "and that the CSR is for the key the agent proved, signs it with the server CA "
-                "and installs the certificate",
-            ),
-        ],
-        help="Who makes an amphora's server key: the controller, or the amphora itself (csr).",
-    ),
-]
-
-
-def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
-    """The lifecycle flows' options, for the sample config generator."""
-    return [(GROUP, list(lifecycle_opts))]
-
-
 #: What the creation tasks read under ``amphora_id`` is ``replacement_id`` during a failover.
 _REPLACEMENT = {"amphora_id": "replacement_id"}
 
@@ -63,7 +27,6 @@ class _AmphoraFlowFactory(FlowFactory):
 
     def __init__(self, drivers: Drivers, conf: cfg.ConfigOpts) -> None:
         super().__init__(drivers, conf)
-        conf.register_opts(lifecycle_opts, group=GROUP)
         self._verify_image = VerifyImage(drivers, conf)
         self._agent_config = tasks.agent_heartbeat_config(
             conf.amphora.controller_heartbeat_endpoints,

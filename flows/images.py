@@ -17,9 +17,9 @@ from taskflow.patterns import linear_flow
 from keramos.flows.tasks import images as tasks
 from keramos.framework.contracts import FlowFactory
 from keramos.framework.drivers import Drivers
+from keramos.framework.images.cache import VerifiedImageCache
+from keramos.framework.images.certificate_validation import GROUP, CertificateValidator, register_opts
 from keramos.framework.schema import IDENTIFIER_PATTERN, Field
-from keramos.plugins.images.cache import VerifiedImageCache
-from keramos.plugins.images.certificate_validation import GROUP, CertificateValidator, register_opts
 
 
 class VerifyImage(FlowFactory):

@@ -17,6 +17,8 @@ from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_messaging import opts as messaging_opts
 
+from keramos.framework.agent_protocol.heartbeat import MAX_HEARTBEAT_BYTES
+
 PROJECT = "keramos"
 
 _default_state_path = os.path.join(
@@ -196,6 +198,32 @@ amphora_opts = [
         help="Seconds between two heartbeats of a new amphora; keep it well below "
         "[health] heartbeat_timeout.",
     ),
+    cfg.BoolOpt(
+        "require_signed_images",
+        default=True,
+        help="Refuse to boot an amphora from an image that carries no signature properties. "
+        "Signed images are always verified (certificate and signature) before anything boots; "
+        "set False only for development and tests with unsigned images.",
+    ),
+    cfg.StrOpt(
+        "certificate_mode",
+        default="controller",
+        choices=[
+            (
+                "controller",
+                "the controller issues the amphora's server certificate and key and hands both "
+                "over in the config drive",
+            ),
+            (
+                "csr",
+                "the amphora's agent makes its own key, which never leaves the amphora; after the "
+                "boot the controller fetches its CSR over mutual TLS, checks the activation token "
+                "and that the CSR is for the key the agent proved, signs it with the server CA "
+                "and installs the certificate",
+            ),
+        ],
+        help="Who makes an amphora's server key: the controller, or the amphora itself (csr).",
+    ),
 ]
 
 health_opts = [
@@ -205,6 +233,53 @@ health_opts = [
         help="Shared key signing amphora heartbeats (HMAC-SHA256): the health manager checks "
         "them with it, and the lifecycle flows hand it to each new amphora's agent in its config "
         "drive. Required by keramos-health and for [amphora] controller_heartbeat_endpoints.",
+    ),
+    cfg.StrOpt("bind_host", default="0.0.0.0", help="Address the UDP heartbeat listener binds."),
+    cfg.PortOpt(
+        "bind_port",
+        default=5555,
+        help="UDP port of the heartbeat listener; agents list it in [amphora_agent] "
+        "controller_heartbeat_endpoints.",
+    ),
+    cfg.FloatOpt(
+        "heartbeat_timeout",
+        default=60.0,
+        min=0.1,
+        help="Seconds without a heartbeat after which a READY amphora is failed over.",
+    ),
+    cfg.FloatOpt(
+        "check_interval",
+        default=10.0,
+        min=0.05,
+        help="Seconds between two checks for silent amphorae and lagging configurations.",
+    ),
+    cfg.StrOpt(
+        "failover_threshold",
+        default="0.5",
+        help="Most silent amphorae failed over at once: a count ('3') or a fraction of the READY "
+        "amphorae ('0.5' or '50%', at least one). When more are silent, none is failed over "
+        "and an error is logged: so many at once is a network partition, not amphora failure.",
+    ),
+    cfg.FloatOpt(
+        "replay_window",
+        default=30.0,
+        min=1.0,
+        help="Seconds a heartbeat's sent_at may be away from this host's clock; older (or later) "
+        "heartbeats are refused as replays. Keep the clocks synchronised (NTP).",
+    ),
+    cfg.IntOpt(
+        "max_heartbeat_bytes",
+        default=MAX_HEARTBEAT_BYTES,
+        min=512,
+        max=65507,
+        help="Largest heartbeat datagram accepted, in bytes; larger ones are refused.",
+    ),
+    cfg.FloatOpt(
+        "convergence_grace",
+        default=5.0,
+        min=0,
+        help="Seconds after a load balancer's configuration was recorded during which heartbeats "
+        "reporting an older version are ignored (they may have left before the push landed).",
     ),
 ]
 

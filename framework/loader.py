@@ -26,6 +26,8 @@ from keramos.framework.schema import Field
 LOG = logging.getLogger(__name__)
 
 FLOWS_GROUP = "keramos.flows"
+#: The separate programs (health manager, proxy) as classes a process can run in itself.
+PROGRAMS_GROUP = "keramos.programs"
 _VERSION_RE = re.compile(r"\d+\.\d+")
 
 
@@ -61,11 +63,7 @@ def _check_class(group: str, name: str, plugin: object, contract: type) -> None:
         )
 
 
-def load_driver_class(kind: str, name: str) -> type[Driver]:
-    """Import the driver class registered as ``name`` in ``keramos.<kind>`` and check it."""
-    if kind not in DRIVER_CONTRACTS:
-        raise PluginLoadError(group_of(kind), name, f"unknown driver kind {kind!r}")
-    group = group_of(kind)
+def _import_entry_point(group: str, name: str) -> object:
     try:
         manager = sv_driver.DriverManager(
             group, name, invoke_on_load=False, on_load_failure_callback=_raise_load_failure
@@ -75,7 +73,15 @@ def load_driver_class(kind: str, name: str) -> type[Driver]:
         raise PluginLoadError(
             group, name, f"no such entry point is installed (installed: {available or 'none'})"
         ) from None
-    plugin = manager.driver
+    return manager.driver
+
+
+def load_driver_class(kind: str, name: str) -> type[Driver]:
+    """Import the driver class registered as ``name`` in ``keramos.<kind>`` and check it."""
+    if kind not in DRIVER_CONTRACTS:
+        raise PluginLoadError(group_of(kind), name, f"unknown driver kind {kind!r}")
+    group = group_of(kind)
+    plugin = _import_entry_point(group, name)
     _check_class(group, name, plugin, DRIVER_CONTRACTS[kind])
     return plugin
 
@@ -93,6 +99,15 @@ def load_driver(kind: str, name: str, conf: cfg.ConfigOpts) -> Driver:
         ) from error
     LOG.debug("loaded %s driver %s (%s)", kind, name, plugin.__qualname__)
     return instance
+
+
+def load_program(name: str) -> type:
+    """The class of the program registered as ``name`` in ``keramos.programs``, for a process
+    that runs it in itself (the demo runs the health manager beside its worker)."""
+    program = _import_entry_point(PROGRAMS_GROUP, name)
+    if not isinstance(program, type):
+        raise PluginLoadError(PROGRAMS_GROUP, name, f"{program!r} is not a class")
+    return program
 
 
 def load_state_store(conf: cfg.ConfigOpts) -> StateStore:

@@ -22,7 +22,6 @@ import os
 import ssl
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -32,12 +31,11 @@ from cryptography.hazmat.primitives import serialization
 from oslo_config import cfg
 from requests.adapters import HTTPAdapter
 
+from keramos.framework.agent_protocol import rest as protocol
 from keramos.framework.contracts import AmphoraCSR, AmphoraDriver, AmphoraEndpoint
 from keramos.framework.errors import ConfigError, DriverError, Timeout
 
 GROUP = "amphora_rest"
-API_PREFIX = "/1.0"
-VERSION_HEADER = "X-Config-Version"
 _T = TypeVar("_T")
 
 rest_opts = [
@@ -163,11 +161,6 @@ class AmphoraIdAdapter(HTTPAdapter):
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
 
 
-def _segment(value: str) -> str:
-    """``value`` quoted as one URL path segment (a ``/``, ``?`` or ``#`` cannot change the path)."""
-    return urllib.parse.quote(value, safe="")
-
-
 def _file_option(conf: cfg.ConfigOpts, name: str) -> str:
     path = conf[GROUP][name]
     if not path:
@@ -215,9 +208,9 @@ class RestAmphoraDriver(AmphoraDriver):
             return session
 
     def url(self, endpoint: AmphoraEndpoint, path: str) -> str:
-        """The URL of ``path`` (below ``/1.0``) on the endpoint's agent."""
+        """The URL of ``path`` (from :func:`protocol.path`) on the endpoint's agent."""
         host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
-        return f"https://{host}:{endpoint.port or self.agent_port}{API_PREFIX}{path}"
+        return f"https://{host}:{endpoint.port or self.agent_port}{path}"
 
     def request(
         self,
@@ -230,7 +223,7 @@ class RestAmphoraDriver(AmphoraDriver):
         retries: int | None = None,
     ) -> requests.Response:
         """Send one API call, retrying connection errors, timeouts and 503s with backoff."""
-        operation = f"{method} {API_PREFIX}{path}"
+        operation = f"{method} {path}"
         attempts = 1 + (self.retries if retries is None else retries)
         session = self.session(endpoint)
         error: AgentError | None = None
@@ -266,7 +259,7 @@ class RestAmphoraDriver(AmphoraDriver):
 
     def get_info(self, endpoint: AmphoraEndpoint) -> dict[str, Any]:
         """The agent's ``/info`` document (versions of every load balancer it runs)."""
-        return self.request(endpoint, "GET", "/info").json()
+        return self.request(endpoint, "GET", protocol.path(protocol.INFO)).json()
 
     @staticmethod
     def _wait(endpoint: AmphoraEndpoint, timeout: float, call: Callable[[], _T]) -> _T:
@@ -288,19 +281,21 @@ class RestAmphoraDriver(AmphoraDriver):
 
     def wait_until_reachable(self, endpoint: AmphoraEndpoint, timeout: float) -> dict[str, Any]:
         """Poll ``/info`` until the agent answers."""
-        return self._wait(endpoint, timeout, lambda: self.request(endpoint, "GET", "/info", retries=0).json())
+        info = protocol.path(protocol.INFO)
+        return self._wait(endpoint, timeout, lambda: self.request(endpoint, "GET", info, retries=0).json())
 
     def activate(self, endpoint: AmphoraEndpoint) -> str:
         """``POST /activate``: the agent hands over its activation token and deletes it."""
-        body = self.request(endpoint, "POST", "/activate").json()
-        return _token_of(endpoint, "POST /activate", body)
+        activate = protocol.path(protocol.ACTIVATE)
+        body = self.request(endpoint, "POST", activate).json()
+        return _token_of(endpoint, f"POST {activate}", body)
 
     def fetch_csr(self, endpoint: AmphoraEndpoint, timeout: float) -> AmphoraCSR:
         """``GET /csr`` over a connection that does not verify the bootstrap certificate."""
-        operation = f"GET {API_PREFIX}/csr"
+        operation = f"GET {protocol.path(protocol.CSR)}"
 
         def fetch() -> AmphoraCSR:
-            status, body, peer_key = self.pinned_request(endpoint, "GET", "/csr", retries=0)
+            status, body, peer_key = self.pinned_request(endpoint, "GET", protocol.path(protocol.CSR), retries=0)
             csr = body.get("csr")
             if not isinstance(csr, str):
                 raise AgentError(endpoint.amphora_id, operation, f"answer without a CSR (status {status})")
@@ -312,7 +307,13 @@ class RestAmphoraDriver(AmphoraDriver):
         self, endpoint: AmphoraEndpoint, certificate_pem: bytes, server_public_key_pem: bytes
     ) -> None:
         """``PUT /certificate`` with the certificate alone, to the agent holding the pinned key."""
-        self.pinned_request(endpoint, "PUT", "/certificate", data=certificate_pem, pinned_key=server_public_key_pem)
+        self.pinned_request(
+            endpoint,
+            "PUT",
+            protocol.path(protocol.SERVER_CERTIFICATE),
+            data=certificate_pem,
+            pinned_key=server_public_key_pem,
+        )
 
     def pinned_request(
         self,
@@ -331,7 +332,7 @@ class RestAmphoraDriver(AmphoraDriver):
         proved. With ``pinned_key``, an agent proving another key is refused before anything is
         sent. Connection errors and 503s are retried like :meth:`request`.
         """
-        operation = f"{method} {API_PREFIX}{path}"
+        operation = f"{method} {path}"
         attempts = 1 + (self.retries if retries is None else retries)
         error: AgentError | None = None
         for attempt in range(attempts):
@@ -383,8 +384,8 @@ class RestAmphoraDriver(AmphoraDriver):
                     raise AgentError(
                         endpoint.amphora_id, operation, "the agent proved another server key than its CSR's"
                     )
-                headers = {"Content-Type": "application/x-pem-file"} if data is not None else {}
-                connection.request(method, f"{API_PREFIX}{path}", body=data, headers=headers)
+                headers = {"Content-Type": protocol.PEM_CONTENT_TYPE} if data is not None else {}
+                connection.request(method, path, body=data, headers=headers)
                 response = connection.getresponse()
                 content = response.read()
             except ssl.SSLError as ssl_error:
@@ -408,16 +409,15 @@ class RestAmphoraDriver(AmphoraDriver):
         self.request(
             endpoint,
             "PUT",
-            f"/loadbalancer/{_segment(endpoint.amphora_id)}/{_segment(lb_id)}/haproxy",
+            protocol.path(protocol.HAPROXY_UPLOAD, amphora_id=endpoint.amphora_id, lb_id=lb_id),
             data=config.encode(),
-            headers={VERSION_HEADER: str(version), "Content-Type": "text/plain"},
+            headers={protocol.CONFIG_VERSION_HEADER: str(version), "Content-Type": "text/plain"},
         )
 
     def action(self, endpoint: AmphoraEndpoint, lb_id: str, action: str) -> str:
         """``start``, ``stop`` or ``reload`` the load balancer; returns the agent's details."""
-        return self.request(endpoint, "PUT", f"/loadbalancer/{_segment(lb_id)}/{_segment(action)}").json().get(
-            "details", ""
-        )
+        path = protocol.path(protocol.LOADBALANCER_ACTION, lb_id=lb_id, action=action)
+        return self.request(endpoint, "PUT", path).json().get("details", "")
 
     def upload_config(self, endpoint: AmphoraEndpoint, lb_id: str, config: str, version: int) -> None:
         """Upload ``config`` as ``version`` and reload HAProxy on it."""
@@ -426,22 +426,23 @@ class RestAmphoraDriver(AmphoraDriver):
 
     def get_config(self, endpoint: AmphoraEndpoint, lb_id: str) -> tuple[str, int]:
         """The stored configuration of ``lb_id`` and its version."""
-        response = self.request(endpoint, "GET", f"/loadbalancer/{_segment(lb_id)}/haproxy")
-        return response.text, int(response.headers.get(VERSION_HEADER, "0"))
+        response = self.request(endpoint, "GET", protocol.path(protocol.HAPROXY_CONFIG, lb_id=lb_id))
+        return response.text, int(response.headers.get(protocol.CONFIG_VERSION_HEADER, "0"))
 
     def delete_config(self, endpoint: AmphoraEndpoint, lb_id: str) -> None:
         """Stop ``lb_id`` and remove its configuration (the agent keeps its version)."""
-        self.request(endpoint, "DELETE", f"/loadbalancer/{_segment(lb_id)}")
+        self.request(endpoint, "DELETE", protocol.path(protocol.LOADBALANCER, lb_id=lb_id))
 
     def install_certificate(self, endpoint: AmphoraEndpoint, pem_bundle: bytes) -> None:
         """Replace the agent's server certificate and key (used from the next connection)."""
-        self.request(endpoint, "PUT", "/certificate", data=pem_bundle)
+        self.request(endpoint, "PUT", protocol.path(protocol.SERVER_CERTIFICATE), data=pem_bundle)
 
     def upload_listener_certificate(
         self, endpoint: AmphoraEndpoint, lb_id: str, filename: str, pem: bytes
     ) -> None:
         """Store a listener's TLS material as ``filename`` on the amphora."""
-        self.request(endpoint, "PUT", f"/loadbalancer/{_segment(lb_id)}/certificates/{_segment(filename)}", data=pem)
+        path = protocol.path(protocol.LISTENER_CERTIFICATE, lb_id=lb_id, filename=filename)
+        self.request(endpoint, "PUT", path, data=pem)
 
     def forget(self, endpoint: AmphoraEndpoint) -> None:
         """Close the session of an amphora that is gone."""

@@ -31,10 +31,11 @@ from collections.abc import Mapping
 from cryptography import x509
 from oslo_config import cfg
 
+from keramos.framework.agent_protocol.rest import is_valid_id
 from keramos.framework.contracts import ComputeDriver, Instance, InstanceStatus
 from keramos.framework.contracts.compute import ACTIVATION_TOKEN_FILE
 from keramos.framework.errors import ConfigError, DriverError, NotFound
-from keramos.plugins.agent.files import atomic_write, is_valid_id
+from keramos.framework.files import write_atomic
 from keramos.plugins.agent.haproxy import HaproxyManager
 from keramos.plugins.agent.options import GROUP as AGENT_GROUP
 
@@ -206,11 +207,15 @@ class ProcessCompute(ComputeDriver):
         os.makedirs(directory, mode=0o700)
         try:
             for name, data in config_drive.items():
-                atomic_write(os.path.join(directory, name), data, 0o600)
+                write_atomic(os.path.join(directory, name), data, 0o600, make_dirs=True)
             port = free_port(self.bind_host)
             base = config_drive.get(roles["config"]) if "config" in roles else None
             config_path = os.path.join(directory, AGENT_CONFIG_NAME)
-            atomic_write(config_path, self._agent_config(amphora_id, directory, port, roles, base))
+            write_atomic(
+                config_path,
+                self._agent_config(amphora_id, directory, port, roles, base),
+                make_dirs=True,
+            )
             with open(os.path.join(directory, "agent.log"), "ab") as log:
                 popen = subprocess.Popen(
                     [self.python, "-m", "keramos.plugins.agent.main", "--config-file", config_path],

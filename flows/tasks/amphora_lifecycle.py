@@ -21,13 +21,13 @@ from keramos.flows.tasks import amphora as amphora_tasks
 from keramos.flows.tasks import loadbalancer as lb_tasks
 from keramos.framework.contracts import AmphoraDriver, AmphoraEndpoint, ImageStore, StateStore
 from keramos.framework.errors import Conflict, KeramosError, NotFound, PayloadError
-from keramos.framework.records import AmphoraRecord, AmphoraStatus, LoadBalancerRecord
-from keramos.framework.runner import jsonable
-from keramos.plugins.images.signature import (
+from keramos.framework.images.signature import (
     REQUIRED_PROPERTIES,
     Reason,
     SignatureVerificationError,
 )
+from keramos.framework.records import AmphoraRecord, AmphoraStatus, LoadBalancerRecord
+from keramos.framework.runner import jsonable
 
 LOG = logging.getLogger(__name__)
 

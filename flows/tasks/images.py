@@ -20,20 +20,20 @@ from taskflow.types import failure
 
 from keramos.framework.contracts import ImageStore, KeyManager, StateStore
 from keramos.framework.errors import NotFound
-from keramos.framework.records import ImageRecord
-from keramos.plugins.images import signature
-from keramos.plugins.images.cache import (
+from keramos.framework.images import signature
+from keramos.framework.images.cache import (
     CachedImage,
     CacheEntryTooLarge,
     VerifiedImageCache,
     checksum_of,
 )
-from keramos.plugins.images.certificate_validation import (
+from keramos.framework.images.certificate_validation import (
     CertificateValidator,
     describe_certificate,
     load_certificates,
 )
-from keramos.plugins.images.signature import Reason, SignatureVerificationError
+from keramos.framework.images.signature import Reason, SignatureVerificationError
+from keramos.framework.records import ImageRecord
 
 LOG = logging.getLogger(__name__)
 

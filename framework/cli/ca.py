@@ -40,7 +40,7 @@ def add_dir_argument(parser: argparse.ArgumentParser) -> None:
 
 def certificates_conf(args: argparse.Namespace) -> cfg.ConfigOpts:
     """The configuration with ``[certificates]`` registered, ``ca_dir`` set from ``--dir``."""
-    from keramos.plugins.certificates.generator import register_opts
+    from keramos.framework.pki.options import register_opts
 
     conf = args.conf()
     register_opts(conf)
@@ -51,7 +51,7 @@ def certificates_conf(args: argparse.Namespace) -> cfg.ConfigOpts:
 
 def resolve_passphrase(args: argparse.Namespace, conf: cfg.ConfigOpts) -> bytes:
     """The CA passphrase: ``--passphrase-file``, then the environment, then the configuration."""
-    from keramos.plugins.certificates.generator import configured_passphrase, read_passphrase_file
+    from keramos.framework.pki.options import configured_passphrase, read_passphrase_file
 
     if getattr(args, "passphrase_file", None):
         return read_passphrase_file(args.passphrase_file)
@@ -68,7 +68,7 @@ def resolve_passphrase(args: argparse.Namespace, conf: cfg.ConfigOpts) -> bytes:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from keramos.plugins.certificates.ca import create_dual_ca
+    from keramos.framework.pki.ca import create_dual_ca
 
     conf = certificates_conf(args)
     passphrase = resolve_passphrase(args, conf)
@@ -94,7 +94,7 @@ def _init(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``keramos ca``."""
-    from keramos.plugins.certificates.keys import KEY_TYPES
+    from keramos.framework.pki.keys import KEY_TYPES
 
     ca_parser = subparsers.add_parser(
         "ca",

@@ -27,22 +27,26 @@ from keramos.framework.errors import ConfigError
 if TYPE_CHECKING:
     from oslo_config import cfg
 
-    from keramos.plugins.certificates.generator import LocalCertGenerator
+    from keramos.framework.contracts import CertGenerator
+
+#: The ``keramos.cert_generator`` entry point these commands drive: the dual CA of ``--dir``.
+LOCAL_GENERATOR = "local"
 
 
-def _generator(args: argparse.Namespace) -> tuple[cfg.ConfigOpts, LocalCertGenerator]:
-    from keramos.plugins.certificates.generator import LocalCertGenerator
+def _generator(args: argparse.Namespace) -> tuple[cfg.ConfigOpts, CertGenerator]:
+    from keramos.framework.loader import load_driver_class
 
     conf = certificates_conf(args)
     if getattr(args, "key_type", None):
         conf.set_override("key_type", args.key_type, group="certificates")
-    return conf, LocalCertGenerator(conf, passphrase=resolve_passphrase(args, conf))
+    generator_class = load_driver_class("cert_generator", LOCAL_GENERATOR)
+    return conf, generator_class(conf, passphrase=resolve_passphrase(args, conf))
 
 
 def _issue(args: argparse.Namespace) -> int:
+    from keramos.framework.files import PRIVATE_MODE, PUBLIC_MODE, write_all_atomic
     from keramos.framework.loader import load_state_store
     from keramos.framework.records import CertificateRecord
-    from keramos.plugins.certificates.files import PRIVATE_MODE, PUBLIC_MODE, write_all_atomic
 
     out = os.path.abspath(args.out)
     cert_path, key_path = os.path.join(out, "cert.pem"), os.path.join(out, "key.pem")
@@ -128,7 +132,7 @@ def _revoke(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``keramos cert``."""
     from keramos.framework.contracts import CertKind
-    from keramos.plugins.certificates.keys import KEY_TYPES
+    from keramos.framework.pki.keys import KEY_TYPES
 
     cert_parser = subparsers.add_parser(
         "cert",

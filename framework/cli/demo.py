@@ -17,23 +17,40 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 
+from oslo_config import cfg
+
+from keramos.framework import loader
 from keramos.framework.cli import demo_amphorae
 from keramos.framework.cli.progress import ProgressPrinter
+from keramos.framework.contracts import ComputeDriver, Instance
 from keramos.framework.errors import DriverError, KeramosError
 from keramos.framework.records import AmphoraRecord, CertificateRecord, TaskRecord
 from keramos.framework.testing import InProcessWorker
-from keramos.plugins.noop import NoopCompute
 
 BROKEN_IMAGE = "broken-image"
 
 
-class DemoCompute(NoopCompute):
-    """Noop compute that has no capacity for :data:`BROKEN_IMAGE` (to show a revert)."""
+class DemoCompute(ComputeDriver):
+    """The noop compute driver (loaded from its entry point), with no capacity for
+    :data:`BROKEN_IMAGE`, to show a revert."""
+
+    def __init__(self, conf: cfg.ConfigOpts) -> None:
+        super().__init__(conf)
+        self.noop = loader.load_driver("compute", "noop", conf)
 
     def build(self, amphora_id: str, image_id: str, config_drive: Mapping[str, bytes], **kw) -> str:
         if image_id == BROKEN_IMAGE:
             raise DriverError(f"no host has capacity for image {image_id}")
-        return super().build(amphora_id, image_id, config_drive, **kw)
+        return self.noop.build(amphora_id, image_id, config_drive, **kw)
+
+    def get(self, compute_id: str) -> Instance:
+        return self.noop.get(compute_id)
+
+    def delete(self, compute_id: str) -> None:
+        self.noop.delete(compute_id)
+
+    def close(self) -> None:
+        self.noop.close()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -157,7 +174,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             amphora = worker.state_store.get(AmphoraRecord, amphora_id)
             print(f"    amphora {amphora_id} is {amphora.status}")
             print(
-                f"    instances left: {len(worker.drivers.compute.instances)}, "
+                f"    instances left: {len(worker.drivers.compute.noop.instances)}, "
                 f"stored certificates left: {len(worker.drivers.cert_manager.bundles)}"
             )
         if not args.no_amphorae:

@@ -33,19 +33,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from keramos.framework import loader
 from keramos.framework.contracts import CertKind
+from keramos.framework.files import write_atomic
+from keramos.framework.images import signature
+from keramos.framework.pki.ca import create_dual_ca
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, LoadBalancerRecord
 from keramos.framework.testing import InProcessWorker
-from keramos.plugins.amphora_rest import RestAmphoraDriver
-from keramos.plugins.certificates.ca import create_dual_ca
-from keramos.plugins.certificates.files import write_atomic
-from keramos.plugins.certificates.generator import LocalCertGenerator
-from keramos.plugins.certificates.local_store import LocalCertManager
-from keramos.plugins.compute_process import ProcessCompute, free_port
-from keramos.plugins.health.manager import HealthManager
-from keramos.plugins.images import signature
-from keramos.plugins.images.file_store import FileImageStore
-from keramos.plugins.images.key_managers import LocalKeyManager
 
 IMAGE_ID = "amphora-haproxy-signed"
 LB_ID = "lb-demo"
@@ -56,8 +50,19 @@ FAILOVER_WAIT = 90.0
 Step = Callable[[str], None]
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+#: The entry points of the real drivers this part runs on, by kind.
+DRIVERS = {
+    "compute": "process",
+    "amphora": "rest",
+    "cert_generator": "local",
+    "cert_manager": "local",
+    "image_store": "file",
+    "key_manager": "local",
+}
+
+
+def _free_port(kind: socket.SocketKind) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
@@ -173,6 +178,7 @@ def _controller_client_certificate(directory: str, passphrase: str) -> dict[str,
 def _overrides(pki: dict[str, str], passphrase: str, signing_ca: str,
                heartbeat_port: int, heartbeat_key: str, haproxy: str) -> dict[str, dict[str, Any]]:
     return {
+        "drivers": dict(DRIVERS),
         "certificates": {"ca_dir": pki["ca_dir"], "ca_passphrase": passphrase},
         "cert_manager_local": {"passphrase": passphrase},
         "compute_process": {"haproxy_binary": haproxy},
@@ -250,22 +256,15 @@ def run(state_path: str, step: Step, progress: Callable[..., Any]) -> None:
         return
     passphrase = secrets.token_urlsafe(16)
     heartbeat_key = secrets.token_urlsafe(32)
-    heartbeat_port = _free_udp_port()
+    heartbeat_port = _free_port(socket.SOCK_DGRAM)
     pki = _controller_client_certificate(state_path, passphrase)
     signing_ca, signing_key, signing_certificate = _image_signing_pki(state_path)
     overrides = _overrides(pki, passphrase, signing_ca, heartbeat_port, heartbeat_key, haproxy)
-    drivers = {
-        "compute": ProcessCompute,
-        "amphora": RestAmphoraDriver,
-        "cert_generator": LocalCertGenerator,
-        "cert_manager": LocalCertManager,
-        "image_store": FileImageStore,
-        "key_manager": LocalKeyManager,
-    }
+    health_manager = loader.load_program("health_manager")
     with InProcessWorker(state_path=os.path.join(state_path, "worker"), conf_overrides=overrides,
-                         progress=progress, **drivers) as worker, _backend() as backend_port:
+                         progress=progress) as worker, _backend() as backend_port:
         _add_signed_image(worker, signing_key, signing_certificate)
-        manager = HealthManager(worker.conf, worker.state_store, worker.cast).start()
+        manager = health_manager(worker.conf, worker.state_store, worker.cast).start()
         try:
             print(f"    health manager listening for signed heartbeats on udp 127.0.0.1:{heartbeat_port}, "
                   f"failing over amphorae silent for {HEARTBEAT_TIMEOUT:g}s")
@@ -282,7 +281,7 @@ def _lifecycle(worker: InProcessWorker, step: Step, progress: Any, backend_port:
     progress.restart()
     second = _create(worker, "amp-b")
 
-    listener_port = free_port()
+    listener_port = _free_port(socket.SOCK_STREAM)
     step(f"push_config {LB_ID} to both amphorae: HTTP on 127.0.0.1:{listener_port} -> the backend")
     description = {
         "lb_id": LB_ID,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from cryptography.hazmat.primitives import serialization
 
 from keramos.framework.errors import ConfigError
-from keramos.plugins.images import signature
+from keramos.framework.images import signature
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -23,12 +23,12 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from keramos.plugins.agent.files import atomic_write, is_valid_id
+from keramos.framework.agent_protocol.rest import is_valid_id
+from keramos.framework.files import write_atomic
 
 _STOP_GRACE_SECONDS = 5.0
 
@@ -151,7 +151,9 @@ class HaproxyManager:
             return {}
 
     def _write_state(self, lb_id: str, state: dict[str, Any]) -> None:
-        atomic_write(self._state_path(lb_id), json.dumps(state, sort_keys=True).encode())
+        write_atomic(
+            self._state_path(lb_id), json.dumps(state, sort_keys=True).encode(), make_dirs=True
+        )
 
     def _run(self, arguments: list[str]) -> subprocess.CompletedProcess[str]:
         try:
@@ -231,19 +233,7 @@ class HaproxyManager:
                     raise StaleConfigVersion(stored_version, version)
                 if version == stored_version:
                     return etag, False
-            directory = self.lb_dir(lb_id)
-            fd, temp_path = tempfile.mkstemp(dir=directory, prefix=".haproxy-", suffix=".cfg")
-            try:
-                with os.fdopen(fd, "wb") as stream:
-                    stream.write(config)
-                    stream.flush()
-                    os.fsync(stream.fileno())
-                self.validate_file(temp_path)
-                os.replace(temp_path, self.config_path(lb_id))
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temp_path)
-                raise
+            write_atomic(self.config_path(lb_id), config, check=self.validate_file, make_dirs=True)
             self._write_state(lb_id, {**stored, "config_version": version, "etag": etag})
             return etag, True
 

@@ -1,6 +1,6 @@
 """The agent's heartbeat sender: every interval, one signed UDP datagram to each controller.
 
-The datagram (:mod:`keramos.plugins.health.heartbeat`) carries the amphora's id, a counter, the
+The datagram (:mod:`keramos.framework.agent_protocol.heartbeat`) carries the amphora's id, a counter, the
 time, and the configuration version each load balancer runs, so that the health manager can
 tell a silent amphora from a live one and a lagging configuration from a current one.
 """
@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from keramos.framework.agent_protocol.heartbeat import Heartbeat, encode, first_sequence, parse_endpoint
 from keramos.plugins.agent.haproxy import HaproxyManager
-from keramos.plugins.health.heartbeat import Heartbeat, encode, first_sequence, parse_endpoint
 
 LOG = logging.getLogger(__name__)
 

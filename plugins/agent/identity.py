@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from keramos.plugins.agent.files import atomic_write
+from keramos.framework.files import write_atomic
 
 #: File in the state directory recording that the controller activated this agent.
 ACTIVATED_MARKER = "activated"
@@ -155,9 +155,9 @@ def prepare_server_identity(amphora_id: str, cert_path: str, key_path: str) -> N
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        atomic_write(key_path, pem, 0o600)
+        write_atomic(key_path, pem, 0o600, make_dirs=True)
     if not _certificate_matches(cert_path, key):
-        atomic_write(cert_path, _bootstrap_certificate(amphora_id, key), 0o600)
+        write_atomic(cert_path, _bootstrap_certificate(amphora_id, key), 0o600, make_dirs=True)
 
 
 def server_csr(amphora_id: str, key_path: str) -> bytes:

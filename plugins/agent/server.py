@@ -28,13 +28,11 @@ from cryptography.hazmat.primitives import serialization
 from oslo_config import cfg
 from werkzeug.exceptions import HTTPException
 
+from keramos.framework.agent_protocol import rest as protocol
+from keramos.framework.agent_protocol.rest import is_valid_id
+from keramos.framework.files import write_atomic
 from keramos.plugins.agent import haproxy
-from keramos.plugins.agent.files import (
-    atomic_write,
-    contained_path,
-    is_valid_id,
-    is_valid_pem_filename,
-)
+from keramos.plugins.agent.files import contained_path, is_valid_pem_filename
 from keramos.plugins.agent.identity import (
     Activation,
     ActivationError,
@@ -46,11 +44,6 @@ from keramos.plugins.agent.options import GROUP, AgentSettings, agent_opts
 
 LOG = logging.getLogger(__name__)
 
-API_VERSION = "1.0"
-PATH_PREFIX = "/" + API_VERSION
-#: Request header carrying the version of a pushed configuration.
-VERSION_HEADER = "X-Config-Version"
-ACTIONS = ("start", "stop", "reload")
 _VERSION_RE = re.compile(r"[0-9]{1,18}")
 
 
@@ -114,9 +107,9 @@ def _read_body(limit: int) -> bytes:
 
 def _parse_version(value: str | None) -> int:
     if value is None:
-        raise ApiError(400, "Invalid request", f"missing {VERSION_HEADER} header")
+        raise ApiError(400, "Invalid request", f"missing {protocol.CONFIG_VERSION_HEADER} header")
     if not _VERSION_RE.fullmatch(value) or int(value) < 1:
-        raise ApiError(400, "Invalid request", f"{VERSION_HEADER} must be a positive integer")
+        raise ApiError(400, "Invalid request", f"{protocol.CONFIG_VERSION_HEADER} must be a positive integer")
     return int(value)
 
 
@@ -188,39 +181,23 @@ class Server:
         register_error_handlers(self.app)
         self.app.before_request(self.refuse_changes_until_activated)
         routes = [
-            ("/", self.version_discovery, ["GET"]),
-            (PATH_PREFIX + "/info", self.get_info, ["GET"]),
-            (PATH_PREFIX + "/details", self.get_details, ["GET"]),
-            (PATH_PREFIX + "/activate", self.activate, ["POST"]),
-            (PATH_PREFIX + "/csr", self.get_csr, ["GET"]),
-            (
-                PATH_PREFIX + "/loadbalancer/<amphora_id>/<lb_id>/haproxy",
-                self.upload_haproxy_config,
-                ["PUT"],
-            ),
-            (PATH_PREFIX + "/loadbalancer/<lb_id>/haproxy", self.get_haproxy_config, ["GET"]),
-            (PATH_PREFIX + "/loadbalancer/<lb_id>/<action>", self.start_stop_lb, ["PUT"]),
-            (PATH_PREFIX + "/loadbalancer/<lb_id>", self.delete_lb, ["DELETE"]),
-            (PATH_PREFIX + "/certificate", self.upload_server_certificate, ["PUT"]),
-            (
-                PATH_PREFIX + "/loadbalancer/<lb_id>/certificates/<filename>",
-                self.upload_certificate,
-                ["PUT"],
-            ),
-            (
-                PATH_PREFIX + "/loadbalancer/<lb_id>/certificates/<filename>",
-                self.get_certificate_md5,
-                ["GET"],
-            ),
-            (
-                PATH_PREFIX + "/loadbalancer/<lb_id>/certificates/<filename>",
-                self.delete_certificate,
-                ["DELETE"],
-            ),
-            (PATH_PREFIX + "/config", self.update_agent_config, ["PUT"]),
+            (protocol.VERSION_DISCOVERY, self.version_discovery, ["GET"]),
+            (protocol.INFO, self.get_info, ["GET"]),
+            (protocol.DETAILS, self.get_details, ["GET"]),
+            (protocol.ACTIVATE, self.activate, ["POST"]),
+            (protocol.CSR, self.get_csr, ["GET"]),
+            (protocol.HAPROXY_UPLOAD, self.upload_haproxy_config, ["PUT"]),
+            (protocol.HAPROXY_CONFIG, self.get_haproxy_config, ["GET"]),
+            (protocol.LOADBALANCER_ACTION, self.start_stop_lb, ["PUT"]),
+            (protocol.LOADBALANCER, self.delete_lb, ["DELETE"]),
+            (protocol.SERVER_CERTIFICATE, self.upload_server_certificate, ["PUT"]),
+            (protocol.LISTENER_CERTIFICATE, self.upload_certificate, ["PUT"]),
+            (protocol.LISTENER_CERTIFICATE, self.get_certificate_md5, ["GET"]),
+            (protocol.LISTENER_CERTIFICATE, self.delete_certificate, ["DELETE"]),
+            (protocol.AGENT_CONFIG, self.update_agent_config, ["PUT"]),
         ]
-        for rule, view, methods in routes:
-            self.app.add_url_rule(rule, view_func=view, methods=methods)
+        for template, view, methods in routes:
+            self.app.add_url_rule(protocol.flask_rule(template), view_func=view, methods=methods)
 
     def refuse_changes_until_activated(self) -> None:
         """Before every request: an unactivated agent answers reads only (409 otherwise).
@@ -273,12 +250,12 @@ class Server:
 
     def version_discovery(self) -> flask.Response:
         """``GET /``: the API version this agent speaks."""
-        return _json_response(200, {"api_version": API_VERSION})
+        return _json_response(200, {"api_version": protocol.API_VERSION})
 
     def _info(self) -> dict[str, Any]:
         return {
             "hostname": socket.gethostname(),
-            "api_version": API_VERSION,
+            "api_version": protocol.API_VERSION,
             "haproxy_version": self.haproxy.version(),
             "amphora_id": self.settings.amphora_id,
             "activated": self.activation.activated,
@@ -316,7 +293,7 @@ class Server:
             raise ApiError(
                 400, "Wrong amphora", f"this is amphora {self.settings.amphora_id}, not {amphora_id}"
             )
-        version = _parse_version(flask.request.headers.get(VERSION_HEADER))
+        version = _parse_version(flask.request.headers.get(protocol.CONFIG_VERSION_HEADER))
         config = _read_body(self.settings.max_config_bytes)
         try:
             etag, changed = self.haproxy.install_config(lb_id, config, version)
@@ -326,7 +303,7 @@ class Server:
             raise ApiError(409, error.message, error.details) from None
         response = _ok(202, "OK", None if changed else f"version {version} already installed")
         response.headers["ETag"] = etag
-        response.headers[VERSION_HEADER] = str(version)
+        response.headers[protocol.CONFIG_VERSION_HEADER] = str(version)
         return response
 
     def get_haproxy_config(self, lb_id: str) -> flask.Response:
@@ -339,13 +316,13 @@ class Server:
             raise ApiError(404, error.message, error.details) from None
         response = flask.Response(config, status=200, mimetype="text/plain")
         response.headers["ETag"] = state.etag or haproxy.config_etag(config)
-        response.headers[VERSION_HEADER] = str(state.config_version)
+        response.headers[protocol.CONFIG_VERSION_HEADER] = str(state.config_version)
         return response
 
     def start_stop_lb(self, lb_id: str, action: str) -> flask.Response:
         """``PUT .../loadbalancer/<lb_id>/<start|stop|reload>``."""
         _check_id("load balancer id", lb_id)
-        if action not in ACTIONS:
+        if action not in protocol.LOADBALANCER_ACTIONS:
             raise ApiError(400, "Invalid Request", f"Unknown action: {action}")
         try:
             details = getattr(self.haproxy, action)(lb_id)
@@ -393,10 +370,10 @@ class Server:
         key_path = self.settings.server_key
         if key_path and os.path.abspath(key_path) != os.path.abspath(self.settings.server_cert):
             if held_key is None:
-                atomic_write(key_path, key, 0o600)
-            atomic_write(self.settings.server_cert, certificates, 0o600)
+                write_atomic(key_path, key, 0o600, make_dirs=True)
+            write_atomic(self.settings.server_cert, certificates, 0o600, make_dirs=True)
         else:
-            atomic_write(self.settings.server_cert, certificates + key, 0o600)
+            write_atomic(self.settings.server_cert, certificates + key, 0o600, make_dirs=True)
         return _ok(202, "OK. Server certificate installed")
 
     def _certificate_path(self, lb_id: str, filename: str) -> str:
@@ -413,7 +390,7 @@ class Server:
         path = self._certificate_path(lb_id, filename)
         data = _read_body(self.settings.max_certificate_bytes)
         _load_certificates(data)
-        atomic_write(path, data, 0o600)
+        write_atomic(path, data, 0o600, make_dirs=True)
         return _ok(200)
 
     def get_certificate_md5(self, lb_id: str, filename: str) -> flask.Response:
@@ -459,7 +436,7 @@ class Server:
             unknown = sorted(set(parser[section]) - known)
             if unknown:
                 raise ApiError(400, "Invalid request", f"unknown option(s): {', '.join(unknown)}")
-        atomic_write(self.settings.config_file, data, 0o600)
+        write_atomic(self.settings.config_file, data, 0o600, make_dirs=True)
         return _ok(202)
 
 

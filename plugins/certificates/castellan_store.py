@@ -19,8 +19,8 @@ from oslo_config import cfg
 
 from keramos.framework.contracts import CertificateBundle, CertManager
 from keramos.framework.errors import ConfigError
-from keramos.plugins.certificates import errors
-from keramos.plugins.certificates.keys import load_certificate
+from keramos.framework.pki import errors
+from keramos.framework.pki.keys import load_certificate
 from keramos.plugins.certificates.local_store import validate_bundle
 
 GROUP = "cert_manager_castellan"

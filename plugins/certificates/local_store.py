@@ -18,15 +18,15 @@ from oslo_config import cfg
 
 from keramos.framework.contracts import CertificateBundle, CertManager
 from keramos.framework.errors import ConfigError, DriverError
-from keramos.plugins.certificates import errors
-from keramos.plugins.certificates.files import PRIVATE_MODE, write_atomic
-from keramos.plugins.certificates.generator import read_passphrase_file
-from keramos.plugins.certificates.keys import (
+from keramos.framework.files import PRIVATE_MODE, write_atomic
+from keramos.framework.pki import errors
+from keramos.framework.pki.keys import (
     key_matches,
     load_certificate,
     load_private_key,
     private_key_pem,
 )
+from keramos.framework.pki.options import read_passphrase_file
 
 GROUP = "cert_manager_local"
 #: Bundle names become file names: no slashes, no leading dot, room left for the reference suffix.

@@ -19,6 +19,7 @@ from typing import Any
 
 from oslo_log import log as logging
 
+from keramos.framework.agent_protocol.heartbeat import Heartbeat
 from keramos.framework.contracts import StateStore
 from keramos.framework.contracts.flow import Cast
 from keramos.framework.errors import ConfigError, NotFound
@@ -30,7 +31,6 @@ from keramos.framework.records import (
     TaskState,
 )
 from keramos.framework.runner import new_request_id
-from keramos.plugins.health.heartbeat import Heartbeat
 
 LOG = logging.getLogger(__name__)
 

@@ -31,6 +31,11 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from keramos.framework import config, loader
+from keramos.framework.agent_protocol.heartbeat import (
+    Heartbeat,
+    HeartbeatRejected,
+    HeartbeatVerifier,
+)
 from keramos.framework.client import KeramosClient
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import StateStore
@@ -38,76 +43,15 @@ from keramos.framework.contracts.flow import Cast
 from keramos.framework.errors import ConfigError, KeramosError
 from keramos.framework.warnings_filter import silence_dependency_warnings
 from keramos.plugins.health.checks import FailoverThreshold, HealthChecker, HeartbeatRecorder
-from keramos.plugins.health.heartbeat import (
-    MAX_HEARTBEAT_BYTES,
-    Heartbeat,
-    HeartbeatRejected,
-    HeartbeatVerifier,
-)
 
 LOG = logging.getLogger(__name__)
 
 GROUP = "health"
 
-health_opts = [
-    cfg.StrOpt("bind_host", default="0.0.0.0", help="Address the UDP heartbeat listener binds."),
-    cfg.PortOpt(
-        "bind_port",
-        default=5555,
-        help="UDP port of the heartbeat listener; agents list it in [amphora_agent] "
-        "controller_heartbeat_endpoints.",
-    ),
-    cfg.FloatOpt(
-        "heartbeat_timeout",
-        default=60.0,
-        min=0.1,
-        help="Seconds without a heartbeat after which a READY amphora is failed over.",
-    ),
-    cfg.FloatOpt(
-        "check_interval",
-        default=10.0,
-        min=0.05,
-        help="Seconds between two checks for silent amphorae and lagging configurations.",
-    ),
-    cfg.StrOpt(
-        "failover_threshold",
-        default="0.5",
-        help="Most silent amphorae failed over at once: a count ('3') or a fraction of the READY "
-        "amphorae ('0.5' or '50%', at least one). When more are silent, none is failed over "
-        "and an error is logged: so many at once is a network partition, not amphora failure.",
-    ),
-    cfg.FloatOpt(
-        "replay_window",
-        default=30.0,
-        min=1.0,
-        help="Seconds a heartbeat's sent_at may be away from this host's clock; older (or later) "
-        "heartbeats are refused as replays. Keep the clocks synchronised (NTP).",
-    ),
-    cfg.IntOpt(
-        "max_heartbeat_bytes",
-        default=MAX_HEARTBEAT_BYTES,
-        min=512,
-        max=65507,
-        help="Largest heartbeat datagram accepted, in bytes; larger ones are refused.",
-    ),
-    cfg.FloatOpt(
-        "convergence_grace",
-        default=5.0,
-        min=0,
-        help="Seconds after a load balancer's configuration was recorded during which heartbeats "
-        "reporting an older version are ignored (they may have left before the push landed).",
-    ),
-]
-
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
     """Register the ``[health]`` options on ``conf`` (idempotent)."""
-    conf.register_opts(config.health_opts + health_opts, group=GROUP)
-
-
-def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
-    """The health manager's options, for the sample-config generator."""
-    return [(GROUP, list(health_opts))]
+    conf.register_opts(config.health_opts, group=GROUP)
 
 
 class HeartbeatListener:

@@ -1,7 +1,8 @@
-"""Image verification: Glance-style signatures, certificate validation, image stores, cache.
+"""Image drivers: the ``file`` and ``http`` image stores and the ``local`` and ``castellan`` key
+managers.
 
-Importing this package imports none of its modules: flows use :mod:`.signature`, :mod:`.cache` and
-:mod:`.certificate_validation` without pulling in the HTTP store's ``requests``.
+Importing this package imports none of its modules, so that the file store does not pull in the
+HTTP store's ``requests``.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ import importlib
 
 from oslo_config import cfg
 
-_OPTION_MODULES = ("certificate_validation", "cache", "file_store", "http_store", "key_managers")
+_OPTION_MODULES = ("file_store", "http_store", "key_managers")
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
-    """Every option of the image plugins, for the sample-config generator."""
+    """Every option of the image drivers, for the sample-config generator."""
     options: list[tuple[str, list[cfg.Opt]]] = []
     for name in _OPTION_MODULES:
         options += importlib.import_module(f"{__name__}.{name}").list_opts()

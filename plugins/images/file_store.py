@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
 
@@ -21,6 +20,7 @@ from oslo_config import cfg
 
 from keramos.framework.contracts import ImageStore
 from keramos.framework.errors import ConfigError, DriverError, NotFound
+from keramos.framework.files import PUBLIC_MODE, atomic_file, write_atomic
 from keramos.framework.schema import IDENTIFIER_PATTERN
 
 GROUP = "file_image_store"
@@ -54,23 +54,6 @@ def check_image_id(image_id: str) -> str:
     if not isinstance(image_id, str) or not _IMAGE_ID.fullmatch(image_id):
         raise NotFound(f"no image {image_id!r}: not a valid image id")
     return image_id
-
-
-def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
-    directory = os.path.dirname(path) or "."
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(handle, "wb") as target:
-            os.fchmod(target.fileno(), mode)
-            target.write(data)
-            target.flush()
-            os.fsync(target.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
 
 
 class FileImageStore(ImageStore):
@@ -127,9 +110,8 @@ class FileImageStore(ImageStore):
         """
         path = self.data_path(image_id)
         md5, sha512, size = hashlib.md5(usedforsecurity=False), hashlib.sha512(), 0
-        handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
         try:
-            with os.fdopen(handle, "wb") as target:
+            with atomic_file(path) as target:
                 while chunk := source.read(1 << 20):
                     md5.update(chunk)
                     sha512.update(chunk)
@@ -144,12 +126,10 @@ class FileImageStore(ImageStore):
                 "os_hash_algo": "sha512",
                 "os_hash_value": sha512.hexdigest(),
             }
-            os.replace(temporary, path)
-            write_atomically(self._metadata_path(image_id), json.dumps(document).encode())
+            write_atomic(self._metadata_path(image_id), json.dumps(document).encode(), PUBLIC_MODE)
         except BaseException:
-            for leftover in (temporary, path):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(leftover)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
             raise
         return document
 

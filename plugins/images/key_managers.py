@@ -21,8 +21,8 @@ from oslo_config import cfg
 
 from keramos.framework.contracts import KeyManager
 from keramos.framework.errors import ConfigError, DriverError, NotFound
-from keramos.plugins.images.certificate_validation import load_certificates
-from keramos.plugins.images.file_store import write_atomically
+from keramos.framework.files import write_atomic
+from keramos.framework.images.certificate_validation import load_certificates
 
 LOCAL_GROUP = "local_key_manager"
 CASTELLAN_GROUP = "castellan_key_manager"
@@ -102,7 +102,7 @@ class LocalKeyManager(KeyManager):
 
     def write(self, certificate_uuid: str, certificate: bytes) -> None:
         """Store ``certificate`` under a uuid chosen by the caller (imports, tests)."""
-        write_atomically(self._path(certificate_uuid), certificate, 0o600)
+        write_atomic(self._path(certificate_uuid), certificate, 0o600)
 
     def delete(self, certificate_uuid: str) -> None:
         try:

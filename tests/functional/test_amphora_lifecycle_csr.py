@@ -21,12 +21,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from keramos.framework.contracts import AmphoraEndpoint
+from keramos.framework.pki.ca import serial_hex
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord
 from keramos.framework.testing import InProcessWorker
 from keramos.plugins.agent.identity import ACTIVATED_MARKER
 from keramos.plugins.agent.options import CSR_MODE_KEY_NAME
 from keramos.plugins.amphora_rest import AgentError
-from keramos.plugins.certificates.ca import serial_hex
 from keramos.plugins.compute_process import ProcessCompute
 from tests.functional.agent_helpers import free_port, http_backend
 from tests.functional.lifecycle_helpers import BODY, description, lifecycle_worker, wait_for_traffic

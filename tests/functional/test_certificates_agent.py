@@ -18,13 +18,14 @@ from cryptography import x509
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import CertKind
 from keramos.framework.errors import DriverError
+from keramos.framework.files import write_atomic
+from keramos.framework.pki.ca import create_dual_ca
+from keramos.framework.pki.options import register_opts
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord
 from keramos.framework.testing import InProcessWorker
 from keramos.plugins.amphora_rest import RestAmphoraDriver
 from keramos.plugins.amphora_rest import list_opts as rest_list_opts
-from keramos.plugins.certificates.ca import create_dual_ca
-from keramos.plugins.certificates.files import write_atomic
-from keramos.plugins.certificates.generator import LocalCertGenerator, register_opts
+from keramos.plugins.certificates.generator import LocalCertGenerator
 from keramos.plugins.certificates.local_store import LocalCertManager, local_store_opts
 from keramos.plugins.compute_process import ProcessCompute
 from keramos.plugins.compute_process import list_opts as process_list_opts

@@ -13,9 +13,10 @@ import pytest
 
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import CertKind
+from keramos.framework.pki.ca import create_dual_ca
+from keramos.framework.pki.options import register_opts
 from keramos.framework.records import utcnow
-from keramos.plugins.certificates.ca import create_dual_ca
-from keramos.plugins.certificates.generator import LocalCertGenerator, register_opts
+from keramos.plugins.certificates.generator import LocalCertGenerator
 
 OPENSSL = shutil.which("openssl")
 PASSPHRASE = "functional test passphrase"

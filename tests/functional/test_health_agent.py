@@ -15,11 +15,11 @@ from collections.abc import Iterator
 import pytest
 
 from keramos.flows.templates import render_haproxy_config
+from keramos.framework.agent_protocol.heartbeat import HeartbeatVerifier
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import AmphoraEndpoint, InstanceStatus
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, LoadBalancerRecord, utcnow
 from keramos.plugins.health.checks import FailoverThreshold, HealthChecker, HeartbeatRecorder
-from keramos.plugins.health.heartbeat import HeartbeatVerifier
 from keramos.plugins.health.manager import HeartbeatListener
 from keramos.plugins.state_store.memory import MemoryStateStore
 from tests.functional.agent_helpers import free_port, make_drivers, make_pki

@@ -15,9 +15,10 @@ from keramos.framework.config import make_conf
 from keramos.framework.contracts import AmphoraEndpoint
 from keramos.framework.drivers import Drivers
 from keramos.framework.errors import DriverError
+from keramos.framework.pki.ca import create_dual_ca
+from keramos.framework.pki.options import register_opts
 from keramos.plugins import noop
-from keramos.plugins.certificates.ca import create_dual_ca
-from keramos.plugins.certificates.generator import LocalCertGenerator, register_opts
+from keramos.plugins.certificates.generator import LocalCertGenerator
 from keramos.plugins.certificates.local_store import LocalCertManager, local_store_opts
 from keramos.plugins.state_store.memory import MemoryStateStore
 

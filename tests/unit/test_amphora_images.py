@@ -7,14 +7,14 @@ import os
 
 import pytest
 
+from keramos.framework.images import signature
+from keramos.framework.images.cache import image_cache_opts
+from keramos.framework.images.certificate_validation import register_opts
+from keramos.framework.images.signature import Reason, SignatureVerificationError
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, ImageRecord
 from keramos.framework.testing import InProcessWorker
-from keramos.plugins.images import signature
-from keramos.plugins.images.cache import image_cache_opts
-from keramos.plugins.images.certificate_validation import register_opts
 from keramos.plugins.images.file_store import FileImageStore
 from keramos.plugins.images.key_managers import LocalKeyManager
-from keramos.plugins.images.signature import Reason, SignatureVerificationError
 from tests.unit.amphora_helpers import nothing_left
 from tests.unit.image_helpers import pki, sign, write_ca_file
 

@@ -13,17 +13,17 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from keramos.framework.contracts import CertKind
 from keramos.framework.errors import ConfigError, DriverError
-from keramos.framework.records import utcnow
-from keramos.plugins.certificates import errors
-from keramos.plugins.certificates.ca import (
+from keramos.framework.files import write_all_atomic, write_atomic
+from keramos.framework.pki import errors
+from keramos.framework.pki.ca import (
     CertificateAuthority,
     ca_certificate_path,
     ca_key_path,
     create_dual_ca,
     load_dual_ca,
 )
-from keramos.plugins.certificates.files import write_all_atomic, write_atomic
-from keramos.plugins.certificates.keys import KEY_TYPES
+from keramos.framework.pki.keys import KEY_TYPES
+from keramos.framework.records import utcnow
 from tests.unit.certs_helpers import PASSPHRASE, make_csr, rsa_key, tamper_signature
 
 DAY = dt.timedelta(days=1)

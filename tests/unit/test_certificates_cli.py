@@ -14,7 +14,7 @@ from keramos.framework.cli import ca as ca_cli
 from keramos.framework.cli import cert as cert_cli
 from keramos.framework.config import make_conf
 from keramos.framework.errors import ConfigError, KeramosError
-from keramos.plugins.certificates import errors
+from keramos.framework.pki import errors
 from tests.unit.certs_helpers import PASSPHRASE
 
 

@@ -17,9 +17,9 @@ from keramos.framework.config import make_conf
 from keramos.framework.contracts import CertificateBundle, CertKind
 from keramos.framework.errors import DriverError, NotFound, PayloadError
 from keramos.framework.loader import load_flow_classes
+from keramos.framework.pki import errors
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord, utcnow
 from keramos.framework.testing import InProcessWorker
-from keramos.plugins.certificates import errors
 from tests.unit.certs_helpers import (
     UnreachableAmphora,
     make_csr,

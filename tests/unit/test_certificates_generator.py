@@ -13,14 +13,10 @@ from cryptography.hazmat.primitives import serialization
 from keramos.framework.contracts import CertKind
 from keramos.framework.errors import ConfigError, DriverError
 from keramos.framework.loader import load_driver_class
+from keramos.framework.pki import ca, errors, keys
+from keramos.framework.pki.options import list_opts, parse_duration, rotation_settings
 from keramos.framework.records import utcnow
-from keramos.plugins.certificates import ca, errors, keys
-from keramos.plugins.certificates.generator import (
-    LocalCertGenerator,
-    list_opts,
-    parse_duration,
-    rotation_settings,
-)
+from keramos.plugins.certificates.generator import LocalCertGenerator
 from tests.unit.certs_helpers import PASSPHRASE, cert_conf, make_ca_dir, make_csr, make_generator
 
 

@@ -14,8 +14,9 @@ from keramos.framework.config import make_conf
 from keramos.framework.contracts import CertificateBundle, CertKind
 from keramos.framework.errors import ConfigError, DriverError, NotFound
 from keramos.framework.loader import load_driver_class
-from keramos.plugins.certificates import castellan_store, errors, local_store
-from keramos.plugins.certificates.keys import load_private_key, private_key_pem
+from keramos.framework.pki import errors
+from keramos.framework.pki.keys import load_private_key, private_key_pem
+from keramos.plugins.certificates import castellan_store, local_store
 from tests.unit.certs_helpers import make_generator, make_store
 
 

@@ -9,10 +9,10 @@ import socket
 
 import pytest
 
+from keramos.framework.agent_protocol import heartbeat as hb
+from keramos.framework.agent_protocol.heartbeat import Heartbeat, HeartbeatRejected, HeartbeatVerifier
 from keramos.plugins.agent import main as agent_main
 from keramos.plugins.agent.heartbeat_sender import HeartbeatSender, sender_from_settings
-from keramos.plugins.health import heartbeat as hb
-from keramos.plugins.health.heartbeat import Heartbeat, HeartbeatRejected, HeartbeatVerifier
 
 KEY = "heartbeat-key-for-tests"
 NOW = 1_800_000_000.0

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from keramos.framework.agent_protocol import heartbeat as hb
 from keramos.framework.config import make_conf
 from keramos.framework.errors import ConfigError
 from keramos.framework.records import (
@@ -17,7 +18,6 @@ from keramos.framework.records import (
     TaskRecord,
     TaskState,
 )
-from keramos.plugins.health import heartbeat as hb
 from keramos.plugins.health.checks import FailoverThreshold, HealthChecker, HeartbeatRecorder
 from keramos.plugins.health.manager import HealthManager, HeartbeatListener
 from keramos.plugins.state_store.memory import MemoryStateStore

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from keramos.framework.agent_protocol import heartbeat as hb
 from keramos.framework.config import make_conf
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, TaskRecord
 from keramos.plugins.agent.heartbeat_sender import HeartbeatSender
-from keramos.plugins.health import heartbeat as hb
 from keramos.plugins.health.manager import HealthManager
 from keramos.plugins.state_store.sqlalchemy import SQLAlchemyStateStore
 from tests.unit.health_helpers import CastRecorder, wait_for

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from keramos.framework.config import make_conf
-from keramos.plugins.images import cache as cache_module
-from keramos.plugins.images.cache import CacheEntryTooLarge, VerifiedImageCache, image_cache_opts
+from keramos.framework.images import cache as cache_module
+from keramos.framework.images.cache import CacheEntryTooLarge, VerifiedImageCache, image_cache_opts
 
 
 def make_cache(tmp_path, **options) -> VerifiedImageCache:

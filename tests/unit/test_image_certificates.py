@@ -8,14 +8,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from keramos.framework.config import make_conf
 from keramos.framework.errors import ConfigError
-from keramos.plugins.images.certificate_validation import (
+from keramos.framework.images.certificate_validation import (
     CertificateValidator,
     describe_certificate,
     load_certificates,
     load_crls,
     register_opts,
 )
-from keramos.plugins.images.signature import Reason, SignatureVerificationError
+from keramos.framework.images.signature import Reason, SignatureVerificationError
 from tests.unit.image_helpers import DAY, NOW, issue, new_key, pki, write_ca_file
 
 

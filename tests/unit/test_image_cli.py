@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives import serialization
 
 from keramos.framework.cli import main
 from keramos.framework.config import make_conf
+from keramos.framework.images import signature
 from keramos.framework.loader import load_driver
 from keramos.framework.records import ImageRecord
-from keramos.plugins.images import signature
 from keramos.plugins.images.file_store import FileImageStore
 from keramos.plugins.images.key_managers import LocalKeyManager
 from tests.unit.image_helpers import chunked, pki, write_ca_file

@@ -15,10 +15,11 @@ from collections.abc import Iterator
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from keramos.framework import images as image_verification
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import ImageStore, KeyManager
 from keramos.framework.errors import ConfigError, DriverError, NotFound
-from keramos.plugins.images import list_opts
+from keramos.plugins import images as image_drivers
 from keramos.plugins.images.file_store import FileImageStore
 from keramos.plugins.images.http_store import HttpImageStore
 from keramos.plugins.images.key_managers import CastellanKeyManager, LocalKeyManager
@@ -271,7 +272,7 @@ def test_castellan_key_manager_stores_der_and_maps_not_found(conf, monkeypatch):
 
 
 def test_every_image_option_is_listed_with_help():
-    groups = dict(list_opts())
+    groups = dict(image_verification.list_opts() + image_drivers.list_opts())
     assert {"image_verification", "image_cache", "file_image_store", "http_image_store"} <= set(
         groups
     )

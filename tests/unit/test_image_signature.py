@@ -9,8 +9,8 @@ import tracemalloc
 
 import pytest
 
-from keramos.plugins.images import signature
-from keramos.plugins.images.signature import Reason, SignatureVerificationError
+from keramos.framework.images import signature
+from keramos.framework.images.signature import Reason, SignatureVerificationError
 from tests.unit.image_helpers import chunked, new_key, pki, sign
 
 DATA = os.urandom(256 * 1024 + 17)

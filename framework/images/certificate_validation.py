@@ -25,7 +25,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from keramos.framework.errors import ConfigError
-from keramos.plugins.images.signature import Reason, SignatureVerificationError
+from keramos.framework.images.signature import Reason, SignatureVerificationError
 
 LOG = logging.getLogger(__name__)
 

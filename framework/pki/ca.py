@@ -24,11 +24,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from keramos.framework.contracts import CertKind, IssuedCertificate
 from keramos.framework.errors import ConfigError, DriverError
-from keramos.framework.records import utcnow
-from keramos.framework.schema import IDENTIFIER_PATTERN
-from keramos.plugins.certificates import errors
-from keramos.plugins.certificates.files import PRIVATE_MODE, PUBLIC_MODE, write_all_atomic
-from keramos.plugins.certificates.keys import (
+from keramos.framework.files import PRIVATE_MODE, PUBLIC_MODE, write_all_atomic
+from keramos.framework.pki import errors
+from keramos.framework.pki.keys import (
     DEFAULT_KEY_TYPE,
     PrivateKey,
     generate_private_key,
@@ -38,6 +36,8 @@ from keramos.plugins.certificates.keys import (
     load_private_key,
     private_key_pem,
 )
+from keramos.framework.records import utcnow
+from keramos.framework.schema import IDENTIFIER_PATTERN
 
 #: Leaf certificates start this long before they are issued, for clocks slightly behind.
 CLOCK_SKEW = dt.timedelta(minutes=5)

@@ -41,7 +41,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from keramos.framework.errors import ConfigError
-from keramos.plugins.images.file_store import write_atomically
+from keramos.framework.files import write_atomic
 
 LOG = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class VerifiedImageCache:
                 if intact and filled_before_boot:
                     # The data survived the restart intact: trust it cheaply from now on.
                     meta["boot_id"] = boot_id()
-                    write_atomically(meta_path, json.dumps(meta).encode(), 0o600)
+                    write_atomic(meta_path, json.dumps(meta).encode(), 0o600)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, AttributeError) as error:
@@ -312,7 +312,7 @@ class VerifiedImageCache:
                 "details": recorded,
             }
             # Metadata first: a crash before the data moves leaves a miss, never a hit.
-            write_atomically(meta_path, json.dumps(meta).encode(), 0o600)
+            write_atomic(meta_path, json.dumps(meta).encode(), 0o600)
             os.replace(staging_path, data_path)
             _touch(meta_path)
 
