@@ -69,6 +69,7 @@ class _AmphoraFlowFactory(FlowFactory):
                 drivers.cert_generator,
                 drivers.cert_manager,
                 drivers.state_store,
+                amphora=drivers.amphora,
                 agent_config=self._agent_config,
                 amphora_makes_server_key=csr_mode,
                 rebind=rebind,

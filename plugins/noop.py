@@ -42,38 +42,6 @@ from keramos.framework.records import utcnow
 _PLACEHOLDER_CA = b"-----BEGIN CERTIFICATE-----\nnoop-ca\n-----END CERTIFICATE-----\n"
 
 
-class _NoopAgents:
-    """The "agents" of the instances noop computes booted, by amphora id: the config drive each
-    got, so that the noop amphora driver activates them with the token their drive holds."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._drives: dict[str, tuple[str, dict[str, bytes]]] = {}
-
-    def boot(self, amphora_id: str, compute_id: str, config_drive: Mapping[str, bytes]) -> None:
-        with self._lock:
-            self._drives[amphora_id] = (compute_id, dict(config_drive))
-
-    def forget(self, compute_id: str) -> None:
-        with self._lock:
-            for amphora_id, (booted_as, _drive) in list(self._drives.items()):
-                if booted_as == compute_id:
-                    del self._drives[amphora_id]
-
-    def token(self, amphora_id: str, *, spend: bool = False) -> str:
-        """The activation token in the amphora's drive; ``spend`` deletes it, as activation does."""
-        with self._lock:
-            drive = self._drives.get(amphora_id, ("", {}))[1]
-            token = drive.pop(ACTIVATION_TOKEN_FILE, None) if spend else drive.get(ACTIVATION_TOKEN_FILE)
-        if token is None:
-            raise DriverError(f"amphora {amphora_id}: no activation token (already activated, or never booted)")
-        return token.decode("ascii")
-
-
-#: Shared by the noop compute (which boots) and the noop amphora driver (which activates).
-NOOP_AGENTS = _NoopAgents()
-
-
 class NoopCompute(ComputeDriver):
     """Instances that are ACTIVE at once, on 127.0.0.1, kept in memory with their config drives."""
 
@@ -97,7 +65,6 @@ class NoopCompute(ComputeDriver):
                 compute_id, InstanceStatus.ACTIVE, address="127.0.0.1"
             )
             self.config_drives[compute_id] = dict(config_drive)
-        NOOP_AGENTS.boot(amphora_id, compute_id, config_drive)
         return compute_id
 
     def get(self, compute_id: str) -> Instance:
@@ -111,7 +78,6 @@ class NoopCompute(ComputeDriver):
         with self._lock:
             self.instances.pop(compute_id, None)
             self.config_drives.pop(compute_id, None)
-        NOOP_AGENTS.forget(compute_id)
 
 
 class NoopNetwork(NetworkDriver):
@@ -244,25 +210,46 @@ class NoopImageStore(ImageStore):
 class NoopAmphora(AmphoraDriver):
     """Agents that answer at once and remember the configs and certificates pushed to them.
 
-    They are activated with the token of the config drive a noop compute booted them with, and in
-    csr mode make a real EC key (kept in memory) and CSR, so that the flows' checks run.
+    Each simulated agent reads the activation token of the config drive its instance was booted
+    with (:meth:`instance_booted`, whatever compute driver booted it), hands it over once at
+    activation and forgets it, and in csr mode makes a real EC key (kept in memory) and CSR, so
+    that the flows' checks run.
     """
 
     def __init__(self, conf) -> None:
         super().__init__(conf)
         self._lock = threading.Lock()
+        self.activation_tokens: dict[str, bytes] = {}
         self.configs: dict[tuple[str, str], tuple[int, str]] = {}
         self.certificates: dict[str, bytes] = {}
         self.server_keys: dict[str, ec.EllipticCurvePrivateKey] = {}
+
+    def instance_booted(self, amphora_id: str, config_drive: Mapping[str, bytes]) -> None:
+        with self._lock:
+            token = config_drive.get(ACTIVATION_TOKEN_FILE)
+            if token is None:
+                self.activation_tokens.pop(amphora_id, None)
+            else:
+                self.activation_tokens[amphora_id] = bytes(token)
+            self.server_keys.pop(amphora_id, None)
+
+    def _token(self, amphora_id: str, *, spend: bool) -> str:
+        """The agent's activation token; ``spend`` deletes it, as activation does."""
+        with self._lock:
+            tokens = self.activation_tokens
+            token = tokens.pop(amphora_id, None) if spend else tokens.get(amphora_id)
+        if token is None:
+            raise DriverError(f"amphora {amphora_id}: no activation token (already activated, or never booted)")
+        return token.decode("ascii")
 
     def wait_until_reachable(self, endpoint: AmphoraEndpoint, timeout: float) -> dict[str, Any]:
         return {"amphora_id": endpoint.amphora_id, "api_version": "1.0", "driver": "noop"}
 
     def activate(self, endpoint: AmphoraEndpoint) -> str:
-        return NOOP_AGENTS.token(endpoint.amphora_id, spend=True)
+        return self._token(endpoint.amphora_id, spend=True)
 
     def fetch_csr(self, endpoint: AmphoraEndpoint, timeout: float) -> AmphoraCSR:
-        token = NOOP_AGENTS.token(endpoint.amphora_id)
+        token = self._token(endpoint.amphora_id, spend=False)
         with self._lock:
             key = self.server_keys.get(endpoint.amphora_id)
             if key is None:

@@ -281,7 +281,8 @@ class BootAmphora(task.Task):
     With ``amphora_makes_server_key`` (csr mode) the drive carries no server certificate nor key:
     the agent makes its own, and ``sign_amphora_csr`` certifies it after the boot.
 
-    The token exists only in the config drive; the record keeps its SHA-256 hash until
+    The token exists only in the config drive (which the amphora driver is told of, for agents it
+    simulates: :meth:`AmphoraDriver.instance_booted`); the record keeps its SHA-256 hash until
     ``activate_amphora`` clears it. On revert the instance is deleted and the hash cleared.
     """
 
@@ -292,6 +293,7 @@ class BootAmphora(task.Task):
         cert_manager: CertManager,
         state_store: StateStore,
         *,
+        amphora: AmphoraDriver,
         agent_config: bytes | None = None,
         amphora_makes_server_key: bool = False,
         rebind: Rebind = None,
@@ -301,6 +303,7 @@ class BootAmphora(task.Task):
         super().__init__(name="boot_amphora", provides="compute_id", rebind=rebind, inject=inject)
         self.agent_config = agent_config
         self.compute = compute
+        self.amphora = amphora
         self.cert_generator = cert_generator
         self.cert_manager = cert_manager
         self.state_store = state_store
@@ -327,6 +330,7 @@ class BootAmphora(task.Task):
         )
         compute_id = self.compute.build(amphora_id, image_id, config_drive)
         try:
+            self.amphora.instance_booted(amphora_id, config_drive)
             self.state_store.update(
                 AmphoraRecord, amphora_id, status=AmphoraStatus.BOOTING, compute_id=compute_id
             )

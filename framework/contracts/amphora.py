@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from keramos.framework.contracts.base import Driver
@@ -40,6 +41,19 @@ class AmphoraDriver(Driver):
     """
 
     kind = "amphora"
+
+    def instance_booted(self, amphora_id: str, config_drive: Mapping[str, bytes]) -> None:
+        """The compute driver was handed ``config_drive`` to boot ``amphora_id``'s instance with.
+
+        ``boot_amphora`` calls it once the compute driver's ``build`` returned; an error deletes
+        the instance and reverts the boot. Drivers that talk to real agents keep the default,
+        which does nothing: the agent reads the drive on its instance, and what :meth:`activate`
+        and :meth:`fetch_csr` return must be the agent's answer, never what this method saw. A
+        driver that simulates its agents in the controller (the noop driver, test drivers) has
+        no instance to read: its simulated agent of ``amphora_id`` takes the drive from here,
+        whatever compute driver booted the instance, and forgets it when the amphora is booted
+        again.
+        """
 
     @abc.abstractmethod
     def wait_until_reachable(self, endpoint: AmphoraEndpoint, timeout: float) -> dict[str, Any]:

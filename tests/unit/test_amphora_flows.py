@@ -240,7 +240,7 @@ def test_activation_is_refused_twice_and_for_an_agent_answering_as_another_ampho
     with InProcessWorker() as worker:
         store = worker.state_store
         store.save(AmphoraRecord(amphora_id="amp-1", activation_token_hash=hash_activation_token("t")))
-        worker.drivers.compute.build("amp-1", "img-1", {ACTIVATION_TOKEN_FILE: b"t"})
+        worker.drivers.amphora.instance_booted("amp-1", {ACTIVATION_TOKEN_FILE: b"t"})
         activate = ActivateAmphora(worker.drivers.amphora, store)
         instance = {"address": "127.0.0.1", "port": None}
         with pytest.raises(KeramosError, match="answered as amp-2"):
