@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -116,6 +117,7 @@ class FlowRunner:
         self._observers: tuple[RunObserver, ...] = (
             (LogObserver(),) if observers is None else tuple(observers)
         )
+        self._observers_lock = threading.Lock()
         self.backend = backend if backend is not None else VolatileBackend()
         self.durable = backend is not None
         self._executor: futurist.ThreadPoolExecutor | None = None
@@ -128,12 +130,14 @@ class FlowRunner:
         return self._observers
 
     def add_observer(self, observer: RunObserver) -> None:
-        """Report every run from now on to ``observer`` too (after those already registered)."""
-        self._observers = (*self._observers, observer)
+        """Report the runs that start from now on to ``observer`` too (after those registered)."""
+        with self._observers_lock:
+            self._observers = (*self._observers, observer)
 
     def remove_observer(self, observer: RunObserver) -> None:
-        """Stop reporting runs to ``observer``."""
-        self._observers = tuple(known for known in self._observers if known is not observer)
+        """Stop reporting runs to ``observer``; runs already started report to it to their end."""
+        with self._observers_lock:
+            self._observers = tuple(known for known in self._observers if known is not observer)
 
     def _notify(
         self, hook: Hook, run_observers: Sequence[RunObserver], *args: Any, request_id: str | None
@@ -225,7 +229,9 @@ class FlowRunner:
             accepted = self._new_flow_detail(job)
         except Exception as error:
             LOG.exception("could not accept cast %s", job.request_id)
-            self._notify("rejected", observers, job.request_id, job.event, error, request_id=job.request_id)
+            self._notify(
+                "rejected", observers, job.request_id, job.event, error, request_id=job.request_id
+            )
             raise
         self._notify("accepted", observers, job, request_id=job.request_id)
         return accepted
@@ -297,13 +303,11 @@ class FlowRunner:
         store = self.drivers.state_store
         started = time.monotonic()
         store.update(TaskRecord, job.request_id, state=TaskState.PROCESSING)
-        self._notify("started", observers, job, request_id=job.request_id)
+        # One list for the whole run: an observer sees all of it from started to its end, or none.
+        everyone = (*self._observers, *observers)
+        notify(everyone, "started", job, request_id=job.request_id)
         LOG.info("flow %s started (%s, resource %s)", job.event, job.request_id, job.resource_id)
-        watching = [
-            observer
-            for observer in (*self._observers, *observers)
-            if overrides(observer, "task_state_changed")
-        ]
+        watching = [observer for observer in everyone if overrides(observer, "task_state_changed")]
         try:
             engine = self._load_engine(job, book, flow_detail)
             if watching:
@@ -339,7 +343,7 @@ class FlowRunner:
             failure = FlowFailed(
                 job.event, job.request_id, described["type"], described["message"], cause=cause
             )
-            self._notify("failed", observers, job, failure, duration, request_id=job.request_id)
+            notify(everyone, "failed", job, failure, duration, request_id=job.request_id)
             LOG.error(
                 "flow %s failed and was reverted (%s, %.3fs): %s: %s",
                 job.event,
@@ -352,7 +356,7 @@ class FlowRunner:
             raise failure from cause
         duration = round(time.monotonic() - started, 6)
         store.update(TaskRecord, job.request_id, state=TaskState.SUCCESS, result=result)
-        self._notify("succeeded", observers, job, result, duration, request_id=job.request_id)
+        notify(everyone, "succeeded", job, result, duration, request_id=job.request_id)
         LOG.info("flow %s succeeded (%s, %.3fs)", job.event, job.request_id, duration)
         self._forget(book)
         return result
