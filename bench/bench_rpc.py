@@ -27,8 +27,8 @@ from taskflow.patterns import linear_flow
 from keramos.framework import rpc
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import FlowFactory
+from keramos.framework.observers import RunObserver
 from keramos.framework.service import Worker
-from keramos.framework.testing import RecordingSink
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -77,18 +77,20 @@ class Counter:
         return (self.expected - 1) / (self.last - self.first)
 
 
-class CountingSink(RecordingSink):
-    """Counts ``.end`` events and forwards every event to the real notifier."""
+class FinishCounter(RunObserver):
+    """Counts the casts that finished: flows that succeeded or failed, and refused casts."""
 
-    def __init__(self, counter: Counter, forward) -> None:
-        super().__init__()
+    def __init__(self, counter: Counter) -> None:
         self.counter = counter
-        self.forward = forward
 
-    def emit(self, event_type, payload, *, error=False) -> None:
-        self.forward.emit(event_type, payload, error=error)
-        if event_type.endswith(".end") or error:
-            self.counter.tick()
+    def rejected(self, request_id, event, error) -> None:
+        self.counter.tick()
+
+    def succeeded(self, job, result, duration) -> None:
+        self.counter.tick()
+
+    def failed(self, job, failure, duration) -> None:
+        self.counter.tick()
 
 
 class RawEndpoint:
@@ -173,8 +175,8 @@ def keramos_rates(label: str, casts: int, state: Path, **overrides) -> tuple[flo
     conf = conf_for(topic, state, **overrides)
     finished = Counter(casts)
     consumed = Counter(casts)
-    forward = rpc.NotifierSink(conf, rpc.notification_transport(conf))
-    worker = Worker(conf, extra_flows=[NoopFlow], sink=CountingSink(finished, forward))
+    notifications = rpc.NotificationObserver(conf, rpc.notification_transport(conf))
+    worker = Worker(conf, extra_flows=[NoopFlow], observers=[notifications, FinishCounter(finished)])
     accept = worker.runner.accept
 
     def counting_accept(job):
@@ -189,6 +191,7 @@ def keramos_rates(label: str, casts: int, state: Path, **overrides) -> tuple[flo
 
     def stop() -> None:
         worker.stop(timeout=60)
+        notifications.close()
 
     measure(label, topic, casts, start, stop, finished)
     print(

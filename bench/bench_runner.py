@@ -37,13 +37,6 @@ class SixNoops(FlowFactory):
         return six_noops()
 
 
-class NullSink:
-    """Drops events (what is measured is the runner, not a notification transport)."""
-
-    def emit(self, event_type, payload, *, error=False) -> None:
-        """Nothing."""
-
-
 def keramos_runner(state: Path, *, durable: bool, synchronous: str = "normal") -> FlowRunner:
     conf = make_conf(
         config_files=[],
@@ -55,7 +48,8 @@ def keramos_runner(state: Path, *, durable: bool, synchronous: str = "normal") -
     )
     drivers = loader.load_drivers(conf)
     flows = loader.load_flows(conf, drivers, extra=[SixNoops])
-    return FlowRunner(conf, drivers, flows, sink=NullSink(), backend=persistence_backend(conf))
+    # No observer: what is measured is the runner, not a notification transport or the log.
+    return FlowRunner(conf, drivers, flows, observers=[], backend=persistence_backend(conf))
 
 
 def runner_rate(label: str, runner: FlowRunner, duration: float) -> float:

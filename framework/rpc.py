@@ -1,4 +1,4 @@
-"""The oslo.messaging edge: transports, the worker's RPC endpoint and the notification sink.
+"""The oslo.messaging edge: transports, the worker's RPC endpoint and the notification observer.
 
 This is the only core module (with :mod:`.client` and :mod:`.service`) that imports
 oslo.messaging; the runner it drives does not.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,7 +15,8 @@ import oslo_messaging
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from keramos.framework.errors import FlowFailed, InvalidEvent, describe
+from keramos.framework.errors import FlowFailed, InvalidEvent
+from keramos.framework.observers import EventObserver
 from keramos.framework.records import TaskRecord
 from keramos.framework.runner import FlowRunner, Job, jsonable
 
@@ -43,8 +43,12 @@ def worker_target(conf: cfg.ConfigOpts, *, server: str | None = None) -> oslo_me
     )
 
 
-class NotifierSink:
-    """Reports flow events as oslo.messaging notifications (``keramos.<flow>.<phase>``)."""
+class NotificationObserver(EventObserver):
+    """Publishes the events of runs as oslo.messaging notifications (``keramos.<flow>.<phase>``).
+
+    The event types and payloads are :class:`~keramos.framework.observers.EventObserver`'s;
+    ``.error`` events go out at the ``error`` priority, the others at ``info``.
+    """
 
     def __init__(self, conf: cfg.ConfigOpts, transport: oslo_messaging.Transport) -> None:
         self.transport = transport
@@ -57,6 +61,7 @@ class NotifierSink:
         self.transport.cleanup()
 
     def emit(self, event_type: str, payload: dict[str, Any], *, error: bool = False) -> None:
+        """Send one notification; a transport error is logged, not raised."""
         context = {"request_id": payload.get("request_id")}
         try:
             if error:
@@ -74,17 +79,13 @@ class WorkerEndpoint:
     durable flow detail, and queues it for the flow threads (``[worker] executor_threads``), so
     that taking casts off the queue never waits behind running flows. At most
     ``[worker] max_queued_flows`` accepted flows wait; past that, accepting waits.
-    ``on_failure`` is told of every flow that failed (the in-process testing kit uses it to
-    re-raise the flow's own error in the test).
+    Every outcome reaches the runner's observers.
     """
 
     target = oslo_messaging.Target(version=RPC_API_VERSION)
 
-    def __init__(
-        self, runner: FlowRunner, *, on_failure: Callable[[FlowFailed], None] | None = None
-    ) -> None:
+    def __init__(self, runner: FlowRunner) -> None:
         self.runner = runner
-        self.on_failure = on_failure
         conf = runner.conf.worker
         self._flows = ThreadPoolExecutor(conf.executor_threads, thread_name_prefix="keramos-flow")
         self._slots = threading.BoundedSemaphore(conf.executor_threads + conf.max_queued_flows)
@@ -105,14 +106,8 @@ class WorkerEndpoint:
             return
         try:
             book, flow_detail = self.runner.accept(job)
-        except Exception as error:
-            LOG.exception("could not accept cast %s", job.request_id)
-            self.runner.sink.emit(
-                f"keramos.{job.event}.error",
-                {"request_id": job.request_id, "error": describe(error)},
-                error=True,
-            )
-            return
+        except Exception:
+            return  # logged and reported to the observers as rejected by the runner
         self._slots.acquire()
         with self._active_lock:
             self._active += 1
@@ -121,9 +116,8 @@ class WorkerEndpoint:
     def _run(self, job: Job, book: Any, flow_detail: Any) -> None:
         try:
             self.runner.run(job, book, flow_detail)
-        except FlowFailed as failure:
-            if self.on_failure is not None:
-                self.on_failure(failure)
+        except FlowFailed:
+            pass  # recorded, logged and reported to the observers by the runner
         except Exception:
             LOG.exception("unexpected error running %s (%s)", job.event, job.request_id)
         finally:

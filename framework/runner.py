@@ -1,8 +1,9 @@
 """The flow runner: validates an event, runs its taskflow flow durably, records and reports it.
 
 The runner knows nothing of transports. It is called the same way by the RPC endpoint, by
-``keramos run`` and by tests; it reports through an :class:`EventSink` (oslo.messaging
-notifications in a worker, the log or a list elsewhere).
+``keramos run`` and by tests; it reports every run to its observers
+(:class:`~keramos.framework.observers.RunObserver`: oslo.messaging notifications in a worker,
+the log, progress lines or a list elsewhere).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import contextlib
 import dataclasses
 import datetime as dt
 import re
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import futurist
 from oslo_config import cfg
@@ -35,40 +37,28 @@ from keramos.framework.errors import (
     UnknownEvent,
     describe,
 )
+from keramos.framework.observers import Hook, LogObserver, RunObserver, notify, overrides
 from keramos.framework.persistence import VolatileBackend
 from keramos.framework.records import TaskRecord, TaskState, utcnow
 
 LOG = logging.getLogger(__name__)
 
-_EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _FINISHED = (states.SUCCESS, states.REVERTED, states.FAILURE)
-
-#: ``on_progress(atom_name, state, details)`` receives every task state change of a run.
-ProgressCallback = Callable[[str, str, Mapping[str, Any]], None]
-
-
-class EventSink(Protocol):
-    """Where the runner reports flow start, end and error events."""
-
-    def emit(self, event_type: str, payload: dict[str, Any], *, error: bool = False) -> None:
-        """Report one event; must not raise."""
-
-
-class LogSink:
-    """An :class:`EventSink` that writes events to the log (the default outside a worker)."""
-
-    def emit(self, event_type: str, payload: dict[str, Any], *, error: bool = False) -> None:
-        LOG.log(logging.ERROR if error else logging.INFO, "event %s %s", event_type, payload)
 
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """A validated event, ready to run."""
+    """A validated event, ready to run.
+
+    ``resource_id`` is the payload's value of the flow's ``resource_field`` (``None`` if the flow
+    names none).
+    """
 
     event: str
     request_id: str
     payload: dict[str, Any]
     version: str
+    resource_id: str | None = None
 
     @property
     def store(self) -> dict[str, Any]:
@@ -107,7 +97,8 @@ class FlowRunner:
 
     ``backend`` is a taskflow persistence backend, or ``None`` to run without durability
     (then nothing about a run outlives it).
-    ``progress`` receives the task state changes of every run (unless a run names its own).
+    ``observers`` watch every run (see :mod:`keramos.framework.observers`); ``None`` means one
+    :class:`~keramos.framework.observers.LogObserver`, an empty list none at all.
     The runner owns the thread pool the parallel engine shares between runs.
     """
 
@@ -117,20 +108,45 @@ class FlowRunner:
         drivers: Drivers,
         flows: Mapping[str, FlowFactory],
         *,
-        sink: EventSink | None = None,
+        observers: Iterable[RunObserver] | None = None,
         backend: Any = None,
-        progress: ProgressCallback | None = None,
     ) -> None:
         self.conf = conf
-        self.progress = progress
         self.drivers = drivers
         self.flows = dict(flows)
-        self.sink = sink or LogSink()
+        self._observers: tuple[RunObserver, ...] = (
+            (LogObserver(),) if observers is None else tuple(observers)
+        )
+        self._observers_lock = threading.Lock()
         self.backend = backend if backend is not None else VolatileBackend()
         self.durable = backend is not None
         self._executor: futurist.ThreadPoolExecutor | None = None
         if conf.worker.engine == "parallel":
             self._executor = futurist.ThreadPoolExecutor(max_workers=conf.worker.max_parallel_tasks)
+
+    @property
+    def observers(self) -> tuple[RunObserver, ...]:
+        """The observers every run is reported to, in the order they are called."""
+        return self._observers
+
+    def add_observer(self, observer: RunObserver) -> None:
+        """Report the runs that start from now on to ``observer`` too (after those registered)."""
+        with self._observers_lock:
+            self._observers = (*self._observers, observer)
+
+    def remove_observer(self, observer: RunObserver) -> None:
+        """Stop reporting runs to ``observer``; runs already started report to it to their end."""
+        with self._observers_lock:
+            self._observers = tuple(known for known in self._observers if known is not observer)
+
+    def _notify(
+        self, hook: Hook, run_observers: Sequence[RunObserver], *args: Any, request_id: str | None
+    ) -> None:
+        notify((*self._observers, *run_observers), hook, *args, request_id=request_id)
+
+    def _resource_id(self, event: str, payload: Mapping[str, Any]) -> str | None:
+        field = self.flows[event].resource_field
+        return payload.get(field) if field else None
 
     def close(self) -> None:
         """Stop the shared thread pool and the persistence backend."""
@@ -169,16 +185,22 @@ class FlowRunner:
             payload = schema.validate(factory.payload, envelope.get("payload"))
         except PayloadError as error:
             raise PayloadError(f"{event}: {error}", request_id=request_id, event=event) from None
-        return Job(event=event, request_id=request_id, payload=payload, version=version)
+        return Job(
+            event=event,
+            request_id=request_id,
+            payload=payload,
+            version=version,
+            resource_id=self._resource_id(event, payload),
+        )
 
-    def reject(self, error: InvalidEvent) -> None:
-        """Report a cast that will not run: log, error event, and a failed task record."""
-        event = error.event if error.event and _EVENT_NAME.fullmatch(error.event) else "invalid"
+    def reject(self, error: InvalidEvent, *, observers: Sequence[RunObserver] = ()) -> None:
+        """Report a cast that will not run: log, observers, and a failed task record.
+
+        ``observers`` are told of this cast only, after the runner's own.
+        """
         LOG.error("rejected cast %s: %s", error.request_id or "(no request id)", error)
-        self.sink.emit(
-            f"keramos.{event}.error",
-            {"request_id": error.request_id, "error": error.to_dict()},
-            error=True,
+        self._notify(
+            "rejected", observers, error.request_id, error.event, error, request_id=error.request_id
         )
         if error.request_id:
             self.drivers.state_store.save(
@@ -191,31 +213,42 @@ class FlowRunner:
                 )
             )
 
-    def accept(self, job: Job) -> tuple[models.LogBook, models.FlowDetail]:
+    def accept(
+        self, job: Job, *, observers: Sequence[RunObserver] = ()
+    ) -> tuple[models.LogBook, models.FlowDetail]:
         """Record a validated job as ``pending`` and save its flow detail.
 
         From here on the caller can ask for its status, and (when durable) a worker killed
-        before the flow ends resumes it. Returns what :meth:`run` takes.
+        before the flow ends resumes it. Returns what :meth:`run` takes. If the job cannot be
+        recorded, the cast is reported as rejected (with the error) and the error raised.
         """
-        factory = self.flows[job.event]
-        resource_id = job.payload.get(factory.resource_field) if factory.resource_field else None
-        self.drivers.state_store.save(
-            TaskRecord(request_id=job.request_id, event=job.event, resource_id=resource_id)
-        )
-        return self._new_flow_detail(job)
+        try:
+            self.drivers.state_store.save(
+                TaskRecord(request_id=job.request_id, event=job.event, resource_id=job.resource_id)
+            )
+            accepted = self._new_flow_detail(job)
+        except Exception as error:
+            LOG.exception("could not accept cast %s", job.request_id)
+            self._notify(
+                "rejected", observers, job.request_id, job.event, error, request_id=job.request_id
+            )
+            raise
+        self._notify("accepted", observers, job, request_id=job.request_id)
+        return accepted
 
-    def submit(self, envelope: Any, *, on_progress: ProgressCallback | None = None) -> dict:
+    def submit(self, envelope: Any, *, observers: Sequence[RunObserver] = ()) -> dict:
         """Validate, record and run one cast; invalid casts are rejected and reported.
 
-        Returns the result, raises :class:`FlowFailed` or :class:`InvalidEvent`.
+        ``observers`` watch this cast only, after the runner's own. Returns the result, raises
+        :class:`FlowFailed` or :class:`InvalidEvent`.
         """
         try:
             job = self.validate(envelope)
         except InvalidEvent as error:
-            self.reject(error)
+            self.reject(error, observers=observers)
             raise
-        book, flow_detail = self.accept(job)
-        return self.run(job, book, flow_detail, on_progress=on_progress)
+        book, flow_detail = self.accept(job, observers=observers)
+        return self.run(job, book, flow_detail, observers=observers)
 
     def _new_flow_detail(self, job: Job) -> tuple[models.LogBook, models.FlowDetail]:
         book = models.LogBook(f"{job.event}:{job.request_id}")
@@ -258,29 +291,40 @@ class FlowRunner:
         book: models.LogBook,
         flow_detail: models.FlowDetail,
         *,
-        on_progress: ProgressCallback | None = None,
+        observers: Sequence[RunObserver] = (),
     ) -> dict[str, Any]:
         """Run an accepted job's flow to the end (or on from where it stopped); return its result.
 
-        On failure the flow has been reverted; the failure is recorded and reported and raised
-        as :class:`FlowFailed` carrying the original error as ``cause``.
+        ``observers`` watch this run only, after the runner's own. On failure the flow has been
+        reverted; the failure is recorded and reported and raised as :class:`FlowFailed`
+        carrying the original error as ``cause``.
         """
         factory = self.flows[job.event]
-        resource_id = job.payload.get(factory.resource_field) if factory.resource_field else None
-        base = {"request_id": job.request_id, "resource_id": resource_id}
         store = self.drivers.state_store
         started = time.monotonic()
         store.update(TaskRecord, job.request_id, state=TaskState.PROCESSING)
-        self.sink.emit(f"keramos.{job.event}.start", {**base, "version": job.version})
-        LOG.info("flow %s started (%s, resource %s)", job.event, job.request_id, resource_id)
-        on_progress = on_progress or self.progress
+        # One list for the whole run: an observer sees all of it from started to its end, or none.
+        everyone = (*self._observers, *observers)
+        notify(everyone, "started", job, request_id=job.request_id)
+        LOG.info("flow %s started (%s, resource %s)", job.event, job.request_id, job.resource_id)
+        watching = [observer for observer in everyone if overrides(observer, "task_state_changed")]
         try:
             engine = self._load_engine(job, book, flow_detail)
-            if on_progress is not None:
-                engine.atom_notifier.register(
-                    tf_notifier.Notifier.ANY,
-                    lambda state, details: on_progress(details.get("task_name", "?"), state, details),
-                )
+            if watching:
+
+                def task_state_changed(state: str, details: dict[str, Any]) -> None:
+                    name = details.get("task_name") or details.get("retry_name", "?")
+                    notify(
+                        watching,
+                        "task_state_changed",
+                        job,
+                        name,
+                        state,
+                        details,
+                        request_id=job.request_id,
+                    )
+
+                engine.atom_notifier.register(tf_notifier.Notifier.ANY, task_state_changed)
             engine.run()
             result = jsonable({key: engine.storage.fetch(key) for key in factory.result_keys})
         except Exception as error:
@@ -296,11 +340,10 @@ class FlowRunner:
                 message=described["message"],
                 error_type=described["type"],
             )
-            self.sink.emit(
-                f"keramos.{job.event}.error",
-                {**base, "duration": duration, "error": described},
-                error=True,
+            failure = FlowFailed(
+                job.event, job.request_id, described["type"], described["message"], cause=cause
             )
+            notify(everyone, "failed", job, failure, duration, request_id=job.request_id)
             LOG.error(
                 "flow %s failed and was reverted (%s, %.3fs): %s: %s",
                 job.event,
@@ -310,12 +353,10 @@ class FlowRunner:
                 described["message"],
             )
             self._forget(book)
-            raise FlowFailed(
-                job.event, job.request_id, described["type"], described["message"], cause=cause
-            ) from cause
+            raise failure from cause
         duration = round(time.monotonic() - started, 6)
         store.update(TaskRecord, job.request_id, state=TaskState.SUCCESS, result=result)
-        self.sink.emit(f"keramos.{job.event}.end", {**base, "duration": duration, "result": result})
+        notify(everyone, "succeeded", job, result, duration, request_id=job.request_id)
         LOG.info("flow %s succeeded (%s, %.3fs)", job.event, job.request_id, duration)
         self._forget(book)
         return result
@@ -338,7 +379,13 @@ class FlowRunner:
                             meta.get("event"),
                         )
                         continue
-                    job = Job(meta["event"], meta["request_id"], meta["payload"], meta["version"])
+                    job = Job(
+                        meta["event"],
+                        meta["request_id"],
+                        meta["payload"],
+                        meta["version"],
+                        self._resource_id(meta["event"], meta["payload"]),
+                    )
                     found.append((book.created_at or utcnow(), job, book, flow_detail))
         found.sort(key=lambda item: item[0])
         return [(job, book, flow_detail) for _, job, book, flow_detail in found]

@@ -23,8 +23,9 @@ from keramos.framework import __version__, loader, rpc
 from keramos.framework.client import KeramosClient
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import Driver, FlowFactory, PeriodicTask
-from keramos.framework.errors import FlowFailed, KeramosError
-from keramos.framework.runner import EventSink, FlowRunner, ProgressCallback
+from keramos.framework.errors import KeramosError
+from keramos.framework.observers import RunObserver
+from keramos.framework.runner import FlowRunner
 from keramos.framework.warnings_filter import silence_dependency_warnings
 
 LOG = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ class Worker:
 
     Built whole or not at all: if any driver or flow fails to load, what was built is closed
     and the :class:`~keramos.framework.errors.PluginLoadError` propagates.
+
+    ``observers`` watch every run (see :mod:`keramos.framework.observers`); ``None`` means one
+    :class:`~keramos.framework.rpc.NotificationObserver` on the notification transport, which
+    the worker closes when it stops. Observers given here are the caller's to close.
     """
 
     def __init__(
@@ -53,9 +58,7 @@ class Worker:
         transport: oslo_messaging.Transport | None = None,
         drivers: dict[str, Driver] | None = None,
         extra_flows: Iterable[type[FlowFactory]] = (),
-        sink: EventSink | None = None,
-        progress: ProgressCallback | None = None,
-        on_failure: Callable[[FlowFailed], None] | None = None,
+        observers: Sequence[RunObserver] | None = None,
     ) -> None:
         self.conf = conf
         self.drivers = loader.load_drivers(conf, **(drivers or {}))
@@ -64,20 +67,21 @@ class Worker:
             self._own_transport = transport is None
             self.transport = transport or rpc.rpc_transport(conf)
             self._notifier = (
-                None if sink else rpc.NotifierSink(conf, rpc.notification_transport(conf))
+                None
+                if observers is not None
+                else rpc.NotificationObserver(conf, rpc.notification_transport(conf))
             )
             self.runner = FlowRunner(
                 conf,
                 self.drivers,
                 flows,
-                sink=sink or self._notifier,
+                observers=[self._notifier] if self._notifier is not None else observers,
                 backend=persistence_backend(conf),
-                progress=progress,
             )
         except Exception:
             self.drivers.close()
             raise
-        self.endpoint = rpc.WorkerEndpoint(self.runner, on_failure=on_failure)
+        self.endpoint = rpc.WorkerEndpoint(self.runner)
         self.server = rpc.rpc_server(conf, self.transport, self.endpoint)
         self._resumer: threading.Thread | None = None
         self._stopping = threading.Event()

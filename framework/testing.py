@@ -13,6 +13,10 @@ The worker is the one ``keramos-worker`` runs (same runner, same RPC endpoint) o
 in-process ``fake://`` transport, with a SQLite state store and flow persistence in a temporary
 directory and the noop driver of every kind not given. With the pytest plugin (installed with
 Keramos) the ``keramos_worker`` fixture builds and stops them for you.
+
+``worker.events`` records the events a worker would publish as notifications
+(``worker.events.types(request_id)``); ``observers=[...]`` adds
+:class:`~keramos.framework.observers.RunObserver` s of your own.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +41,8 @@ from keramos.framework.errors import (
     PayloadError,
     UnknownEvent,
 )
-from keramos.framework.runner import ProgressCallback, new_request_id
+from keramos.framework.observers import EventObserver, ProgressCallback, ProgressObserver, RunObserver
+from keramos.framework.runner import Job, new_request_id
 from keramos.framework.service import Worker
 
 _REJECTIONS = {
@@ -48,14 +53,18 @@ _REJECTIONS = {
 DriverSpec = Driver | Callable[[cfg.ConfigOpts], Driver]
 
 
-class RecordingSink:
-    """An event sink that keeps every event, for tests to inspect (``worker.events``)."""
+class RecordingObserver(EventObserver):
+    """Keeps every event a worker would publish, for tests to inspect (``worker.events``).
+
+    ``events`` holds ``(event_type, payload)`` pairs in the order they were emitted.
+    """
 
     def __init__(self) -> None:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self._lock = threading.Lock()
 
     def emit(self, event_type: str, payload: dict[str, Any], *, error: bool = False) -> None:
+        """Record the event."""
         with self._lock:
             self.events.append((event_type, payload))
 
@@ -69,6 +78,25 @@ class RecordingSink:
             ]
 
 
+class _FailureCatcher(RunObserver):
+    """Keeps each failed flow's :class:`FlowFailed` (with its ``cause``) until a test waits for it."""
+
+    def __init__(self) -> None:
+        self._failures: dict[str, FlowFailed] = {}
+        self._failed = threading.Condition()
+
+    def failed(self, job: Job, failure: FlowFailed, duration: float) -> None:
+        with self._failed:
+            self._failures[failure.request_id] = failure
+            self._failed.notify_all()
+
+    def take(self, request_id: str, timeout: float) -> FlowFailed | None:
+        """The failure of ``request_id``, waiting up to ``timeout`` seconds for it to arrive."""
+        with self._failed:
+            self._failed.wait_for(lambda: request_id in self._failures, timeout=timeout)
+            return self._failures.pop(request_id, None)
+
+
 class InProcessWorker:
     """A complete worker in this process, with a client wired to it.
 
@@ -76,6 +104,10 @@ class InProcessWorker:
     ``conf_overrides``: group -> option -> value, on top of the kit's defaults.
     ``state_path``: where SQLite files go (a temporary directory, removed at exit, if ``None``).
     ``drivers``: kind -> driver instance or factory; every other kind gets its noop driver.
+    ``observers``: watch every run, after the kit's own (``events`` and the one that keeps each
+    failure's original error for :meth:`wait`).
+    ``progress``: ``callback(task_name, state, details)`` on every task state change of every
+    run (a :class:`~keramos.framework.observers.ProgressObserver` added to ``observers``).
     """
 
     def __init__(
@@ -85,34 +117,30 @@ class InProcessWorker:
         conf_overrides: Mapping[str, Mapping[str, Any]] | None = None,
         state_path: str | Path | None = None,
         progress: ProgressCallback | None = None,
+        observers: Sequence[RunObserver] = (),
         **drivers: DriverSpec,
     ) -> None:
         self._flows = tuple(flows)
         self._overrides = conf_overrides or {}
         self._state_path = Path(state_path) if state_path else None
         self._own_state_path = state_path is None
-        self._progress = progress
         self._driver_specs = drivers
-        self._failures: dict[str, FlowFailed] = {}
-        self._failed = threading.Condition()
-        self.events = RecordingSink()
+        self._failures = _FailureCatcher()
+        self.events = RecordingObserver()
+        self._observers: list[RunObserver] = [self.events, self._failures]
+        if progress is not None:
+            self._observers.append(ProgressObserver(progress))
+        self._observers += observers
         self.conf: cfg.ConfigOpts | None = None
         self.worker: Worker | None = None
         self.client: KeramosClient | None = None
-
-    def _on_failure(self, failure: FlowFailed) -> None:
-        with self._failed:
-            self._failures[failure.request_id] = failure
-            self._failed.notify_all()
 
     def _original_error(self, failure: FlowFailed) -> BaseException:
         # The task record turns ``failure`` a moment before the worker hands the exception over;
         # a rejected cast never ran, so it has no exception to wait for.
         if failure.error_type in _REJECTIONS:
             return failure
-        with self._failed:
-            self._failed.wait_for(lambda: failure.request_id in self._failures, timeout=10)
-            original = self._failures.pop(failure.request_id, None)
+        original = self._failures.take(failure.request_id, timeout=10)
         return original.cause if original is not None and original.cause else failure
 
     def start(self) -> InProcessWorker:
@@ -139,9 +167,7 @@ class InProcessWorker:
             self.conf,
             drivers=built,
             extra_flows=self._flows,
-            sink=self.events,
-            progress=self._progress,
-            on_failure=self._on_failure,
+            observers=self._observers,
         )
         # The noop image store's images carry no signature: the kit boots them unverified, unless
         # the test says otherwise. Set once the flows registered the option (none is run yet).
@@ -188,12 +214,16 @@ class InProcessWorker:
     ) -> dict[str, Any]:
         """Run ``event``'s flow here, through the runner only (no transport); return its result.
 
-        Raises the flow's own error if it failed (after its revert).
+        ``on_progress(task_name, state, details)`` is called on this run's task state changes
+        (besides the worker's ``progress``). Raises the flow's own error if it failed (after its
+        revert).
         """
         envelope = {"event": event, "request_id": new_request_id(), "payload": payload}
+        run_observers = [ProgressObserver(on_progress)] if on_progress is not None else []
         try:
-            return self._require_worker().runner.submit(envelope, on_progress=on_progress)
+            return self._require_worker().runner.submit(envelope, observers=run_observers)
         except FlowFailed as failure:
+            self._failures.take(failure.request_id, timeout=0)
             raise failure.cause or failure from None
 
     def cast(self, event: str, payload: dict[str, Any], **kwargs: Any) -> str:

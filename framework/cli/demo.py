@@ -123,7 +123,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     step = _Steps()
     with tempfile.TemporaryDirectory(prefix="keramos-demo-") as state_path:
         printer = ProgressPrinter(prefix="    ")
-        with InProcessWorker(state_path=state_path, progress=printer, compute=DemoCompute) as worker:
+        with InProcessWorker(state_path=state_path, observers=[printer], compute=DemoCompute) as worker:
             conf = worker.conf
             step("worker started")
             print(f"    transport {conf.transport_url}, topic {conf.worker.topic}")
@@ -133,7 +133,6 @@ def _run_demo(args: argparse.Namespace) -> int:
 
             step(f"an API service casts create_amphora for {amphora_id}")
             payload = {"amphora_id": amphora_id, "image_id": "amphora-x64-haproxy"}
-            printer.restart()
             request_id = worker.cast("create_amphora", payload)
             print(f"    cast sent, request id {request_id}; the worker consumes it and runs:")
             worker.wait(request_id)

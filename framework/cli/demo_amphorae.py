@@ -37,6 +37,7 @@ from keramos.framework import loader
 from keramos.framework.contracts import CertKind
 from keramos.framework.files import write_atomic
 from keramos.framework.images import signature
+from keramos.framework.observers import RunObserver
 from keramos.framework.pki.ca import create_dual_ca
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, LoadBalancerRecord
 from keramos.framework.testing import InProcessWorker
@@ -244,8 +245,11 @@ def _wait_for_failover(worker: InProcessWorker, amphora_id: str) -> AmphoraRecor
     raise TimeoutError(f"{amphora_id} was not failed over within {FAILOVER_WAIT:g}s")
 
 
-def run(state_path: str, step: Step, progress: Callable[..., Any]) -> None:
-    """Part two of the demo (see the module docstring); ``step`` prints a numbered heading."""
+def run(state_path: str, step: Step, progress: RunObserver) -> None:
+    """Part two of the demo (see the module docstring).
+
+    ``step`` prints a numbered heading; ``progress`` watches the flows (prints their tasks).
+    """
     haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
     step("real amphorae: process compute driver, mutual TLS, signed image, health manager")
     if haproxy is None:
@@ -262,23 +266,21 @@ def run(state_path: str, step: Step, progress: Callable[..., Any]) -> None:
     overrides = _overrides(pki, passphrase, signing_ca, heartbeat_port, heartbeat_key, haproxy)
     health_manager = loader.load_program("health_manager")
     with InProcessWorker(state_path=os.path.join(state_path, "worker"), conf_overrides=overrides,
-                         progress=progress) as worker, _backend() as backend_port:
+                         observers=[progress]) as worker, _backend() as backend_port:
         _add_signed_image(worker, signing_key, signing_certificate)
         manager = health_manager(worker.conf, worker.state_store, worker.cast).start()
         try:
             print(f"    health manager listening for signed heartbeats on udp 127.0.0.1:{heartbeat_port}, "
                   f"failing over amphorae silent for {HEARTBEAT_TIMEOUT:g}s")
-            _lifecycle(worker, step, progress, backend_port)
+            _lifecycle(worker, step, backend_port)
         finally:
             manager.stop()
             worker.drivers.compute.close()
 
 
-def _lifecycle(worker: InProcessWorker, step: Step, progress: Any, backend_port: int) -> None:
+def _lifecycle(worker: InProcessWorker, step: Step, backend_port: int) -> None:
     step("create_amphora amp-a, then amp-b: image verified, certificate issued, agent booted, activated")
-    progress.restart()
     first = _create(worker, "amp-a")
-    progress.restart()
     second = _create(worker, "amp-b")
 
     listener_port = _free_port(socket.SOCK_STREAM)
@@ -291,7 +293,6 @@ def _lifecycle(worker: InProcessWorker, step: Step, progress: Any, backend_port:
         "pools": [{"id": "app", "protocol": "HTTP", "health_check": False,
                    "members": [{"id": "backend-1", "address": "127.0.0.1", "port": backend_port}]}],
     }
-    progress.restart()
     result = worker.wait(worker.cast("push_config", description), timeout=60)
     print(f"    both amphorae run configuration version {result['running_version']} "
           "(each agent checked it with haproxy -c, then reloaded HAProxy)")
@@ -304,7 +305,6 @@ def _lifecycle(worker: InProcessWorker, step: Step, progress: Any, backend_port:
     _show_traffic(listener_port)
 
     step("the health manager notices amp-a's heartbeats stopped and casts failover_amphora")
-    progress.restart()
     replacement = _wait_for_failover(worker, first.amphora_id)
     members = (worker.state_store.get(LoadBalancerRecord, LB_ID).description or {})["amphora_ids"]
     print(f"    {replacement.amphora_id} is READY, amp-a is DELETED "

@@ -6,7 +6,12 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+from keramos.framework.observers import RunObserver
+
+if TYPE_CHECKING:
+    from keramos.framework.runner import Job
 
 _SHOWN_STATES = {
     "RUNNING": "running",
@@ -18,25 +23,31 @@ _SHOWN_STATES = {
 }
 
 
-class ProgressPrinter:
-    """Prints one line per task state change, with the time since the printer started."""
+class ProgressPrinter(RunObserver):
+    """An observer printing one line per task state change, with the time since its flow started.
+
+    Made for one flow at a time (``keramos run``, the demo): each flow's start resets the clock.
+    """
 
     def __init__(self, out: TextIO | None = None, *, prefix: str = "") -> None:
         self.out = out or sys.stdout
         self.prefix = prefix
-        self.started = time.monotonic()
+        self._since = time.monotonic()
         self._task_started: dict[str, float] = {}
 
-    def restart(self) -> None:
-        """Count time from now on (before a new flow)."""
-        self.started = time.monotonic()
+    def started(self, job: Job) -> None:
+        """Count time from the start of ``job``'s flow."""
+        self._since = time.monotonic()
 
-    def __call__(self, task_name: str, state: str, details: Mapping[str, Any]) -> None:
+    def task_state_changed(
+        self, job: Job, task_name: str, state: str, details: Mapping[str, Any]
+    ) -> None:
+        """Print the change, with how long the task ran or reverted once it ends."""
         shown = _SHOWN_STATES.get(state)
         if shown is None:
             return
         now = time.monotonic()
-        line = f"{self.prefix}[{now - self.started:7.3f}s] {task_name:<28} {shown}"
+        line = f"{self.prefix}[{now - self._since:7.3f}s] {task_name:<28} {shown}"
         if state in ("RUNNING", "REVERTING"):
             self._task_started[task_name] = now
         elif task_name in self._task_started:

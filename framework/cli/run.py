@@ -66,7 +66,7 @@ def run_here(
             print(f"running {flow} ({request_id})")
         envelope = {"event": flow, "request_id": request_id, "payload": payload}
         try:
-            return runner.submit(envelope, on_progress=None if quiet else ProgressPrinter())
+            return runner.submit(envelope, observers=[] if quiet else [ProgressPrinter()])
         except FlowFailed as failure:
             print(
                 f"{flow} failed and was reverted: {failure.error_type}: {failure.error_message}",

@@ -16,7 +16,7 @@ from keramos.framework.errors import FlowFailed, IncompatibleVersion, PayloadErr
 from keramos.framework.records import TaskRecord, TaskState
 from keramos.framework.runner import FlowRunner
 from keramos.framework.service import persistence_backend
-from keramos.framework.testing import RecordingSink
+from keramos.framework.testing import RecordingObserver
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -49,7 +49,7 @@ def runner(tmp_path, engine, durable):
         conf,
         drivers,
         loader.load_flows(conf, drivers, extra=[Counting, Fanout]),
-        sink=RecordingSink(),
+        observers=[RecordingObserver()],
         backend=persistence_backend(conf),
     )
     yield made
@@ -59,6 +59,11 @@ def runner(tmp_path, engine, durable):
 
 def envelope(event, payload, request_id="req-1", **extra):
     return {"event": event, "request_id": request_id, "payload": payload, **extra}
+
+
+def recorded(runner: FlowRunner) -> list[tuple[str, dict]]:
+    """The events the runner fixture's :class:`RecordingObserver` kept."""
+    return runner.observers[0].events
 
 
 def lines(path: Path) -> list[str]:
@@ -75,7 +80,7 @@ def test_a_flow_runs_records_success_and_reports_start_and_end(runner, tmp_path)
         "r1",
         {"step_5": "step_5"},
     )
-    events = runner.sink.events
+    events = recorded(runner)
     assert [name for name, _ in events] == ["keramos.counting.start", "keramos.counting.end"]
     assert events[1][1]["request_id"] == "req-1"
     assert events[1][1]["resource_id"] == "r1"
@@ -99,7 +104,7 @@ def test_a_failing_flow_reverts_records_failure_and_reports_an_error(runner, tmp
     record = runner.drivers.state_store.get(TaskRecord, "req-1")
     assert record.state == TaskState.FAILURE
     assert (record.error_type, record.message) == ("RuntimeError", "the sixth step exploded")
-    name, payload = runner.sink.events[-1]
+    name, payload = recorded(runner)[-1]
     assert name == "keramos.counting.error"
     assert payload["error"] == {"type": "RuntimeError", "message": "the sixth step exploded"}
 
@@ -142,7 +147,7 @@ def test_invalid_casts_are_rejected_before_any_task_runs(
     record = runner.drivers.state_store.get(TaskRecord, "req-1")
     assert record.state == TaskState.FAILURE
     assert record.error_type == error.__name__
-    assert runner.sink.events[-1][0] == event_type
+    assert recorded(runner)[-1][0] == event_type
     assert not (tmp_path / "runs").exists()
 
 

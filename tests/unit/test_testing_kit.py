@@ -74,3 +74,30 @@ def test_a_cast_that_cannot_be_recorded_is_reported_and_the_worker_goes_on():
         )
         worker.drivers.state_store.refuse = False
         worker.cast_and_wait("create_amphora", {"amphora_id": "a1", "image_id": "i"})
+
+
+def test_progress_callbacks_and_observers_watch_the_runs_of_an_in_process_worker():
+    from keramos.framework.observers import RunObserver
+
+    class Outcomes(RunObserver):
+        def __init__(self):
+            self.seen = []
+
+        def succeeded(self, job, result, duration):
+            self.seen.append((job.event, job.resource_id))
+
+    everywhere, this_run, outcomes = [], [], Outcomes()
+    with InProcessWorker(
+        progress=lambda task, state, details: everywhere.append((task, state)),
+        observers=[outcomes],
+    ) as worker:
+        worker.cast_and_wait("create_amphora", {"amphora_id": "a1", "image_id": "img"})
+        cast_states = list(everywhere)
+        worker.run(
+            "delete_amphora",
+            {"amphora_id": "a1"},
+            on_progress=lambda task, state, details: this_run.append((task, state)),
+        )
+    assert ("boot_amphora", "SUCCESS") in cast_states
+    assert this_run and this_run == everywhere[len(cast_states):]
+    assert outcomes.seen == [("create_amphora", "a1"), ("delete_amphora", "a1")]
