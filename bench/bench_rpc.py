@@ -24,7 +24,7 @@ import oslo_messaging
 from taskflow import task
 from taskflow.patterns import linear_flow
 
-from keramos.framework import rpc
+from keramos.framework import messaging, rpc
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import FlowFactory
 from keramos.framework.observers import RunObserver
@@ -96,7 +96,7 @@ class FinishCounter(RunObserver):
 class RawEndpoint:
     """The baseline: an endpoint that only counts."""
 
-    target = oslo_messaging.Target(version=rpc.RPC_API_VERSION)
+    target = oslo_messaging.Target(version=messaging.RPC_API_VERSION)
 
     def __init__(self, counter: Counter) -> None:
         self.counter = counter
@@ -121,7 +121,7 @@ def send(topic: str, casts: int) -> None:
     """The sender process: cast ``casts`` events with a raw oslo.messaging client."""
     conf = conf_for(topic, Path("/tmp"))
     transport = oslo_messaging.get_rpc_transport(conf)
-    client = oslo_messaging.get_rpc_client(transport, rpc.worker_target(conf))
+    client = oslo_messaging.get_rpc_client(transport, messaging.worker_target(conf))
     for n in range(casts):
         request_id = f"req-{topic}-{n}"
         envelope = {"event": "bench_noop", "version": "1.0", "request_id": request_id, "payload": {}}
@@ -155,7 +155,7 @@ def raw_rate(casts: int, state: Path) -> float:
     counter = Counter(casts)
     transport = oslo_messaging.get_rpc_transport(conf)
     server = oslo_messaging.get_rpc_server(
-        transport, rpc.worker_target(conf, server=topic), [RawEndpoint(counter)],
+        transport, messaging.worker_target(conf, server=topic), [RawEndpoint(counter)],
         executor="threading",
     )
 
@@ -175,7 +175,7 @@ def keramos_rates(label: str, casts: int, state: Path, **overrides) -> tuple[flo
     conf = conf_for(topic, state, **overrides)
     finished = Counter(casts)
     consumed = Counter(casts)
-    notifications = rpc.NotificationObserver(conf, rpc.notification_transport(conf))
+    notifications = rpc.NotificationObserver(conf, messaging.notification_transport(conf))
     worker = Worker(conf, extra_flows=[NoopFlow], observers=[notifications, FinishCounter(finished)])
     accept = worker.runner.accept
 

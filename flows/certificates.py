@@ -8,9 +8,9 @@ from taskflow.patterns import linear_flow
 from keramos.flows.tasks import certificates as tasks
 from keramos.framework.contracts import CertKind, FlowFactory, PeriodicTask
 from keramos.framework.contracts.flow import Cast
+from keramos.framework.envelope import new_request_id
 from keramos.framework.pki.options import register_opts, rotation_settings
 from keramos.framework.records import TaskRecord, TaskState, utcnow
-from keramos.framework.runner import new_request_id
 from keramos.framework.schema import IDENTIFIER_PATTERN, Field
 
 LOG = logging.getLogger(__name__)

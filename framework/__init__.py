@@ -1,7 +1,7 @@
 """Keramos core: configuration, driver contracts, plugin loading, RPC and the flow runner.
 
 Nothing in this package imports a web framework or an HTTP client; transport code for
-oslo.messaging is confined to :mod:`keramos.framework.rpc`, :mod:`.endpoint`, :mod:`.client` and
+oslo.messaging is confined to :mod:`keramos.framework.rpc`, :mod:`.messaging`, :mod:`.client` and
 :mod:`.service`, so flows run the same from a cast, the CLI or a test.
 """
 

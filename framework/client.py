@@ -15,10 +15,10 @@ from typing import Any
 import oslo_messaging
 from oslo_config import cfg
 
-from keramos.framework import rpc
+from keramos.framework import messaging
+from keramos.framework.envelope import new_request_id
 from keramos.framework.errors import FlowFailed, Timeout
 from keramos.framework.records import TaskState
-from keramos.framework.runner import new_request_id
 
 
 class KeramosClient:
@@ -33,9 +33,9 @@ class KeramosClient:
     ) -> None:
         self.conf = conf
         self._own_transport = transport is None
-        self.transport = transport or rpc.rpc_transport(conf)
+        self.transport = transport or messaging.rpc_transport(conf)
         self._client = oslo_messaging.get_rpc_client(
-            self.transport, rpc.worker_target(conf), version_cap=rpc.RPC_API_VERSION
+            self.transport, messaging.worker_target(conf), version_cap=messaging.RPC_API_VERSION
         )
 
     def close(self) -> None:

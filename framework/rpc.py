@@ -1,4 +1,4 @@
-"""The oslo.messaging edge: transports, the worker's RPC endpoint and the notification observer.
+"""The oslo.messaging edge of the worker: its RPC endpoint and server, and the notification observer.
 
 This is the only core module (with :mod:`.client` and :mod:`.service`) that imports
 oslo.messaging; the runner it drives does not.
@@ -16,32 +16,12 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from keramos.framework.errors import FlowFailed, InvalidEvent
+from keramos.framework.messaging import RPC_API_VERSION, worker_target
 from keramos.framework.observers import EventObserver
 from keramos.framework.records import TaskRecord
 from keramos.framework.runner import FlowRunner, Job, jsonable
 
 LOG = logging.getLogger(__name__)
-
-#: Version of the RPC interface (the envelope and method names), not of the events it carries.
-RPC_API_VERSION = "1.0"
-
-
-def rpc_transport(conf: cfg.ConfigOpts) -> oslo_messaging.Transport:
-    """The RPC transport of ``[DEFAULT] transport_url``."""
-    return oslo_messaging.get_rpc_transport(conf)
-
-
-def notification_transport(conf: cfg.ConfigOpts) -> oslo_messaging.Transport:
-    """The notification transport (``[oslo_messaging_notifications] transport_url`` or RPC's)."""
-    return oslo_messaging.get_notification_transport(conf)
-
-
-def worker_target(conf: cfg.ConfigOpts, *, server: str | None = None) -> oslo_messaging.Target:
-    """The target casts are sent to and the worker consumes from."""
-    return oslo_messaging.Target(
-        topic=conf.worker.topic, server=server, version=RPC_API_VERSION
-    )
-
 
 class NotificationObserver(EventObserver):
     """Publishes the events of runs as oslo.messaging notifications (``keramos.<flow>.<phase>``).

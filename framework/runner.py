@@ -66,11 +66,6 @@ class Job:
         return {**self.payload, "request_id": self.request_id}
 
 
-def new_request_id() -> str:
-    """A request id in the OpenStack form ``req-<uuid4>``."""
-    return f"req-{uuid.uuid4()}"
-
-
 def jsonable(value: Any) -> Any:
     """Convert what tasks provide (dataclasses, datetimes, bytes) to JSON-compatible values."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

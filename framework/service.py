@@ -19,7 +19,7 @@ import oslo_messaging
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from keramos.framework import __version__, loader, rpc
+from keramos.framework import __version__, loader, messaging, rpc
 from keramos.framework.client import KeramosClient
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import Driver, FlowFactory, PeriodicTask
@@ -65,11 +65,11 @@ class Worker:
         try:
             flows = loader.load_flows(conf, self.drivers, extra=extra_flows)
             self._own_transport = transport is None
-            self.transport = transport or rpc.rpc_transport(conf)
+            self.transport = transport or messaging.rpc_transport(conf)
             self._notifier = (
                 None
                 if observers is not None
-                else rpc.NotificationObserver(conf, rpc.notification_transport(conf))
+                else rpc.NotificationObserver(conf, messaging.notification_transport(conf))
             )
             self.runner = FlowRunner(
                 conf,

@@ -11,8 +11,9 @@ from oslo_config import cfg
 from keramos.framework import loader
 from keramos.framework.cli.progress import ProgressPrinter, load_json_argument, print_json
 from keramos.framework.contracts import Driver
+from keramos.framework.envelope import new_request_id
 from keramos.framework.errors import FlowFailed
-from keramos.framework.runner import FlowRunner, new_request_id
+from keramos.framework.runner import FlowRunner
 from keramos.framework.service import persistence_backend
 
 

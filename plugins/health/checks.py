@@ -22,6 +22,7 @@ from oslo_log import log as logging
 from keramos.framework.agent_protocol.heartbeat import Heartbeat
 from keramos.framework.contracts import StateStore
 from keramos.framework.contracts.flow import Cast
+from keramos.framework.envelope import new_request_id
 from keramos.framework.errors import ConfigError, NotFound
 from keramos.framework.records import (
     AmphoraRecord,
@@ -30,7 +31,6 @@ from keramos.framework.records import (
     TaskRecord,
     TaskState,
 )
-from keramos.framework.runner import new_request_id
 
 LOG = logging.getLogger(__name__)
 

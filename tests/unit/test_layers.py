@@ -8,6 +8,8 @@ Flask, requests): adapters at the edge do.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,15 @@ def test_the_checker_sees_every_form_of_import(tmp_path, source, expected):
     module = tmp_path / "framework" / "cli" / "bad.py"
     module.write_text(source)
     assert [name for _line, name in imported_names(module, tmp_path)] == expected
+
+
+def test_an_api_service_importing_the_client_loads_neither_the_runner_nor_its_engines():
+    probe = (
+        "import sys, keramos.framework.client\n"
+        "heavy = ('taskflow', 'sqlalchemy', 'keramos.framework.runner', 'keramos.framework.persistence')\n"
+        "print('\\n'.join(sorted(m for m in sys.modules if m.startswith(heavy))))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert loaded.stdout.split() == []

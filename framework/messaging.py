@@ -1,0 +1,28 @@
+"""Where casts go: the oslo.messaging transports and the worker's target.
+
+What an API service's client and the worker both need, and nothing more: importing it (or
+:mod:`.client`) pulls in oslo.messaging but neither the runner, taskflow nor SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import oslo_messaging
+from oslo_config import cfg
+
+#: Version of the RPC interface (the envelope and method names), not of the events it carries.
+RPC_API_VERSION = "1.0"
+
+
+def rpc_transport(conf: cfg.ConfigOpts) -> oslo_messaging.Transport:
+    """The RPC transport of ``[DEFAULT] transport_url``."""
+    return oslo_messaging.get_rpc_transport(conf)
+
+
+def notification_transport(conf: cfg.ConfigOpts) -> oslo_messaging.Transport:
+    """The notification transport (``[oslo_messaging_notifications] transport_url`` or RPC's)."""
+    return oslo_messaging.get_notification_transport(conf)
+
+
+def worker_target(conf: cfg.ConfigOpts, *, server: str | None = None) -> oslo_messaging.Target:
+    """The target casts are sent to and the worker consumes from."""
+    return oslo_messaging.Target(topic=conf.worker.topic, server=server, version=RPC_API_VERSION)
