@@ -15,6 +15,12 @@
    their CSRs). The raw column is the cost of starting the same agents directly (build + wait
    until reachable), without the flow.
 
+3. ``create_amphora`` flows/s with the noop drivers and a signed image (file image store, local
+   key manager, trusted CA; an ``lb`` payload so that the configuration push runs): the flow of
+   subflows against the old shape, measured in the same run on the same worker. The old shape
+   (raw) is kept here only: image verification and the initial configuration push each ran an
+   engine inside one task (``_OldVerifyAmphoraImage``, ``_OldPushInitialConfig``).
+
 Run ``python bench/bench_lifecycle.py [CREATIONS]``; progress goes to stderr, the table
 to stdout.
 """
@@ -34,12 +40,28 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from taskflow import task
-from taskflow.patterns import linear_flow
+from taskflow import engines, task
+from taskflow.patterns import linear_flow, unordered_flow
 
+from keramos.flows.amphora import CreateAmphora
+from keramos.flows.images import verification_flow
+from keramos.flows.tasks import amphora as amphora_tasks
 from keramos.flows.tasks import amphora_lifecycle as lifecycle_tasks
-from keramos.framework.contracts import AmphoraEndpoint, CertKind, FlowFactory, InstanceStatus
-from keramos.framework.records import TaskRecord, utcnow
+from keramos.flows.tasks import loadbalancer as lb_tasks
+from keramos.framework.contracts import (
+    AmphoraDriver,
+    AmphoraEndpoint,
+    CertKind,
+    FlowFactory,
+    ImageStore,
+    InstanceStatus,
+    StateStore,
+)
+from keramos.framework.errors import PayloadError
+from keramos.framework.images.certificate_validation import GROUP, CertificateValidator
+from keramos.framework.images.signature import REQUIRED_PROPERTIES, Reason, SignatureVerificationError
+from keramos.framework.records import LoadBalancerRecord, TaskRecord, utcnow
+from keramos.framework.runner import jsonable
 from keramos.framework.schema import Field
 from keramos.framework.testing import InProcessWorker
 
@@ -72,6 +94,149 @@ class _TenNoopTasks(FlowFactory):
 
     def build(self) -> linear_flow.Flow:
         return linear_flow.Flow(self.name).add(*(_NoopTask(name=f"noop_{i}") for i in range(10)))
+
+
+class _OldPushConfigToAmphorae(task.Task):
+    """Baseline only: the old push, an unordered_flow engine run inside the task (success path:
+    the benchmark never reverts it)."""
+
+    def __init__(self, amphora: AmphoraDriver, max_workers: int = 16) -> None:
+        super().__init__(name="push_config_to_amphorae")
+        self.amphora = amphora
+        self.max_workers = max_workers
+
+    def execute(
+        self,
+        lb_id: str,
+        amphora_endpoints: list[dict[str, Any]],
+        haproxy_config: str,
+        config_version: int,
+    ) -> None:
+        flow = unordered_flow.Flow(f"push_{lb_id}_v{config_version}")
+        flow.add(*(_OldPushConfigToAmphora(self.amphora, endpoint) for endpoint in amphora_endpoints))
+        store = {"lb_id": lb_id, "haproxy_config": haproxy_config, "config_version": config_version}
+        width = max(1, min(len(amphora_endpoints), self.max_workers))
+        engines.run(flow, store=store, engine="parallel", max_workers=width)
+
+
+class _OldPushConfigToAmphora(task.Task):
+    """Baseline only: one amphora's upload, run by the inner engine."""
+
+    def __init__(self, amphora: AmphoraDriver, endpoint: dict[str, Any]) -> None:
+        super().__init__(name=f"push_config_to_{endpoint['amphora_id']}")
+        self.amphora = amphora
+        self.endpoint = endpoint
+
+    def execute(self, lb_id: str, haproxy_config: str, config_version: int) -> None:
+        endpoint = AmphoraEndpoint(
+            self.endpoint["amphora_id"], self.endpoint["address"], self.endpoint["port"]
+        )
+        self.amphora.upload_config(endpoint, lb_id, haproxy_config, config_version)
+
+
+class _OldVerifyAmphoraImage(task.Task):
+    """Baseline only: the old image verification, the ``verify_image`` flow (built for every
+    run, CA file read at every build) run by an engine inside the task."""
+
+    def __init__(self, image_store: ImageStore, verify_image_flow: Any, *, require_signed: bool) -> None:
+        super().__init__(name="verify_amphora_image", provides="amphora_image")
+        self.image_store = image_store
+        self.verify_image_flow = verify_image_flow
+        self.require_signed = require_signed
+
+    def execute(self, image_id: str) -> dict[str, Any]:
+        properties = self.image_store.properties(image_id)
+        if not any(name in properties for name in REQUIRED_PROPERTIES):
+            if self.require_signed:
+                raise SignatureVerificationError(Reason.MISSING_PROPERTY, f"image {image_id} is not signed")
+            return {"image_id": image_id, "verified": False}
+        results = engines.run(self.verify_image_flow(), store={"image_id": image_id})
+        return {**results["image"], "verified": True}
+
+
+class _OldPushInitialConfig(task.Task):
+    """Baseline only: the old initial configuration push, ``push_config``'s tasks run by an
+    engine inside the task, then the membership recorded (success path)."""
+
+    def __init__(self, amphora: AmphoraDriver, state_store: StateStore) -> None:
+        super().__init__(name="push_initial_config", provides="initial_config")
+        self.amphora = amphora
+        self.state_store = state_store
+
+    def execute(
+        self, amphora_id: str, lb: dict[str, Any] | None, amphora_instance: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        if lb is None:
+            return None
+        missing = sorted({"lb_id", "listeners", "pools"} - set(lb))
+        if missing:
+            raise PayloadError(f"lb lacks {', '.join(missing)}")
+        lb_id = lb["lb_id"]
+        previous = self.state_store.get(LoadBalancerRecord, lb_id)
+        snapshot = (
+            {
+                "config": previous.config,
+                "running_version": previous.running_version,
+                "description": previous.description,
+            }
+            if previous is not None
+            else {"config": None, "running_version": 0, "description": None}
+        )
+        flow = linear_flow.Flow(f"initial_config_{lb_id}").add(
+            lb_tasks.RenderHaproxyConfig(),
+            lb_tasks.AllocateConfigVersion(self.state_store),
+            _OldPushConfigToAmphorae(self.amphora),
+            lb_tasks.RecordRunningVersion(self.state_store),
+        )
+        endpoint = {
+            "amphora_id": amphora_id,
+            "address": amphora_instance["address"],
+            "port": amphora_instance["port"],
+        }
+        store = {
+            "lb_id": lb_id,
+            "listeners": lb["listeners"],
+            "pools": lb["pools"],
+            "amphora_endpoints": [endpoint],
+        }
+        version = engines.run(flow, store=store)["running_version"]
+        members = list(((previous.description or {}) if previous else {}).get("amphora_ids", []))
+        lifecycle_tasks.swap_member(
+            self.state_store, lb_id, leaving=None, joining=amphora_id, members=members
+        )
+        return {"lb_id": lb_id, "config_version": version, "previous": jsonable(snapshot), "endpoint": endpoint}
+
+
+class _EngineInsideTaskCreate(CreateAmphora):
+    """Baseline only: create_amphora as it was, engines run inside two of its tasks."""
+
+    name = "bench_create_amphora_engine_inside"
+
+    def build(self) -> linear_flow.Flow:
+        drivers = self.drivers
+
+        def verify_image_flow() -> linear_flow.Flow:
+            validator = CertificateValidator.from_conf(self.conf)
+            return verification_flow(
+                "verify_image",
+                drivers,
+                lambda: validator,
+                lambda: self._verify_image.cache,
+                self.conf[GROUP].chunk_size,
+            )
+
+        old_verify = _OldVerifyAmphoraImage(
+            drivers.image_store, verify_image_flow, require_signed=self.conf.amphora.require_signed_images
+        )
+        boot = [
+            old_verify if atom.name == "amphora_image" else atom
+            for atom in self._boot_tasks(None)
+        ]
+        return linear_flow.Flow(self.name).add(
+            *boot,
+            _OldPushInitialConfig(drivers.amphora, drivers.state_store),
+            amphora_tasks.MarkAmphoraReady(drivers.state_store),
+        )
 
 
 def _creations_per_second(
@@ -161,6 +326,59 @@ def _noop_rows(creations: int, postgres_url: str) -> list[dict[str, Any]]:
                 )
             )
     return rows
+
+
+def _signed_image_rates(creations: int, rounds: int = 2) -> tuple[float, float]:
+    """create_amphora/s with a signed image and an ``lb``: subflows, then the old shape, in one
+    worker, ``rounds`` times in turn; the best rate of each."""
+    from tests.unit.amphora_helpers import LB
+    from tests.unit.image_helpers import SIGNED_IMAGE_DRIVERS, add_signed_image
+
+    rates: dict[str, list[float]] = {"create_amphora": [], _EngineInsideTaskCreate.name: []}
+    with tempfile.TemporaryDirectory(prefix="keramos-bench-signed-") as directory, InProcessWorker(
+        flows=[_EngineInsideTaskCreate], state_path=Path(directory) / "state", **SIGNED_IMAGE_DRIVERS
+    ) as worker:
+        image_id = add_signed_image(worker, directory)
+
+        def rate(event: str, prefix: str, count: int) -> float:
+            started = utcnow()
+            requests = [
+                worker.cast(
+                    event,
+                    {
+                        "amphora_id": f"{prefix}-{i}",
+                        "image_id": image_id,
+                        "lb": {**LB, "lb_id": f"lb-{prefix}-{i}"},
+                    },
+                )
+                for i in range(count)
+            ]
+            for request_id in requests:
+                worker.wait(request_id, timeout=600)
+            ended = max(worker.state_store.get(TaskRecord, r).updated_at for r in requests)
+            return count / (ended - started).total_seconds()
+
+        for event in rates:
+            rate(event, f"warm-{event}", 2)
+        for round_number in range(rounds):
+            for event in rates:
+                rates[event].append(rate(event, f"r{round_number}-{event}", creations))
+                print(f"  signed image, {event}: {rates[event][-1]:.1f}/s", file=sys.stderr)
+    return max(rates["create_amphora"]), max(rates[_EngineInsideTaskCreate.name])
+
+
+def _signed_rows(creations: int) -> list[dict[str, Any]]:
+    after, before = _signed_image_rates(creations)
+    return [
+        row(
+            "create_amphora/s with noop drivers and a signed image, SQLite (raw: engines inside "
+            "tasks, same run)",
+            after,
+            before,
+            "flows/s",
+            ">= 1x",
+        )
+    ]
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -255,8 +473,9 @@ def _raw_boot_latencies(compute, amphora, generator, amphorae: int) -> list[floa
 def rows(
     creations: int = 300, postgres_url: str = POSTGRES_URL, amphorae: int = 20
 ) -> list[dict[str, Any]]:
-    """Creations/s on SQLite and PostgreSQL; p50/p99 cast -> READY on real agents (0 skips)."""
-    table = _noop_rows(creations, postgres_url)
+    """Creations/s on SQLite and PostgreSQL, with a signed image against the old shape; p50/p99
+    cast -> READY on real agents (0 skips)."""
+    table = _noop_rows(creations, postgres_url) + _signed_rows(creations)
     if amphorae:
         table += _process_rows(amphorae)
     return table

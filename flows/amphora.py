@@ -6,12 +6,13 @@ Their options are the ``[amphora]`` group of :mod:`keramos.framework.config`.
 from __future__ import annotations
 
 from oslo_config import cfg
-from taskflow import task
-from taskflow.patterns import linear_flow
+from taskflow import flow, task
+from taskflow.patterns import graph_flow, linear_flow
 
 from keramos.flows.images import VerifyImage
 from keramos.flows.tasks import amphora as tasks
 from keramos.flows.tasks import amphora_lifecycle as lifecycle
+from keramos.flows.tasks import loadbalancer as lb_tasks
 from keramos.framework.contracts import FlowFactory
 from keramos.framework.drivers import Drivers
 from keramos.framework.schema import IDENTIFIER_PATTERN, Field
@@ -20,6 +21,34 @@ GROUP = "amphora"
 
 #: What the creation tasks read under ``amphora_id`` is ``replacement_id`` during a failover.
 _REPLACEMENT = {"amphora_id": "replacement_id"}
+
+#: A decision skips the atoms of the subflow it leads to, not the tasks after the subflow.
+_SKIP_SUBFLOW = "FLOW"
+
+
+def initial_config_subflow(drivers: Drivers) -> graph_flow.Flow:
+    """Push the payload's load balancer configuration to the new amphora, as ``push_config``
+    does, and record the amphora among the load balancer's members; nothing without ``lb``.
+
+    Render, remember the load balancer's record, hand out a version, push it to this amphora,
+    record the running version and the membership. On revert the record is put back as it was
+    (the version handed out stays used: versions only grow) and the configuration is removed
+    from the amphora.
+    """
+    plan = lifecycle.PlanInitialConfig()
+    push = linear_flow.Flow("push_initial_config").add(
+        lb_tasks.RenderHaproxyConfig(),
+        lifecycle.SnapshotLoadBalancer(drivers.state_store),
+        lb_tasks.AllocateConfigVersion(drivers.state_store),
+        lb_tasks.PushConfigToAmphora(drivers.amphora),
+        lb_tasks.RecordRunningVersion(drivers.state_store),
+        lifecycle.JoinLoadBalancer(drivers.state_store),
+    )
+    subflow = graph_flow.Flow("initial_config").add(plan, push)
+    subflow.link(
+        plan, push, decider=lifecycle.has_initial_config, decider_depth=_SKIP_SUBFLOW
+    )
+    return subflow
 
 
 class _AmphoraFlowFactory(FlowFactory):
@@ -34,8 +63,33 @@ class _AmphoraFlowFactory(FlowFactory):
             conf.health.heartbeat_key,
         )
 
-    def _boot_tasks(self, rebind: dict[str, str] | None) -> list[task.Task]:
-        """Record, verify the image, certify, boot, wait, plug, wait for the agent, activate.
+    def _image_subflow(self) -> graph_flow.Flow:
+        """Verify a signed image with ``verify_image``'s tasks, or boot an unsigned one unverified
+        when ``[amphora] require_signed_images`` is False; provides ``amphora_image``.
+
+        The verification tasks need only ``image_id``, the same in both flows that boot.
+        """
+        check = lifecycle.CheckAmphoraImage(
+            self.drivers.image_store, require_signed=self.conf[GROUP].require_signed_images
+        )
+        verified = self._verify_image.subflow("verify_amphora_image").add(
+            lifecycle.UseVerifiedImage()
+        )
+        unverified = lifecycle.UseUnverifiedImage()
+        subflow = graph_flow.Flow("amphora_image").add(check, verified, unverified)
+        subflow.link(
+            check, verified, decider=lifecycle.image_is_signed, decider_depth=_SKIP_SUBFLOW
+        )
+        subflow.link(
+            check, unverified, decider=lifecycle.image_is_unsigned, decider_depth=_SKIP_SUBFLOW
+        )
+        return subflow
+
+    def _boot_tasks(
+        self, rebind: dict[str, str] | None, *, checks: tuple[task.Task, ...] = ()
+    ) -> list[task.Task | flow.Flow]:
+        """Record, run ``checks``, verify the image, certify, boot, wait, plug, wait for the
+        agent, activate.
 
         In csr mode the amphora makes its own key: it is certified after the boot, once its agent
         answers, instead of before.
@@ -58,11 +112,8 @@ class _AmphoraFlowFactory(FlowFactory):
             )
         return [
             tasks.RecordAmphora(drivers.state_store, rebind=rebind),
-            lifecycle.VerifyAmphoraImage(
-                drivers.image_store,
-                self._verify_image.build,
-                require_signed=options.require_signed_images,
-            ),
+            *checks,
+            self._image_subflow(),
             *([] if csr_mode else [certify]),
             tasks.BootAmphora(
                 drivers.compute,
@@ -111,8 +162,8 @@ class CreateAmphora(_AmphoraFlowFactory):
     def build(self) -> linear_flow.Flow:
         drivers = self.drivers
         return linear_flow.Flow(self.name).add(
-            *self._boot_tasks(None),
-            lifecycle.PushInitialConfig(drivers.amphora, drivers.state_store),
+            *self._boot_tasks(None, checks=(lifecycle.CheckInitialConfig(),)),
+            initial_config_subflow(drivers),
             tasks.MarkAmphoraReady(drivers.state_store),
         )
 
@@ -162,10 +213,13 @@ class FailoverAmphora(_AmphoraFlowFactory):
             *self._boot_tasks(_REPLACEMENT),
             lifecycle.MoveLoadBalancerConfigs(drivers.amphora, drivers.state_store),
             tasks.MarkAmphoraReady(drivers.state_store, rebind=_REPLACEMENT),
-            lifecycle.RetireFailedAmphora(
-                tasks.DeleteAmphoraResources(
-                    drivers.compute, drivers.network, drivers.cert_manager, drivers.state_store
-                ),
-                tasks.MarkAmphoraDeleted(drivers.state_store),
+            # The old amphora goes last, once its replacement is READY: nothing to undo then.
+            tasks.DeleteAmphoraResources(
+                drivers.compute,
+                drivers.network,
+                drivers.cert_manager,
+                drivers.state_store,
+                rebind={"amphora": "failed_amphora"},
             ),
+            tasks.MarkAmphoraDeleted(drivers.state_store),
         )

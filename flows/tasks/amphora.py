@@ -484,7 +484,12 @@ class LoadAmphora(task.Task):
 
 
 class DeleteAmphoraResources(task.Task):
-    """Delete the instance, port and server certificate of an amphora (each idempotently)."""
+    """Delete the instance, port and server certificate of an amphora (each idempotently).
+
+    It reads the amphora's record under ``amphora``; failover rebinds it to ``failed_amphora``.
+    Deleted resources cannot come back: on revert (a later task failed) the record forgets them
+    and the amphora is left ERROR, so that neither a retried delete nor a failover looks for them.
+    """
 
     def __init__(
         self,
@@ -492,8 +497,10 @@ class DeleteAmphoraResources(task.Task):
         network: NetworkDriver,
         cert_manager: CertManager,
         state_store: StateStore,
+        *,
+        rebind: Rebind = None,
     ) -> None:
-        super().__init__(name="delete_amphora_resources")
+        super().__init__(name="delete_amphora_resources", rebind=rebind)
         self.compute = compute
         self.network = network
         self.cert_manager = cert_manager
@@ -508,6 +515,19 @@ class DeleteAmphoraResources(task.Task):
             if certificate.cert_ref:
                 self.cert_manager.delete(certificate.cert_ref)
             self.state_store.delete(CertificateRecord, certificate.serial)
+
+    def revert(self, amphora: dict[str, Any], result: Any, flow_failures=None, **kwargs: Any) -> None:
+        if isinstance(result, failure.Failure):
+            return
+        self.state_store.update(
+            AmphoraRecord,
+            amphora["amphora_id"],
+            status=AmphoraStatus.ERROR,
+            compute_id=None,
+            port_id=None,
+            cert_serial=None,
+            error=f"resources deleted, then {failure_reason(flow_failures)}",
+        )
 
 
 class MarkAmphoraDeleted(task.Task):

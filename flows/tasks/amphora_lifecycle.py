@@ -1,5 +1,6 @@
-"""Tasks that tie the amphora lifecycle to the other flows: the amphora's image verification,
-its initial load balancer configuration, and what a failover moves to the replacement.
+"""Tasks that tie the amphora lifecycle to the other flows: the choice between verifying the
+amphora's image and booting it unverified, the steps of its initial load balancer configuration
+that ``push_config`` does not have, and what a failover moves to the replacement.
 
 Load balancer membership is kept in ``LoadBalancerRecord.description["amphora_ids"]``, written
 here when a configuration is pushed at creation and moved on failover.
@@ -10,15 +11,12 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from oslo_log import log as logging
-from taskflow import engines, task
-from taskflow.patterns import linear_flow
+from taskflow import task
+from taskflow.types import failure
 
-from keramos.flows.tasks import amphora as amphora_tasks
-from keramos.flows.tasks import loadbalancer as lb_tasks
 from keramos.framework.contracts import AmphoraDriver, AmphoraEndpoint, ImageStore, StateStore
 from keramos.framework.errors import Conflict, KeramosError, NotFound, PayloadError
 from keramos.framework.images.signature import (
@@ -82,115 +80,161 @@ def swap_member(
     )
 
 
-class VerifyAmphoraImage(task.Task):
-    """Verify the amphora's image through the ``verify_image`` flow (verified image cache first).
+class CheckAmphoraImage(task.Task):
+    """Decide whether the amphora's image is verified: provides ``image_signed``.
 
     An image whose properties carry no signature at all boots unverified only when
-    ``require_signed`` is False; otherwise, and whenever verification fails, the flow fails
-    before anything boots. A verified image stays in the cache when a later task fails: the cache
-    holds verified images for every boot, not resources of this amphora.
+    ``require_signed`` is False (the verification tasks are then skipped); otherwise it fails
+    the flow with :class:`SignatureVerificationError` before anything boots. An image carrying
+    any signature property is verified, and refused if its signature is incomplete.
     """
 
-    def __init__(
-        self,
-        image_store: ImageStore,
-        verify_image_flow: Callable[[], linear_flow.Flow],
-        *,
-        require_signed: bool,
-    ) -> None:
-        super().__init__(name="verify_amphora_image", provides="amphora_image")
+    def __init__(self, image_store: ImageStore, *, require_signed: bool) -> None:
+        super().__init__(name="check_amphora_image", provides="image_signed")
         self.image_store = image_store
-        self.verify_image_flow = verify_image_flow
         self.require_signed = require_signed
 
-    def execute(self, image_id: str) -> dict[str, Any]:
+    def execute(self, image_id: str) -> bool:
         properties = self.image_store.properties(image_id)
-        if not any(name in properties for name in REQUIRED_PROPERTIES):
-            if self.require_signed:
-                raise SignatureVerificationError(
-                    Reason.MISSING_PROPERTY,
-                    f"image {image_id} is not signed and [amphora] require_signed_images is set",
-                )
-            LOG.warning("image %s is not signed; booting it unverified as configured", image_id)
-            return {"image_id": image_id, "verified": False}
-        results = engines.run(self.verify_image_flow(), store={"image_id": image_id})
-        return {**results["image"], "verified": True}
+        if any(name in properties for name in REQUIRED_PROPERTIES):
+            return True
+        if self.require_signed:
+            raise SignatureVerificationError(
+                Reason.MISSING_PROPERTY,
+                f"image {image_id} is not signed and [amphora] require_signed_images is set",
+            )
+        LOG.warning("image %s is not signed; booting it unverified as configured", image_id)
+        return False
 
 
-class PushInitialConfig(task.Task):
-    """Push the load balancer configuration carried by the payload (``lb``) to the new amphora.
+def image_is_signed(history: dict[str, Any]) -> bool:
+    """Decider: run the verification tasks (``check_amphora_image`` said the image is signed)."""
+    return all(bool(result) for result in history.values())
 
-    Runs ``push_config``'s tasks on this amphora alone and records it as a member of the load
-    balancer. ``lb`` is ``{"lb_id", "listeners", "pools"}`` as in ``push_config``; ``None`` pushes
-    nothing. On revert the load balancer's record is put back as it was (the version handed out
-    stays used: versions only grow) and the configuration removed from the amphora.
+
+def image_is_unsigned(history: dict[str, Any]) -> bool:
+    """Decider: boot the image unverified (``check_amphora_image`` allowed an unsigned image)."""
+    return not image_is_signed(history)
+
+
+class UseVerifiedImage(task.Task):
+    """Provide ``amphora_image``: the verified ``image`` marked ``verified``.
+
+    Nothing to undo: a verified image stays in the cache when a later task fails.
     """
 
-    def __init__(self, amphora: AmphoraDriver, state_store: StateStore) -> None:
-        super().__init__(name="push_initial_config", provides="initial_config")
-        self.amphora = amphora
-        self.state_store = state_store
+    def __init__(self) -> None:
+        super().__init__(name="use_verified_image", provides="amphora_image")
 
-    def execute(
-        self, amphora_id: str, lb: dict[str, Any] | None, amphora_instance: dict[str, Any]
-    ) -> dict[str, Any] | None:
+    def execute(self, image: dict[str, Any]) -> dict[str, Any]:
+        return {**image, "verified": True}
+
+
+class UseUnverifiedImage(task.Task):
+    """Provide ``amphora_image`` for an unsigned image allowed to boot unverified."""
+
+    def __init__(self) -> None:
+        super().__init__(name="use_unverified_image", provides="amphora_image")
+
+    def execute(self, image_id: str) -> dict[str, Any]:
+        return {"image_id": image_id, "verified": False}
+
+
+class CheckInitialConfig(task.Task):
+    """Check the payload's ``lb`` before anything boots and hand its parts to the config push.
+
+    ``lb`` is ``{"lb_id", "listeners", "pools"}`` as in ``push_config``, or ``None`` (nothing is
+    pushed: ``lb_id`` is then ``None``). Provides ``lb_id``, ``listeners`` and ``pools``.
+    """
+
+    default_provides = ("lb_id", "listeners", "pools")
+
+    def __init__(self) -> None:
+        super().__init__(name="check_initial_config")
+
+    def execute(self, lb: dict[str, Any] | None) -> tuple[str | None, list[Any], list[Any]]:
         if lb is None:
-            return None
+            return None, [], []
         missing = sorted({"lb_id", "listeners", "pools"} - set(lb))
         if missing:
             raise PayloadError(f"lb lacks {', '.join(missing)}")
-        lb_id = lb["lb_id"]
+        return lb["lb_id"], lb["listeners"], lb["pools"]
+
+
+class PlanInitialConfig(task.Task):
+    """Where the initial configuration goes: provides ``amphora_endpoint`` (this amphora's
+    agent) and ``amphora_endpoints`` (that one endpoint, as ``push_config``'s tasks take them).
+
+    Without a load balancer (``lb_id`` ``None``) the endpoint is ``None`` and the list empty:
+    :func:`has_initial_config` then skips the push.
+    """
+
+    default_provides = ("amphora_endpoint", "amphora_endpoints")
+
+    def __init__(self) -> None:
+        super().__init__(name="plan_initial_config")
+
+    def execute(
+        self, amphora_id: str, amphora_instance: dict[str, Any], lb_id: str | None
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        if lb_id is None:
+            return None, []
+        endpoint = _endpoint(amphora_id, amphora_instance)
+        return endpoint, [endpoint]
+
+
+def has_initial_config(history: dict[str, Any]) -> bool:
+    """Decider: push the initial configuration (``plan_initial_config`` found a load balancer)."""
+    return all(result[0] is not None for result in history.values())
+
+
+class SnapshotLoadBalancer(task.Task):
+    """Remember the load balancer's record before the initial push; put it back on revert.
+
+    Provides ``previous_loadbalancer``: ``config``, ``running_version`` and ``description`` (the
+    members among them). The version handed out after it stays used on revert: versions only
+    grow.
+    """
+
+    def __init__(self, state_store: StateStore) -> None:
+        super().__init__(name="snapshot_loadbalancer", provides="previous_loadbalancer")
+        self.state_store = state_store
+
+    def execute(self, lb_id: str) -> dict[str, Any]:
         previous = self.state_store.get(LoadBalancerRecord, lb_id)
-        snapshot = (
+        if previous is None:
+            return {"config": None, "running_version": 0, "description": None}
+        return jsonable(
             {
                 "config": previous.config,
                 "running_version": previous.running_version,
                 "description": previous.description,
             }
-            if previous is not None
-            else {"config": None, "running_version": 0, "description": None}
         )
-        flow = linear_flow.Flow(f"initial_config_{lb_id}").add(
-            lb_tasks.RenderHaproxyConfig(),
-            lb_tasks.AllocateConfigVersion(self.state_store),
-            lb_tasks.PushConfigToAmphorae(self.amphora, self.state_store),
-            lb_tasks.RecordRunningVersion(self.state_store),
-        )
-        store = {
-            "lb_id": lb_id,
-            "listeners": lb["listeners"],
-            "pools": lb["pools"],
-            "amphora_endpoints": [_endpoint(amphora_id, amphora_instance)],
-        }
-        version = engines.run(flow, store=store)["running_version"]
-        # Recording the running version rewrote the description: the members come from before.
-        swap_member(
-            self.state_store,
-            lb_id,
-            leaving=None,
-            joining=amphora_id,
-            members=_member_ids(previous) if previous is not None else [],
-        )
-        return {
-            "lb_id": lb_id,
-            "config_version": version,
-            "previous": jsonable(snapshot),
-            "endpoint": store["amphora_endpoints"][0],
-        }
 
-    def revert(self, result: Any, **kwargs: Any) -> None:
-        if not isinstance(result, dict):
-            return
-        endpoint = result["endpoint"]
-        try:
-            self.amphora.delete_config(
-                AmphoraEndpoint(endpoint["amphora_id"], endpoint["address"], endpoint["port"]),
-                result["lb_id"],
-            )
-        except KeramosError as error:
-            # The instance is deleted next, and the configuration with it.
-            LOG.warning("amphora %s keeps its configuration until deleted: %s", endpoint, error)
-        self.state_store.update(LoadBalancerRecord, result["lb_id"], **result["previous"])
+    def revert(self, lb_id: str, result: Any, **kwargs: Any) -> None:
+        if isinstance(result, dict) and self.state_store.get(LoadBalancerRecord, lb_id) is not None:
+            self.state_store.update(LoadBalancerRecord, lb_id, **result)
+
+
+class JoinLoadBalancer(task.Task):
+    """Record the new amphora among the load balancer's members, after those it had before.
+
+    ``record_running_version`` rewrote the members to the endpoints it was given (this amphora
+    alone): the others come from ``previous_loadbalancer``. On revert the amphora leaves.
+    """
+
+    def __init__(self, state_store: StateStore) -> None:
+        super().__init__(name="join_loadbalancer")
+        self.state_store = state_store
+
+    def execute(self, amphora_id: str, lb_id: str, previous_loadbalancer: dict[str, Any]) -> None:
+        members = list((previous_loadbalancer["description"] or {}).get("amphora_ids", []))
+        swap_member(self.state_store, lb_id, leaving=None, joining=amphora_id, members=members)
+
+    def revert(self, amphora_id: str, lb_id: str, result: Any, **kwargs: Any) -> None:
+        if not isinstance(result, failure.Failure):
+            swap_member(self.state_store, lb_id, leaving=amphora_id, joining=None)
 
 
 class LoadFailedAmphora(task.Task):
@@ -316,28 +360,6 @@ class MoveLoadBalancerConfigs(task.Task):
                 # The replacement is deleted next, and the configuration with it.
                 LOG.warning("replacement %s keeps %s until deleted: %s", replacement_id, lb_id, error)
             swap_member(self.state_store, lb_id, leaving=replacement_id, joining=amphora_id)
-
-
-class RetireFailedAmphora(task.Task):
-    """Delete the old amphora once its replacement is READY: instance first, then port and
-    certificates, and mark it DELETED.
-
-    Nothing to undo: it is the failover's last task. If the instance cannot be deleted, nothing
-    of the old amphora has changed when the failover reverts.
-    """
-
-    def __init__(
-        self,
-        resources: amphora_tasks.DeleteAmphoraResources,
-        mark_deleted: amphora_tasks.MarkAmphoraDeleted,
-    ) -> None:
-        super().__init__(name="retire_failed_amphora")
-        self.resources = resources
-        self.mark_deleted = mark_deleted
-
-    def execute(self, amphora_id: str, failed_amphora: dict[str, Any]) -> None:
-        self.resources.execute(failed_amphora)
-        self.mark_deleted.execute(amphora_id)
 
 
 class LeaveLoadBalancers(task.Task):

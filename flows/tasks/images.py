@@ -3,13 +3,19 @@
 The image goes ``verifying`` -> ``active``; any failure reverts the flow, which marks the image
 ``killed`` with the reason (the first task's revert) and removes the data downloaded so far
 (the cache removes a staging file whose data did not verify).
+
+The same tasks verify an amphora's image inside ``create_amphora`` and ``failover_amphora``.
+There a task after the verification may fail too: the image is then not at fault and stays
+``active`` and cached (the cache holds verified images for every boot, not resources of one
+amphora), so the reverts below act only when a verification task (:data:`VERIFICATION_TASKS`)
+failed.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, BinaryIO
 
 from cryptography import x509
@@ -41,6 +47,22 @@ VERIFYING = "verifying"
 ACTIVE = "active"
 KILLED = "killed"
 
+#: The names of the verification tasks: a failure among them is the image's.
+VERIFICATION_TASKS = frozenset(
+    {
+        "mark_image_verifying",
+        "get_image_signature",
+        "validate_signing_certificate",
+        "download_and_verify_image",
+        "mark_image_active",
+    }
+)
+
+
+def verification_failed(flow_failures: Mapping[str, failure.Failure] | None) -> bool:
+    """Whether one of :data:`VERIFICATION_TASKS` failed (rather than a task after them)."""
+    return any(name in VERIFICATION_TASKS for name in (flow_failures or {}))
+
 
 def _first_failure(flow_failures: Mapping[str, failure.Failure] | None) -> str:
     for fail in (flow_failures or {}).values():
@@ -62,7 +84,7 @@ class MarkImageVerifying(task.Task):
             self.state_store.update(ImageRecord, image_id, status=VERIFYING, message=None)
 
     def revert(self, image_id: str, result: Any, flow_failures=None, **kwargs: Any) -> None:
-        if isinstance(result, failure.Failure):
+        if isinstance(result, failure.Failure) or not verification_failed(flow_failures):
             return
         reason = _first_failure(flow_failures)
         LOG.error("image %s failed verification and will not boot: %s", image_id, reason)
@@ -88,16 +110,30 @@ class ValidateSigningCertificate(task.Task):
     """Fetch the signing certificate from the key manager by uuid and validate it.
 
     Provides ``{"certificate_uuid", "pem", "subject", "description"}``; the PEM holds the
-    signing certificate followed by the intermediates stored with it.
+    signing certificate followed by the intermediates stored with it. ``validator`` is a
+    validator, or a callable returning the one to use now (read when the task runs, so that a
+    flow built once sees the trusted CA or CRL file the operator replaced).
     """
 
-    def __init__(self, key_manager: KeyManager, validator: CertificateValidator) -> None:
+    def __init__(
+        self,
+        key_manager: KeyManager,
+        validator: CertificateValidator | Callable[[], CertificateValidator],
+    ) -> None:
         super().__init__(name="validate_signing_certificate", provides="signing_certificate")
         self.key_manager = key_manager
-        self.validator = validator
+        self._validator = validator
+
+    @property
+    def validator(self) -> CertificateValidator:
+        """The validator to use for this run."""
+        if isinstance(self._validator, CertificateValidator):
+            return self._validator
+        return self._validator()
 
     def execute(self, image_signature: dict[str, str]) -> dict[str, str]:
         spec = signature.parse_signature_properties(image_signature)
+        validator = self.validator
         try:
             stored = self.key_manager.get_certificate(spec.certificate_uuid)
         except NotFound as error:
@@ -107,7 +143,7 @@ class ValidateSigningCertificate(task.Task):
             ) from None
         certificate, *intermediates = load_certificates(stored)
         signature.check_key_type(spec, certificate.public_key())
-        chain = self.validator.validate(certificate, intermediates)
+        chain = validator.validate(certificate, intermediates)
         pem = b"".join(_pem(cert) for cert in [certificate, *intermediates]).decode("ascii")
         return {
             "certificate_uuid": spec.certificate_uuid,
@@ -158,14 +194,28 @@ class DownloadAndVerifyImage(task.Task):
     """Stream the image once, in chunks, through the hash into the cache; verify; keep it.
 
     A cache hit is re-verified cheaply: the stored digest against the signature. On failure the
-    partial data is removed; on revert an entry this run added is evicted.
+    partial data is removed; on revert an entry this run added is evicted. ``cache`` is the
+    cache, or a callable returning it (made on first use: a flow that boots only unsigned images
+    never makes one).
     """
 
-    def __init__(self, image_store: ImageStore, cache: VerifiedImageCache, chunk_size: int) -> None:
+    def __init__(
+        self,
+        image_store: ImageStore,
+        cache: VerifiedImageCache | Callable[[], VerifiedImageCache],
+        chunk_size: int,
+    ) -> None:
         super().__init__(name="download_and_verify_image", provides="verified_image")
         self.image_store = image_store
-        self.cache = cache
+        self._cache = cache
         self.chunk_size = chunk_size
+
+    @property
+    def cache(self) -> VerifiedImageCache:
+        """The verified image cache."""
+        if isinstance(self._cache, VerifiedImageCache):
+            return self._cache
+        return self._cache()
 
     def execute(
         self,
@@ -277,7 +327,9 @@ class DownloadAndVerifyImage(task.Task):
         self.cache.evict(entry.image_id, checksum)
         return self.cache.fetch(entry.image_id, checksum, produce)
 
-    def revert(self, image_id: str, result: Any, **kwargs: Any) -> None:
+    def revert(self, image_id: str, result: Any, flow_failures=None, **kwargs: Any) -> None:
+        if not verification_failed(flow_failures):
+            return
         if isinstance(result, dict) and result.get("downloaded") and result.get("cached"):
             self.cache.evict(image_id, result["checksum"])
 

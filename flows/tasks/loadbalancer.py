@@ -1,4 +1,5 @@
-"""Tasks of the ``push_config`` flow: render, version, push in parallel, record.
+"""Tasks of the ``push_config`` flow: render, version, push in parallel, record; and the push to
+one new amphora that ``create_amphora``'s initial configuration adds to them.
 
 Versions only grow. An agent refuses a push older than what it has, so a revert cannot push the
 previous version number again: it pushes the previous *configuration* under a new, higher version
@@ -7,16 +8,16 @@ previous version number again: it pushes the previous *configuration* under a ne
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent import futures
 from typing import Any
 
 from oslo_log import log as logging
-from taskflow import engines, task
-from taskflow import exceptions as tf_exceptions
-from taskflow.patterns import unordered_flow
+from taskflow import task
 
 from keramos.flows.templates import render_haproxy_config
 from keramos.framework.contracts import AmphoraDriver, AmphoraEndpoint, StateStore
-from keramos.framework.errors import DriverError, NotFound, PayloadError
+from keramos.framework.errors import DriverError, KeramosError, NotFound, PayloadError
 from keramos.framework.records import AmphoraRecord, LoadBalancerRecord
 
 LOG = logging.getLogger(__name__)
@@ -91,19 +92,56 @@ class AllocateConfigVersion(task.Task):
 
 
 class PushConfigToAmphora(task.Task):
-    """Upload one configuration version to one amphora and reload HAProxy there."""
+    """Upload a configuration version to one amphora that did not run the load balancer before
+    (``create_amphora``'s initial configuration) and reload HAProxy there.
 
-    def __init__(self, amphora: AmphoraDriver, endpoint: dict[str, Any]) -> None:
-        super().__init__(name=f"push_config_to_{endpoint['amphora_id']}")
+    On revert the load balancer is removed from the amphora again; an amphora that cannot be
+    reached keeps it until it is deleted (the creation's revert deletes it next), which is logged.
+    """
+
+    def __init__(self, amphora: AmphoraDriver) -> None:
+        super().__init__(name="push_config_to_amphora")
         self.amphora = amphora
-        self.endpoint = endpoint
 
-    def execute(self, lb_id: str, haproxy_config: str, config_version: int) -> None:
-        self.amphora.upload_config(_endpoint(self.endpoint), lb_id, haproxy_config, config_version)
+    def execute(
+        self,
+        lb_id: str,
+        amphora_endpoint: dict[str, Any],
+        haproxy_config: str,
+        config_version: int,
+    ) -> None:
+        self.amphora.upload_config(
+            _endpoint(amphora_endpoint), lb_id, haproxy_config, config_version
+        )
+
+    def revert(self, lb_id: str, amphora_endpoint: dict[str, Any], **kwargs: Any) -> None:
+        try:
+            self.amphora.delete_config(_endpoint(amphora_endpoint), lb_id)
+        except KeramosError as error:
+            LOG.warning(
+                "amphora %s keeps %s until deleted: %s", amphora_endpoint["amphora_id"], lb_id, error
+            )
+
+
+def _raise_failures(errors: list[BaseException]) -> None:
+    """Raise the one error as it is, or several as one DriverError (retryable if all are)."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise DriverError(
+            "; ".join(str(error) for error in errors),
+            retryable=all(getattr(error, "retryable", False) for error in errors),
+        )
 
 
 class PushConfigToAmphorae(task.Task):
-    """Push the configuration to every amphora at once (a taskflow unordered flow).
+    """Push the configuration to every amphora of the load balancer at once.
+
+    One task, not one task per amphora: the amphorae are known only when the flow runs (taskflow
+    flows are fixed when they are built), so the pushes run in a thread pool calling the driver.
+    A resumed run pushes to every amphora again, which is safe: an agent accepts the same
+    version with the same content again. Once a push fails, the pushes not started yet are not
+    made; one failure is raised as it is, several as one DriverError (retryable if all are).
 
     On revert, whether this push failed on some amphora or a later task failed, every amphora is
     brought back to the previous configuration under a new version, or loses the load balancer
@@ -117,17 +155,22 @@ class PushConfigToAmphorae(task.Task):
         self.state_store = state_store
         self.max_workers = max_workers
 
-    def _run_parallel(self, flow: unordered_flow.Flow, store: dict[str, Any], width: int) -> None:
-        try:
-            engines.run(
-                flow, store=store, engine="parallel", max_workers=max(1, min(width, self.max_workers))
-            )
-        except tf_exceptions.WrappedFailure as failures:
-            errors = [fail.exception for fail in failures]
-            raise DriverError(
-                "; ".join(str(error) for error in errors),
-                retryable=all(getattr(error, "retryable", False) for error in errors),
-            ) from None
+    def _each(
+        self, action: Callable[[dict[str, Any]], None], endpoints: list[dict[str, Any]]
+    ) -> dict[str, BaseException | None]:
+        """Run ``action`` on every endpoint in parallel; each amphora's error, or None."""
+        outcomes: dict[str, BaseException | None] = {}
+        width = max(1, min(len(endpoints), self.max_workers))
+        with futures.ThreadPoolExecutor(width, thread_name_prefix=self.name) as pool:
+            started = {pool.submit(action, endpoint): endpoint for endpoint in endpoints}
+            for done in futures.as_completed(started):
+                if done.cancelled():
+                    continue
+                outcomes[started[done]["amphora_id"]] = done.exception()
+                if done.exception() is not None:
+                    for pending in started:
+                        pending.cancel()
+        return outcomes
 
     def execute(
         self,
@@ -136,10 +179,11 @@ class PushConfigToAmphorae(task.Task):
         haproxy_config: str,
         config_version: int,
     ) -> None:
-        flow = unordered_flow.Flow(f"push_{lb_id}_v{config_version}")
-        flow.add(*(PushConfigToAmphora(self.amphora, endpoint) for endpoint in amphora_endpoints))
-        store = {"lb_id": lb_id, "haproxy_config": haproxy_config, "config_version": config_version}
-        self._run_parallel(flow, store, len(amphora_endpoints))
+        def push(endpoint: dict[str, Any]) -> None:
+            self.amphora.upload_config(_endpoint(endpoint), lb_id, haproxy_config, config_version)
+
+        outcomes = self._each(push, amphora_endpoints)
+        _raise_failures([error for error in outcomes.values() if error is not None])
 
     def revert(
         self,
@@ -150,53 +194,35 @@ class PushConfigToAmphorae(task.Task):
         **kwargs: Any,
     ) -> None:
         restore_version = _allocate_version(self.state_store, lb_id)
-        outcomes: dict[str, str | None] = {}
-        flow = unordered_flow.Flow(f"restore_{lb_id}_v{restore_version}")
-        flow.add(
-            *(
-                RestoreAmphora(self.amphora, endpoint, outcomes)
-                for endpoint in amphora_endpoints
-            )
-        )
-        store = {
-            "lb_id": lb_id,
-            "previous_config": previous_config,
-            "restore_version": restore_version,
-        }
-        self._run_parallel(flow, store, len(amphora_endpoints))
+        not_restored: dict[str, str] = {}
+
+        def restore(endpoint: dict[str, Any]) -> None:
+            try:
+                if previous_config is None:
+                    self.amphora.delete_config(_endpoint(endpoint), lb_id)
+                else:
+                    self.amphora.upload_config(
+                        _endpoint(endpoint), lb_id, previous_config, restore_version
+                    )
+            except DriverError as error:
+                not_restored[endpoint["amphora_id"]] = str(error)
+
+        outcomes = self._each(restore, amphora_endpoints)
+        _raise_failures([error for error in outcomes.values() if error is not None])
         running_version = restore_version if previous_config is not None else 0
-        for amphora_id, error in outcomes.items():
-            if error is not None:
-                LOG.error("load balancer %s: amphora %s not restored: %s", lb_id, amphora_id, error)
+        for amphora_id in outcomes:
+            if amphora_id in not_restored:
+                LOG.error(
+                    "load balancer %s: amphora %s not restored: %s",
+                    lb_id,
+                    amphora_id,
+                    not_restored[amphora_id],
+                )
             elif self.state_store.get(AmphoraRecord, amphora_id) is not None:
                 self.state_store.update(AmphoraRecord, amphora_id, config_version=running_version)
         self.state_store.update(
             LoadBalancerRecord, lb_id, running_version=running_version, config=previous_config
         )
-
-
-class RestoreAmphora(task.Task):
-    """Put the previous configuration back on one amphora; report, never raise."""
-
-    def __init__(
-        self, amphora: AmphoraDriver, endpoint: dict[str, Any], outcomes: dict[str, str | None]
-    ) -> None:
-        super().__init__(name=f"restore_{endpoint['amphora_id']}")
-        self.amphora = amphora
-        self.endpoint = endpoint
-        self.outcomes = outcomes
-
-    def execute(self, lb_id: str, previous_config: str | None, restore_version: int) -> None:
-        endpoint = _endpoint(self.endpoint)
-        try:
-            if previous_config is None:
-                self.amphora.delete_config(endpoint, lb_id)
-            else:
-                self.amphora.upload_config(endpoint, lb_id, previous_config, restore_version)
-        except DriverError as error:
-            self.outcomes[endpoint.amphora_id] = str(error)
-        else:
-            self.outcomes[endpoint.amphora_id] = None
 
 
 class RecordRunningVersion(task.Task):

@@ -9,13 +9,17 @@ certificate of the chain is revoked. A certificate the operator trusts directly 
 trusted CA file) needs no chain.
 
 Options live in ``[image_verification]``; :func:`register_opts` registers them.
+:class:`ConfiguredValidator` hands out the validator of those options, read again only when one
+of their files changed, so that flows built once still see a CA or CRL file the operator replaced.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import re
+import threading
 from collections.abc import Sequence
 
 from cryptography import x509
@@ -294,3 +298,44 @@ class CertificateValidator:
                         f"{issuer.subject.rfc4514_string()!r} on "
                         f"{revoked.revocation_date_utc.isoformat()}",
                     )
+
+
+class ConfiguredValidator:
+    """The :class:`CertificateValidator` of ``[image_verification]``, read when first asked for and
+    again whenever the options or one of their files (trusted CAs, intermediates, CRLs) changed.
+
+    A call costs a ``stat`` of each configured file while nothing changed; a changed file (other
+    modification time, change time, size or inode: replaced or rewritten) is parsed again before
+    the next validation. Raises :class:`ConfigError` like :meth:`CertificateValidator.from_conf`.
+    """
+
+    def __init__(self, conf: cfg.ConfigOpts) -> None:
+        register_opts(conf)
+        self.conf = conf
+        self._lock = threading.Lock()
+        self._stamp: tuple[object, ...] | None = None
+        self._validator: CertificateValidator | None = None
+
+    def _current_stamp(self) -> tuple[object, ...]:
+        group = self.conf[GROUP]
+        stamp: list[object] = [group.max_chain_depth]
+        for path in (group.trusted_ca_file, group.intermediate_ca_file, group.crl_file):
+            try:
+                status = os.stat(path) if path else None
+            except OSError:
+                status = None
+            stamp.append(
+                (path, None)
+                if status is None
+                else (path, status.st_mtime_ns, status.st_ctime_ns, status.st_size, status.st_ino)
+            )
+        return tuple(stamp)
+
+    def __call__(self) -> CertificateValidator:
+        """The validator for the configuration and files as they are now."""
+        stamp = self._current_stamp()
+        with self._lock:
+            if self._validator is None or stamp != self._stamp:
+                self._validator = CertificateValidator.from_conf(self.conf)
+                self._stamp = stamp
+            return self._validator

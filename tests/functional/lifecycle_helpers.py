@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,15 +86,23 @@ def lifecycle_drivers(state_path: str) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def lifecycle_worker(
-    directory: Path, *, flows: Iterable[type[FlowFactory]] = (), **amphora_options: Any
+    directory: Path,
+    *,
+    flows: Iterable[type[FlowFactory]] = (),
+    other_drivers: Mapping[str, Any] | None = None,
+    **amphora_options: Any,
 ) -> Iterator[InProcessWorker]:
-    """An in-process worker on :func:`lifecycle_drivers` under ``directory``, 30 s timeouts and
-    ``[amphora]`` options on top; every agent it started is stopped afterwards."""
+    """An in-process worker on :func:`lifecycle_drivers` (and ``other_drivers``: kind -> driver
+    or factory) under ``directory``, 30 s timeouts and ``[amphora]`` options on top; every agent
+    it started is stopped afterwards."""
     drivers = lifecycle_drivers(str(directory))
     overrides = {"amphora": {"active_timeout": 30.0, "agent_timeout": 30.0, **amphora_options}}
     try:
         with InProcessWorker(
-            flows=flows, conf_overrides=overrides, state_path=directory / "state", **drivers
+            flows=flows,
+            conf_overrides=overrides,
+            state_path=directory / "state",
+            **{**(other_drivers or {}), **drivers},
         ) as worker:
             yield worker
     finally:

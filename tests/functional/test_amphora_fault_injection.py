@@ -16,7 +16,13 @@ from keramos.flows.amphora import CreateAmphora
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord, LoadBalancerRecord
 from tests.functional.agent_helpers import free_port, http_backend
 from tests.functional.lifecycle_helpers import BODY, description, lifecycle_worker
-from tests.unit.amphora_helpers import CREATE_TASKS_IN_EVERY_MODE, InjectedFault, failing_at
+from tests.unit.amphora_helpers import (
+    CREATE_TASKS_IN_EVERY_MODE,
+    SIGNED_IMAGE_TASKS,
+    InjectedFault,
+    failing_at,
+)
+from tests.unit.image_helpers import SIGNED_IMAGE_DRIVERS, add_signed_image
 
 
 def processes_under(directory: str) -> list[str]:
@@ -40,14 +46,21 @@ def processes_under(directory: str) -> list[str]:
 @pytest.mark.parametrize(("mode", "task_name"), CREATE_TASKS_IN_EVERY_MODE)
 def test_a_failure_at_any_task_on_real_agents_leaves_no_process_file_key_or_record(tmp_path, mode, task_name):
     faulty = failing_at(CreateAmphora, task_name)
+    # The verification tasks run for a signed image only; the others run for an unsigned one.
+    signed = task_name in SIGNED_IMAGE_TASKS
     with http_backend(BODY) as backend_port, lifecycle_worker(
-        tmp_path, flows=[faulty], certificate_mode=mode, require_signed_images=False
+        tmp_path,
+        flows=[faulty],
+        other_drivers=SIGNED_IMAGE_DRIVERS if signed else None,
+        certificate_mode=mode,
+        require_signed_images=False,
     ) as worker:
+        image_id = add_signed_image(worker, tmp_path) if signed else "img"
         compute = worker.drivers.compute
         cert_manager = worker.drivers.cert_manager
         lb = {"lb_id": "lb-fault", **description(free_port(), backend_port)}
         with pytest.raises(InjectedFault):
-            worker.run(faulty.name, {"amphora_id": "amp-fault", "image_id": "img", "lb": lb})
+            worker.run(faulty.name, {"amphora_id": "amp-fault", "image_id": image_id, "lb": lb})
 
         assert compute.running_instances() == []
         assert processes_under(compute.instances_dir) == []

@@ -38,7 +38,7 @@ def test_keramos_demo_boots_amphorae_serves_traffic_fails_one_over_and_cleans_up
     assert completed.returncode == 0, out + completed.stderr
     for expected in (
         "[6] real amphorae",
-        "verify_amphora_image",
+        "validate_signing_certificate",
         "amp-a is READY: agent at https://127.0.0.1:",
         "activation token spent: True",
         "amp-b is READY",

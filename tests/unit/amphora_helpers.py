@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
+
+from taskflow import flow as tf_flow
+from taskflow import task
 
 from keramos.framework.errors import DriverError
 from keramos.framework.records import CertificateRecord, LoadBalancerRecord
@@ -25,31 +29,60 @@ def certificate_mode(mode: str) -> dict[str, dict[str, Any]]:
     return {"amphora": {"certificate_mode": mode}}
 
 
+#: The image subflow: the verification tasks run for a signed image only, the last one for an
+#: unsigned image only (allowed when ``[amphora] require_signed_images`` is False).
+IMAGE_TASKS = [
+    "check_amphora_image",
+    "mark_image_verifying",
+    "get_image_signature",
+    "validate_signing_certificate",
+    "download_and_verify_image",
+    "mark_image_active",
+    "use_verified_image",
+    "use_unverified_image",
+]
+
+#: The tasks that run only when the image is signed (a fault there needs a signed image).
+SIGNED_IMAGE_TASKS = frozenset(IMAGE_TASKS[1:-1])
+
+#: The initial configuration subflow (its tasks after the first run only with an ``lb``).
+INITIAL_CONFIG_TASKS = [
+    "plan_initial_config",
+    "render_haproxy_config",
+    "snapshot_loadbalancer",
+    "allocate_config_version",
+    "push_config_to_amphora",
+    "record_running_version",
+    "join_loadbalancer",
+]
+
 #: The tasks of create_amphora in each ``[amphora] certificate_mode``, in order.
 CREATE_TASKS = [
     "record_amphora",
-    "verify_amphora_image",
+    "check_initial_config",
+    *IMAGE_TASKS,
     "issue_amphora_server_cert",
     "boot_amphora",
     "wait_for_amphora_active",
     "plug_amphora_network",
     "wait_for_amphora_agent",
     "activate_amphora",
-    "push_initial_config",
+    *INITIAL_CONFIG_TASKS,
     "mark_amphora_ready",
 ]
 
 #: In csr mode the amphora makes its own key: it is certified once its agent answers.
 CSR_CREATE_TASKS = [
     "record_amphora",
-    "verify_amphora_image",
+    "check_initial_config",
+    *IMAGE_TASKS,
     "boot_amphora",
     "wait_for_amphora_active",
     "plug_amphora_network",
     "sign_amphora_csr",
     "wait_for_amphora_agent",
     "activate_amphora",
-    "push_initial_config",
+    *INITIAL_CONFIG_TASKS,
     "mark_amphora_ready",
 ]
 
@@ -82,12 +115,22 @@ def failing(cls: type, method: str) -> type:
     return type(f"Failing{cls.__name__}", (cls,), {method: boom})
 
 
+def tasks_of(flow: tf_flow.Flow) -> Iterator[task.Task]:
+    """The tasks of ``flow`` and of its subflows, in order."""
+    for atom in flow:
+        if isinstance(atom, tf_flow.Flow):
+            yield from tasks_of(atom)
+        else:
+            yield atom
+
+
 def failing_at(factory: type, task_name: str) -> type:
-    """A copy of ``factory`` served as ``<name>_faulty`` whose task ``task_name`` raises at once."""
+    """A copy of ``factory`` served as ``<name>_faulty`` whose task ``task_name`` raises at once
+    (in the flow or in one of its subflows)."""
 
     def build(self):
         flow = factory.build(self)
-        atoms = {atom.name: atom for atom in flow}
+        atoms = {atom.name: atom for atom in tasks_of(flow)}
         if task_name not in atoms:
             raise AssertionError(f"{factory.name} has no task {task_name}")
 
@@ -102,7 +145,7 @@ def failing_at(factory: type, task_name: str) -> type:
 
 def task_names(worker: InProcessWorker, event: str) -> list[str]:
     """The names of the tasks of ``event``'s flow, in order."""
-    return [atom.name for atom in worker.worker.runner.flows[event].build()]
+    return [atom.name for atom in tasks_of(worker.worker.runner.flows[event].build())]
 
 
 def resources(worker: InProcessWorker) -> dict[str, Any]:

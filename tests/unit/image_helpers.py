@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -15,6 +16,11 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from keramos.framework.images import signature
+from keramos.framework.images.cache import image_cache_opts
+from keramos.framework.images.certificate_validation import register_opts
+from keramos.framework.testing import InProcessWorker
+from keramos.plugins.images.file_store import FileImageStore
+from keramos.plugins.images.key_managers import LocalKeyManager
 
 NOW = dt.datetime.now(dt.timezone.utc)
 DAY = dt.timedelta(days=1)
@@ -171,3 +177,25 @@ def write_json(path: os.PathLike | str, document: dict) -> None:
     """Write ``document`` as JSON."""
     with open(path, "w", encoding="utf-8") as json_file:
         json.dump(document, json_file)
+
+
+#: The drivers of a worker that verifies signed images: a file image store, a local key manager.
+SIGNED_IMAGE_DRIVERS = {"image_store": FileImageStore, "key_manager": LocalKeyManager}
+
+
+def add_signed_image(
+    worker: InProcessWorker, directory: os.PathLike | str, image_id: str = "img-signed", data: bytes = b""
+) -> str:
+    """Trust the test root CA (in ``directory``) and add ``image_id`` signed by the test signer
+    to a worker on :data:`SIGNED_IMAGE_DRIVERS`; return ``image_id``."""
+    data = data or b"amphora image " * 4096
+    register_opts(worker.conf)
+    worker.conf.register_opts(image_cache_opts, group="image_cache")
+    ca_file = write_ca_file(os.path.join(directory, "trusted.pem"), pki().root)
+    worker.conf.set_override("trusted_ca_file", ca_file, group="image_verification")
+    signer = pki().signers["rsa"]
+    certificate_uuid = worker.drivers.key_manager.store_certificate(
+        signer.certificate_pem + pki().intermediate.certificate_pem
+    )
+    worker.drivers.image_store.add(image_id, io.BytesIO(data), sign(data, signer, certificate_uuid))
+    return image_id

@@ -15,7 +15,9 @@ from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateR
 from keramos.framework.testing import InProcessWorker
 from keramos.plugins import noop
 from tests.unit.amphora_helpers import (
+    IMAGE_TASKS,
     LB,
+    SIGNED_IMAGE_TASKS,
     InjectedFault,
     certificate_mode,
     failing,
@@ -24,11 +26,12 @@ from tests.unit.amphora_helpers import (
     resources,
     task_names,
 )
+from tests.unit.image_helpers import SIGNED_IMAGE_DRIVERS, add_signed_image
 
 FAILOVER_TASKS = [
     "load_failed_amphora",
     "record_amphora",
-    "verify_amphora_image",
+    *IMAGE_TASKS,
     "issue_amphora_server_cert",
     "boot_amphora",
     "wait_for_amphora_active",
@@ -37,14 +40,15 @@ FAILOVER_TASKS = [
     "activate_amphora",
     "move_loadbalancer_configs",
     "mark_amphora_ready",
-    "retire_failed_amphora",
+    "delete_amphora_resources",
+    "mark_amphora_deleted",
 ]
 
 #: In csr mode the replacement makes its own key, certified once its agent answers.
 CSR_FAILOVER_TASKS = [
     "load_failed_amphora",
     "record_amphora",
-    "verify_amphora_image",
+    *IMAGE_TASKS,
     "boot_amphora",
     "wait_for_amphora_active",
     "plug_amphora_network",
@@ -53,7 +57,8 @@ CSR_FAILOVER_TASKS = [
     "activate_amphora",
     "move_loadbalancer_configs",
     "mark_amphora_ready",
-    "retire_failed_amphora",
+    "delete_amphora_resources",
+    "mark_amphora_deleted",
 ]
 
 MODE_TASKS = {"controller": FAILOVER_TASKS, "csr": CSR_FAILOVER_TASKS}
@@ -61,8 +66,8 @@ EVERY_TASK = [(mode, name) for mode, names in MODE_TASKS.items() for name in nam
 
 
 
-def create_with_lb(worker: InProcessWorker) -> AmphoraRecord:
-    worker.run("create_amphora", {"amphora_id": "amp-1", "image_id": "img-1", "lb": LB})
+def create_with_lb(worker: InProcessWorker, image_id: str = "img-1") -> AmphoraRecord:
+    worker.run("create_amphora", {"amphora_id": "amp-1", "image_id": image_id, "lb": LB})
     return worker.state_store.get(AmphoraRecord, "amp-1")
 
 
@@ -81,6 +86,24 @@ def assert_old_as_it_was(worker: InProcessWorker, old: AmphoraRecord, before: di
     )
     assert members(worker) == ["amp-1"]
     assert list(worker.drivers.amphora.configs) == [("amp-1", "lb-1")]
+    for replacement in replacements(worker):
+        assert replacement.status == AmphoraStatus.ERROR
+        assert replacement.compute_id is None and replacement.activation_token_hash is None
+
+
+def assert_old_deleted_but_not_marked(worker: InProcessWorker, old: AmphoraRecord) -> None:
+    """The old amphora's resources were deleted before the failure: the replacement is deleted
+    too, and the old amphora's record is ERROR and names no deleted resource."""
+    assert resources(worker) == {"instances": [], "ports": [], "bundles": [], "certificates": []}
+    now = worker.state_store.get(AmphoraRecord, "amp-1")
+    assert (now.status, now.compute_id, now.port_id, now.cert_serial) == (
+        AmphoraStatus.ERROR,
+        None,
+        None,
+        None,
+    )
+    assert "resources deleted, then mark_amphora_deleted" in now.error
+    assert old.compute_id is not None
     for replacement in replacements(worker):
         assert replacement.status == AmphoraStatus.ERROR
         assert replacement.compute_id is None and replacement.activation_token_hash is None
@@ -119,14 +142,22 @@ def test_the_flow_runs_the_tasks_the_fault_tests_cover(mode):
 
 
 @pytest.mark.parametrize(("mode", "task_name"), EVERY_TASK)
-def test_a_failure_at_every_task_deletes_the_replacement_and_keeps_the_old(mode, task_name):
+def test_a_failure_at_every_task_deletes_the_replacement_and_keeps_the_old(tmp_path, mode, task_name):
     faulty = failing_at(FailoverAmphora, task_name)
-    with InProcessWorker(flows=[faulty], conf_overrides=certificate_mode(mode)) as worker:
-        old = create_with_lb(worker)
+    # The verification tasks run for a signed image only; the others run for an unsigned one.
+    signed = task_name in SIGNED_IMAGE_TASKS
+    drivers = SIGNED_IMAGE_DRIVERS if signed else {}
+    with InProcessWorker(
+        flows=[faulty], conf_overrides=certificate_mode(mode), state_path=tmp_path, **drivers
+    ) as worker:
+        old = create_with_lb(worker, add_signed_image(worker, tmp_path) if signed else "img-1")
         before = resources(worker)
         with pytest.raises(InjectedFault):
             worker.run(faulty.name, {"amphora_id": "amp-1"})
-        assert_old_as_it_was(worker, old, before)
+        if task_name == "mark_amphora_deleted":
+            assert_old_deleted_but_not_marked(worker, old)
+        else:
+            assert_old_as_it_was(worker, old, before)
         if task_name not in ("load_failed_amphora", "record_amphora"):
             (replacement,) = replacements(worker)
             assert f"{task_name} failed on purpose" in replacement.error

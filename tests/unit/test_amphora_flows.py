@@ -27,6 +27,7 @@ from tests.unit.amphora_helpers import (
     CREATE_MODE_TASKS,
     CREATE_TASKS_IN_EVERY_MODE,
     LB,
+    SIGNED_IMAGE_TASKS,
     InjectedFault,
     RecordingCompute,
     certificate_mode,
@@ -36,6 +37,7 @@ from tests.unit.amphora_helpers import (
     nothing_left,
     task_names,
 )
+from tests.unit.image_helpers import SIGNED_IMAGE_DRIVERS, add_signed_image
 
 PAYLOAD = {"amphora_id": "amp-1", "image_id": "img-1"}
 
@@ -97,15 +99,24 @@ def test_the_flow_runs_the_tasks_the_fault_tests_cover(mode):
 
 
 @pytest.mark.parametrize(("mode", "task_name"), CREATE_TASKS_IN_EVERY_MODE)
-def test_a_failure_at_every_task_reverts_everything_before_it(mode, task_name):
+def test_a_failure_at_every_task_reverts_everything_before_it(tmp_path, mode, task_name):
     faulty = failing_at(CreateAmphora, task_name)
-    with InProcessWorker(flows=[faulty], conf_overrides=certificate_mode(mode)) as worker:
+    # The verification tasks run for a signed image only; the others run for an unsigned one.
+    signed = task_name in SIGNED_IMAGE_TASKS
+    drivers = SIGNED_IMAGE_DRIVERS if signed else {}
+    with InProcessWorker(
+        flows=[faulty], conf_overrides=certificate_mode(mode), state_path=tmp_path, **drivers
+    ) as worker:
+        image_id = add_signed_image(worker, tmp_path) if signed else "img-1"
         # An earlier run of the load balancer must come back as it was.
-        worker.run("create_amphora", {"amphora_id": "amp-0", "image_id": "img-1", "lb": LB})
+        worker.run("create_amphora", {"amphora_id": "amp-0", "image_id": image_id, "lb": LB})
         before = worker.state_store.get(LoadBalancerRecord, "lb-1")
         kept = dict(worker.drivers.compute.instances)
         with pytest.raises(InjectedFault):
-            worker.run(faulty.name, {**PAYLOAD, "lb": {**LB, "lb_id": "lb-1"}})
+            worker.run(
+                faulty.name,
+                {**PAYLOAD, "image_id": image_id, "lb": {**LB, "lb_id": "lb-1"}},
+            )
         assert worker.drivers.compute.instances == kept
         assert len(worker.drivers.network.ports) == 1
         assert len(worker.drivers.cert_manager.bundles) == 1

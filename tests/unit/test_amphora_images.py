@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from keramos.framework.errors import DriverError
 from keramos.framework.images import signature
 from keramos.framework.images.cache import image_cache_opts
 from keramos.framework.images.certificate_validation import register_opts
@@ -16,7 +17,7 @@ from keramos.framework.testing import InProcessWorker
 from keramos.plugins.images.file_store import FileImageStore
 from keramos.plugins.images.key_managers import LocalKeyManager
 from tests.unit.amphora_helpers import nothing_left
-from tests.unit.image_helpers import pki, sign, write_ca_file
+from tests.unit.image_helpers import issue, new_key, pki, sign, write_ca_file
 
 DATA = os.urandom(200_000)
 
@@ -103,3 +104,31 @@ def test_an_unsigned_image_boots_unverified_only_when_allowed(images):
     else:
         assert images.create("plain")["amphora"]["status"] == AmphoraStatus.READY
         assert images.worker.state_store.get(ImageRecord, "plain") is None
+
+
+def test_a_failure_after_verification_keeps_the_image_active_and_cached(images, monkeypatch):
+    images.add("good")
+
+    def refuse(*args, **kwargs):
+        raise DriverError("no capacity")
+
+    monkeypatch.setattr(images.worker.drivers.compute, "build", refuse)
+    with pytest.raises(DriverError, match="no capacity"):
+        images.create("good")
+    assert images.worker.state_store.get(ImageRecord, "good").status == "active"
+    entries = os.path.join(images.worker.conf.state_path, "image_cache", "entries")
+    assert os.listdir(entries) != []
+
+
+def test_a_replaced_trusted_ca_file_takes_effect_in_the_flow_built_once(images, tmp_path):
+    images.add("good")
+    assert images.create("good")["amphora"]["status"] == AmphoraStatus.READY
+    factory = images.worker.worker.runner.flows["create_amphora"]
+    built = factory.flow()
+    rogue = issue("another root", new_key("rsa", 5), ca=True)
+    write_ca_file(tmp_path / "replacement.pem", rogue)
+    os.replace(tmp_path / "replacement.pem", tmp_path / "trusted.pem")
+    with pytest.raises(SignatureVerificationError) as refused:
+        images.worker.run("create_amphora", {"amphora_id": "amp-2", "image_id": "good"})
+    assert refused.value.reason == Reason.CERTIFICATE_UNTRUSTED
+    assert factory.flow() is built
