@@ -13,8 +13,7 @@ from keramos.flows.images import VerifyImage
 from keramos.flows.tasks import amphora as tasks
 from keramos.flows.tasks import amphora_lifecycle as lifecycle
 from keramos.flows.tasks import loadbalancer as lb_tasks
-from keramos.framework.contracts import FlowFactory
-from keramos.framework.drivers import Drivers
+from keramos.framework.contracts import Drivers, FlowFactory
 from keramos.framework.schema import IDENTIFIER_PATTERN, Field
 
 GROUP = "amphora"

@@ -19,8 +19,7 @@ from oslo_config import cfg
 from taskflow.patterns import linear_flow
 
 from keramos.flows.tasks import images as tasks
-from keramos.framework.contracts import FlowFactory
-from keramos.framework.drivers import Drivers
+from keramos.framework.contracts import Drivers, FlowFactory
 from keramos.framework.images.cache import VerifiedImageCache
 from keramos.framework.images.certificate_validation import (
     GROUP,

@@ -18,8 +18,7 @@ from stevedore import driver as sv_driver
 from stevedore import exception as sv_exception
 from stevedore import extension as sv_extension
 
-from keramos.framework.contracts import DRIVER_CONTRACTS, Driver, FlowFactory, StateStore
-from keramos.framework.drivers import Drivers
+from keramos.framework.contracts import DRIVER_CONTRACTS, Driver, Drivers, FlowFactory, StateStore
 from keramos.framework.errors import PluginLoadError
 from keramos.framework.schema import Field
 

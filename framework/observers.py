@@ -29,8 +29,8 @@ from oslo_log import log as logging
 from keramos.framework.errors import describe
 
 if TYPE_CHECKING:
+    from keramos.framework.envelope import Job
     from keramos.framework.errors import FlowFailed
-    from keramos.framework.runner import Job
 
 LOG = logging.getLogger(__name__)
 

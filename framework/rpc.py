@@ -15,11 +15,12 @@ import oslo_messaging
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from keramos.framework.envelope import Job
 from keramos.framework.errors import FlowFailed, InvalidEvent
 from keramos.framework.messaging import RPC_API_VERSION, worker_target
 from keramos.framework.observers import EventObserver
 from keramos.framework.records import TaskRecord
-from keramos.framework.runner import FlowRunner, Job, jsonable
+from keramos.framework.runner import FlowRunner, jsonable
 
 LOG = logging.getLogger(__name__)
 

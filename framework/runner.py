@@ -27,8 +27,8 @@ from taskflow.persistence import models
 from taskflow.types import notifier as tf_notifier
 
 from keramos.framework import schema
-from keramos.framework.contracts import FlowFactory
-from keramos.framework.drivers import Drivers
+from keramos.framework.contracts import Drivers, FlowFactory
+from keramos.framework.envelope import Job
 from keramos.framework.errors import (
     FlowFailed,
     IncompatibleVersion,
@@ -44,26 +44,6 @@ from keramos.framework.records import TaskRecord, TaskState, utcnow
 LOG = logging.getLogger(__name__)
 
 _FINISHED = (states.SUCCESS, states.REVERTED, states.FAILURE)
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """A validated event, ready to run.
-
-    ``resource_id`` is the payload's value of the flow's ``resource_field`` (``None`` if the flow
-    names none).
-    """
-
-    event: str
-    request_id: str
-    payload: dict[str, Any]
-    version: str
-    resource_id: str | None = None
-
-    @property
-    def store(self) -> dict[str, Any]:
-        """The flow's initial store: the payload and the request id."""
-        return {**self.payload, "request_id": self.request_id}
 
 
 def jsonable(value: Any) -> Any:

@@ -34,7 +34,7 @@ from oslo_config import cfg
 from keramos.framework.client import KeramosClient
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import Driver, FlowFactory
-from keramos.framework.envelope import new_request_id
+from keramos.framework.envelope import Job, new_request_id
 from keramos.framework.errors import (
     FlowFailed,
     IncompatibleVersion,
@@ -43,7 +43,6 @@ from keramos.framework.errors import (
     UnknownEvent,
 )
 from keramos.framework.observers import EventObserver, ProgressCallback, ProgressObserver, RunObserver
-from keramos.framework.runner import Job
 from keramos.framework.service import Worker
 
 _REJECTIONS = {
@@ -197,7 +196,7 @@ class InProcessWorker:
 
     @property
     def drivers(self):
-        """The worker's :class:`~keramos.framework.drivers.Drivers`."""
+        """The worker's :class:`~keramos.framework.contracts.Drivers`."""
         return self._require_worker().drivers
 
     @property

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from keramos.framework.observers import RunObserver
 
 if TYPE_CHECKING:
-    from keramos.framework.runner import Job
+    from keramos.framework.envelope import Job
 
 _SHOWN_STATES = {
     "RUNNING": "running",

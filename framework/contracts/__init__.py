@@ -10,6 +10,7 @@ from keramos.framework.contracts.base import Driver
 from keramos.framework.contracts.cert_generator import CertGenerator, CertKind, IssuedCertificate
 from keramos.framework.contracts.cert_manager import CertificateBundle, CertManager
 from keramos.framework.contracts.compute import ComputeDriver, Instance, InstanceStatus
+from keramos.framework.contracts.drivers import Drivers
 from keramos.framework.contracts.flow import FlowFactory, PeriodicTask
 from keramos.framework.contracts.image_store import ImageStore
 from keramos.framework.contracts.key_manager import KeyManager
@@ -42,6 +43,7 @@ __all__ = [
     "CertificateBundle",
     "ComputeDriver",
     "Driver",
+    "Drivers",
     "FlowFactory",
     "ImageStore",
     "Instance",

@@ -29,7 +29,7 @@ from taskflow import flow as tf_flow
 from keramos.framework.schema import Field
 
 if TYPE_CHECKING:
-    from keramos.framework.drivers import Drivers
+    from keramos.framework.contracts.drivers import Drivers
 
 
 #: What a periodic task casts with: ``cast(event, payload, request_id=None) -> request_id``.

@@ -22,7 +22,7 @@ from oslo_config import cfg
 from keramos.flows.amphora import CreateAmphora
 from keramos.framework import loader
 from keramos.framework.config import make_conf
-from keramos.framework.drivers import Drivers
+from keramos.framework.contracts import Drivers
 from keramos.framework.images.certificate_validation import register_opts
 from keramos.framework.runner import FlowRunner
 from keramos.framework.service import persistence_backend

@@ -12,8 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from keramos.framework.config import make_conf
-from keramos.framework.contracts import AmphoraEndpoint
-from keramos.framework.drivers import Drivers
+from keramos.framework.contracts import AmphoraEndpoint, Drivers
 from keramos.framework.errors import DriverError
 from keramos.framework.pki.ca import create_dual_ca
 from keramos.framework.pki.options import register_opts

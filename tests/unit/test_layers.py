@@ -95,3 +95,88 @@ def test_an_api_service_importing_the_client_loads_neither_the_runner_nor_its_en
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert loaded.stdout.split() == []
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    relative = path.relative_to(root).with_suffix("").parts
+    parts = [*PACKAGES[relative[0]].split("."), *relative[1:]]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Which Keramos module imports which (``from package import module`` names the module)."""
+    paths = {module_name(path, root): path for folder in PACKAGES for path in modules_under(root, folder)}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+                if node.level:
+                    base = base[: len(base) - node.level + 1]
+                    module = ".".join([*base, node.module] if node.module else base)
+                else:
+                    module = node.module or ""
+                candidates = [f"{module}.{alias.name}" for alias in node.names] + [module]
+            else:
+                continue
+            for candidate in candidates:
+                if candidate in paths:
+                    targets.add(candidate)
+                    break
+        graph[name] = targets - {name}
+    return graph
+
+
+def modules_under(root: Path, folder: str) -> list[Path]:
+    return sorted((root / folder).rglob("*.py"))
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles_not_even_for_type_hints():
+    assert cycles(import_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_type_only_cycle(tmp_path):
+    (tmp_path / "framework" / "contracts").mkdir(parents=True)
+    (tmp_path / "framework" / "contracts" / "__init__.py").write_text("from .flow import Flow\n")
+    (tmp_path / "framework" / "contracts" / "flow.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from keramos.framework import drivers\n"
+    )
+    (tmp_path / "framework" / "drivers.py").write_text("from keramos.framework.contracts import Flow\n")
+    assert cycles(import_graph(tmp_path)) == [
+        ["keramos.framework.contracts", "keramos.framework.contracts.flow", "keramos.framework.drivers"]
+    ]

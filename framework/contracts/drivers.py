@@ -1,20 +1,18 @@
-"""The drivers one worker runs with, one per kind."""
+"""The drivers one worker runs with, one per kind: what a flow factory receives."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from keramos.framework.contracts import (
-    AmphoraDriver,
-    CertGenerator,
-    CertManager,
-    ComputeDriver,
-    Driver,
-    ImageStore,
-    KeyManager,
-    NetworkDriver,
-    StateStore,
-)
+from keramos.framework.contracts.amphora import AmphoraDriver
+from keramos.framework.contracts.base import Driver
+from keramos.framework.contracts.cert_generator import CertGenerator
+from keramos.framework.contracts.cert_manager import CertManager
+from keramos.framework.contracts.compute import ComputeDriver
+from keramos.framework.contracts.image_store import ImageStore
+from keramos.framework.contracts.key_manager import KeyManager
+from keramos.framework.contracts.network import NetworkDriver
+from keramos.framework.contracts.state_store import StateStore
 
 
 @dataclasses.dataclass(frozen=True)
