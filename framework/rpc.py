@@ -16,7 +16,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from keramos.framework.envelope import Job
-from keramos.framework.errors import FlowFailed, InvalidEvent
+from keramos.framework.errors import FlowFailed
 from keramos.framework.messaging import RPC_API_VERSION, worker_target
 from keramos.framework.observers import EventObserver
 from keramos.framework.records import TaskRecord
@@ -81,18 +81,15 @@ class WorkerEndpoint:
     def handle_event(self, ctxt: dict[str, Any], envelope: Any) -> None:
         """Accept one cast and queue its flow; every outcome is recorded, none is raised."""
         try:
-            job = self.runner.validate(envelope)
-        except InvalidEvent as error:
-            self.runner.reject(error)
-            return
-        try:
-            book, flow_detail = self.runner.accept(job)
+            accepted = self.runner.take(envelope)
         except Exception:
             return  # logged and reported to the observers as rejected by the runner
+        if accepted is None:
+            return
         self._slots.acquire()
         with self._active_lock:
             self._active += 1
-        self._flows.submit(self._run, job, book, flow_detail)
+        self._flows.submit(self._run, accepted.job, accepted.book, accepted.flow_detail)
 
     def _run(self, job: Job, book: Any, flow_detail: Any) -> None:
         try:

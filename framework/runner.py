@@ -67,6 +67,15 @@ def _version_compatible(served: str, asked: str) -> bool:
     return served_major == asked_major and asked_minor <= served_minor
 
 
+@dataclasses.dataclass(frozen=True)
+class Accepted:
+    """A cast recorded ``pending`` with its durable flow detail: what :meth:`FlowRunner.run` takes."""
+
+    job: Job
+    book: models.LogBook
+    flow_detail: models.FlowDetail
+
+
 class FlowRunner:
     """Runs the flows of one worker (or one CLI or test process).
 
@@ -210,6 +219,22 @@ class FlowRunner:
             raise
         self._notify("accepted", observers, job, request_id=job.request_id)
         return accepted
+
+    def take(self, envelope: Any, *, observers: Sequence[RunObserver] = ()) -> Accepted | None:
+        """Take one cast in: validate it and record it durably; return what to :meth:`run`.
+
+        ``None`` means the cast must not run (it was refused); it has been reported and recorded
+        all the same. An exception means the cast could not be recorded (the state store or the
+        persistence backend failed): the caller must not acknowledge it to the broker, so that it
+        is delivered again.
+        """
+        try:
+            job = self.validate(envelope)
+        except InvalidEvent as error:
+            self.reject(error, observers=observers)
+            return None
+        book, flow_detail = self.accept(job, observers=observers)
+        return Accepted(job, book, flow_detail)
 
     def submit(self, envelope: Any, *, observers: Sequence[RunObserver] = ()) -> dict:
         """Validate, record and run one cast; invalid casts are rejected and reported.
