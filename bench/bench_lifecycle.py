@@ -246,7 +246,7 @@ def _creations_per_second(
 
     The end is the last task record's ``updated_at``, so the client's polling adds nothing.
     """
-    with InProcessWorker(flows=[_TenNoopTasks], conf_overrides=overrides) as worker:
+    with InProcessWorker(flows=[_TenNoopTasks, _EngineInsideTaskCreate], conf_overrides=overrides) as worker:
         prefix = uuid.uuid4().hex[:6]
         worker.run(event, {"amphora_id": f"warm-{prefix}", "image_id": "img"})
         started = utcnow()
@@ -306,6 +306,16 @@ def _noop_rows(creations: int, postgres_url: str) -> list[dict[str, Any]]:
             _creations_per_second("10 no-op tasks", unsigned, creations, _TenNoopTasks.name),
             "flows/s",
             "share of the runner's ceiling",
+        )
+    )
+    rows.append(
+        row(
+            "create_amphora/s noop drivers, unsigned image, no lb, SQLite (raw: engines inside "
+            "tasks, same run)",
+            sqlite_rate,
+            _creations_per_second("engines inside tasks", unsigned, creations, _EngineInsideTaskCreate.name),
+            "flows/s",
+            ">= 1x",
         )
     )
     with _postgres_database(postgres_url) as url:
