@@ -133,6 +133,11 @@ class Conflict(KeramosError):
     """A record is not in the state a change expects: another flow changed it first."""
 
 
+class Abandoned(KeramosError):
+    """A cast was taken but its flow will never end: its worker stopped and its saved progress
+    is gone. Recorded as the cast's failure by the next start of that worker."""
+
+
 class Timeout(KeramosError):
     """Something did not happen within the time it was given."""
 
