@@ -57,6 +57,16 @@ from keramos.framework.records import TaskRecord, TaskState, utcnow
 LOG = logging.getLogger(__name__)
 
 _FINISHED = (states.SUCCESS, states.REVERTED, states.FAILURE)
+#: What a reservation holds: a record a caster saved before casting, that no cast took yet.
+_RESERVED = {"state": (TaskState.PENDING,), "digest": (None,), "flow_uuid": (None,)}
+
+
+def _is_reservation(record: TaskRecord) -> bool:
+    """Whether ``record`` was saved by a caster before its cast (``pending``, no digest, no flow
+    detail): the first cast under its request id takes it over."""
+    return record.state == TaskState.PENDING and record.digest is None and record.flow_uuid is None
+
+
 #: Event names a refusal may carry to its record and observers as they are.
 _EVENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -270,8 +280,9 @@ class FlowRunner:
                 digest=digest,
             )
             stored, inserted = self.drivers.state_store.insert_if_absent(record)
-            if not inserted:
-                return self._known(error.request_id, error.event, digest, stored, observers)
+            if not inserted and not self._take_reservation(stored, record):
+                known = self.drivers.state_store.get(TaskRecord, error.request_id) or stored
+                return self._known(error.request_id, error.event, digest, known, observers)
         LOG.error("rejected cast %s: %s", error.request_id or "(no request id)", error)
         self._notify(
             "rejected", observers, error.request_id, error.event, error, request_id=error.request_id
@@ -317,7 +328,9 @@ class FlowRunner:
         """Save a validated job's flow detail, then record it ``pending``; return what to :meth:`run`.
 
         The flow detail (it carries the payload) is saved first and the record inserted second,
-        only if its request id is new: a crash between the two leaves a flow detail without a
+        only if its request id is new (or reserved: a ``pending`` record a caster saved before
+        casting, with no digest, is taken over by compare and set): a crash between the two
+        leaves a flow detail without a
         record, which :meth:`resume_unfinished` records and runs (or discards, if the request
         id was taken meanwhile); never a record that nothing will finish. A request id already
         known returns what :meth:`reject` says of it (``None``: a redelivery, dropped; a
@@ -327,7 +340,7 @@ class FlowRunner:
         store = self.drivers.state_store
         try:
             known = store.get(TaskRecord, job.request_id)
-            if known is not None:
+            if known is not None and not _is_reservation(known):
                 return self._known(job.request_id, job.event, digest, known, observers)
             book, flow_detail = self._new_flow_detail(job, digest)
             with self._unconfirmed_lock:
@@ -341,6 +354,10 @@ class FlowRunner:
                 flow_uuid=flow_detail.uuid,
             )
             stored, inserted = store.insert_if_absent(record)
+            if not inserted and self._take_reservation(stored, record):
+                inserted = True
+            elif not inserted:
+                stored = store.get(TaskRecord, job.request_id) or stored
         except Exception as error:
             LOG.exception("could not accept cast %s", job.request_id)
             self._notify(
@@ -354,6 +371,22 @@ class FlowRunner:
             return self._known(job.request_id, job.event, digest, stored, observers)
         self._notify("accepted", observers, job, request_id=job.request_id)
         return Accepted(job, book, flow_detail)
+
+    def _take_reservation(self, known: TaskRecord, record: TaskRecord) -> bool:
+        """Turn ``known``, if it is a reservation, into ``record`` (compare and set); whether it did."""
+        if not _is_reservation(known):
+            return False
+        changes = {
+            name: getattr(record, name)
+            for name in ("event", "state", "message", "error_type", "digest", "owner", "flow_uuid")
+        }
+        if record.resource_id is not None:
+            changes["resource_id"] = record.resource_id
+        try:
+            self.drivers.state_store.update_if(TaskRecord, known.request_id, _RESERVED, **changes)
+        except Conflict:
+            return False
+        return True
 
     def _take(self, envelope: Any, observers: Sequence[RunObserver]) -> Accepted | InvalidEvent | None:
         payload_json = self._payload_json(envelope)
@@ -552,22 +585,24 @@ class FlowRunner:
     def _claim(self, job: Job, flow_detail: models.FlowDetail, owner: str) -> TaskRecord:
         """The record of an unfinished flow detail, inserted now if the accept stopped before."""
         store = self.drivers.state_store
-        record = store.get(TaskRecord, job.request_id)
-        if record is not None:
-            return record
-        record, inserted = store.insert_if_absent(
-            TaskRecord(
-                request_id=job.request_id,
-                event=job.event,
-                resource_id=job.resource_id,
-                digest=(flow_detail.meta or {}).get("digest"),
-                owner=owner,
-                flow_uuid=flow_detail.uuid,
-            )
+        claim = TaskRecord(
+            request_id=job.request_id,
+            event=job.event,
+            resource_id=job.resource_id,
+            digest=(flow_detail.meta or {}).get("digest"),
+            owner=owner,
+            flow_uuid=flow_detail.uuid,
         )
-        if inserted:
+        record = store.get(TaskRecord, job.request_id)
+        if record is None:
+            record, inserted = store.insert_if_absent(claim)
+            if inserted:
+                LOG.info("recorded %s: its worker saved its flow and stopped before recording it", job.request_id)
+                return record
+        if self._take_reservation(record, claim):
             LOG.info("recorded %s: its worker saved its flow and stopped before recording it", job.request_id)
-        return record
+            return claim
+        return store.get(TaskRecord, job.request_id) or record
 
     def resume_unfinished(self, owner: str) -> int:
         """Finish what ``owner`` (this host) left when it stopped: run every unfinished flow of

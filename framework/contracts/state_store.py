@@ -60,6 +60,7 @@ class StateStore(Driver):
     ) -> R:
         """:meth:`update` only if each field named in ``expected`` holds one of its values now,
         atomically (compare and set): of two callers expecting the same state, one wins.
+        ``None`` among the values matches a field that holds ``None``.
 
         Raises :class:`~keramos.framework.errors.Conflict` (naming the current values) when a
         field holds another value, and :class:`~keramos.framework.errors.NotFound` or

@@ -150,6 +150,13 @@ def _insert_or_nothing(dialect_name: str, table: sa.Table, key: str) -> sa.sql.E
     return module.insert(table).on_conflict_do_nothing(index_elements=[table.c[key]])
 
 
+def _one_of(column: sa.Column, values: Collection[Any]) -> sa.sql.ColumnElement:
+    """``column`` holds one of ``values``; ``None`` among them matches NULL (which ``IN`` never does)."""
+    present = [value for value in values if value is not None]
+    condition = column.in_(present)
+    return sa.or_(condition, column.is_(None)) if len(present) < len(values) else condition
+
+
 class SQLAlchemyStateStore(StateStore):
     """Records in ``keramos_<table>`` tables of the ``[state_store] connection`` database."""
 
@@ -246,7 +253,7 @@ class SQLAlchemyStateStore(StateStore):
         if "updated_at" in table.c:
             changes = {**changes, "updated_at": utcnow()}
         key_column = table.c[record_type.key]
-        condition = sa.and_(key_column == key, *(table.c[name].in_(list(values)) for name, values in expected.items()))
+        condition = sa.and_(key_column == key, *(_one_of(table.c[name], values) for name, values in expected.items()))
         with self.engine.begin() as connection:
             updated = connection.execute(table.update().where(condition).values(changes))
             row = connection.execute(table.select().where(key_column == key)).first()

@@ -305,3 +305,20 @@ def test_a_record_whose_flow_detail_is_gone_is_failed_at_start(tmp_path):
         assert store.get(TaskRecord, "req-elsewhere").state == TaskState.PENDING
     finally:
         runner.close()
+
+
+def test_a_request_id_reserved_by_its_caster_is_taken_by_the_first_cast_under_it(runner, tmp_path):
+    store = runner.drivers.state_store
+    store.save(TaskRecord(request_id="req-reserved", event="counting", resource_id="x"))
+    store.save(TaskRecord(request_id="req-reserved-bad", event="counting"))
+    cast = envelope(str(tmp_path), "req-reserved")
+    accepted = runner.take(cast)
+    assert isinstance(accepted, Accepted)
+    record = store.get(TaskRecord, "req-reserved")
+    assert (record.digest, record.flow_uuid) == (envelope_digest(cast), accepted.flow_detail.uuid)
+    assert runner.take(dict(cast)) is None
+    runner.run(accepted.job, accepted.book, accepted.flow_detail)
+    assert store.get(TaskRecord, "req-reserved").state == TaskState.SUCCESS
+    assert runner.take({**envelope(str(tmp_path), "req-reserved-bad"), "version": "9.0"}) is None
+    refused = store.get(TaskRecord, "req-reserved-bad")
+    assert (refused.state, refused.error_type) == (TaskState.FAILURE, "IncompatibleVersion")

@@ -73,6 +73,10 @@ def state_store_behaviour(store):
     with pytest.raises(Conflict, match="a2: status is 'PENDING_FAILOVER', expected status in \\['ERROR', 'READY'\\]"):
         store.update_if(AmphoraRecord, "a2", {"status": ("READY", "ERROR")}, status="PENDING_FAILOVER", error="x")
     assert store.get(AmphoraRecord, "a2").error is None
+    assert store.update_if(AmphoraRecord, "a2", {"error": (None,)}, image_id="i1").image_id == "i1"
+    assert store.update_if(AmphoraRecord, "a2", {"error": ("x", None)}, image_id="i2").image_id == "i2"
+    with pytest.raises(Conflict):
+        store.update_if(AmphoraRecord, "a2", {"image_id": (None,)}, image_id="i3")
     with pytest.raises(NotFound):
         store.update_if(AmphoraRecord, "nobody", {"status": ("READY",)}, status="ERROR")
     with pytest.raises(TypeError, match="no field"):
