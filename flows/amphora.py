@@ -5,11 +5,14 @@ Their options are the ``[amphora]`` group of :mod:`keramos.framework.config`.
 
 from __future__ import annotations
 
+import dataclasses
+
 from oslo_config import cfg
 from taskflow import flow, task
 from taskflow.patterns import graph_flow, linear_flow
 
 from keramos.flows.images import VerifyImage
+from keramos.flows.loadbalancer import LOAD_BALANCER
 from keramos.flows.tasks import amphora as tasks
 from keramos.flows.tasks import amphora_lifecycle as lifecycle
 from keramos.flows.tasks import loadbalancer as lb_tasks
@@ -149,8 +152,9 @@ class CreateAmphora(_AmphoraFlowFactory):
         "amphora_id": Field(str, pattern=IDENTIFIER_PATTERN, help="id of the new amphora"),
         "image_id": Field(str, pattern=IDENTIFIER_PATTERN, help="image to boot"),
         "network_id": Field((str, type(None)), default=None, help="network to plug into"),
-        "lb": Field(
-            (dict, type(None)),
+        "lb": dataclasses.replace(
+            LOAD_BALANCER,
+            type=(dict, type(None)),
             default=None,
             help="initial load balancer configuration {lb_id, listeners, pools} as push_config",
         ),

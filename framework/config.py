@@ -92,6 +92,14 @@ worker_opts = [
         help="Seconds a worker given SIGTERM waits for running flows to finish; flows still "
         "running then are left in the persistence backend and resumed by the next start.",
     ),
+    cfg.IntOpt(
+        "max_payload_bytes",
+        default=1048576,
+        min=1024,
+        help="Largest payload a cast may carry: the size in bytes of its canonical JSON (UTF-8, "
+        "sorted keys, no spaces). A larger payload is refused before any task runs and recorded "
+        "as a failure.",
+    ),
     cfg.BoolOpt(
         "resume_on_start",
         default=True,

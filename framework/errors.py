@@ -8,7 +8,42 @@ that exception's type name and message.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
+
+#: How many characters of a bad value an error message or a log line quotes (:func:`excerpt`).
+EXCERPT_CHARS = 64
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = EXCERPT_CHARS
+_REPR.maxother = EXCERPT_CHARS
+_REPR.maxlevel = 3
+for _attribute in ("maxlist", "maxtuple", "maxdict", "maxset", "maxfrozenset", "maxdeque", "maxarray"):
+    setattr(_REPR, _attribute, 4)
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """Quote a value for an error message or a log line: bounded, escaped, always printable.
+
+    A string is quoted as ``repr`` quotes it (control characters and lone surrogates escaped) and
+    cut after ``limit`` characters, followed by ``…(N bytes)`` giving its whole size in UTF-8;
+    any other value by a bounded ``repr`` (nested containers abbreviated), cut likewise. The
+    result is ASCII-escaped where it matters, so that it can be logged and stored anywhere.
+    """
+    if isinstance(value, str):
+        shown = repr(value[:limit])
+        if len(value) <= limit:
+            return shown
+        return f"{shown}…({len(value.encode('utf-8', 'surrogatepass'))} bytes)"
+    if isinstance(value, (bytes, bytearray)):
+        shown = repr(bytes(value[:limit]))
+        return shown if len(value) <= limit else f"{shown}…({len(value)} bytes)"
+    try:
+        text = _REPR.repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    return text if len(text) <= limit else f"{text[:limit]}…"
 
 
 class KeramosError(Exception):
@@ -62,6 +97,22 @@ class PayloadError(InvalidEvent):
     """The payload does not match the event's schema (missing, unknown or mistyped fields)."""
 
 
+class InvalidRequestId(InvalidEvent):
+    """The cast carries no usable request id (missing, not a string, too long, odd characters).
+
+    ``request_id`` is then the id the refusal is recorded under: ``req-invalid-`` followed by 16
+    hexadecimal digits of the SHA-256 of the id given (see
+    :func:`~keramos.framework.envelope.invalid_request_id`), or ``None`` if the cast gave none.
+    """
+
+
+class DuplicateRequest(InvalidEvent):
+    """The request id is already taken by another cast (another event, version or payload).
+
+    The first cast's record is kept as it is; this cast is refused and not recorded.
+    """
+
+
 class DriverError(KeramosError):
     """A driver failed to do what a task asked.
 
@@ -80,6 +131,11 @@ class NotFound(KeramosError):
 
 class Conflict(KeramosError):
     """A record is not in the state a change expects: another flow changed it first."""
+
+
+class Abandoned(KeramosError):
+    """A cast was taken but its flow will never end: its worker stopped and its saved progress
+    is gone. Recorded as the cast's failure by the next start of that worker."""
 
 
 class Timeout(KeramosError):

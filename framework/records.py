@@ -58,7 +58,13 @@ class Record:
 
 @dataclasses.dataclass
 class TaskRecord(Record):
-    """One cast and the flow it ran: what ``keramos status REQUEST_ID`` shows."""
+    """One cast and the flow it ran: what ``keramos status REQUEST_ID`` shows.
+
+    ``digest`` is the cast's :func:`~keramos.framework.envelope.envelope_digest` (another cast
+    with the same request id and digest is a redelivery of this one); ``owner`` the host whose
+    worker took it and ``flow_uuid`` the flow detail it runs from (``None`` for a refused cast,
+    and ``owner`` ``None`` for a run that no worker resumes: without persistence).
+    """
 
     key: ClassVar[str] = "request_id"
     table: ClassVar[str] = "tasks"
@@ -72,6 +78,9 @@ class TaskRecord(Record):
     result: dict[str, Any] | None = None
     created_at: dt.datetime = dataclasses.field(default_factory=utcnow)
     updated_at: dt.datetime = dataclasses.field(default_factory=utcnow)
+    digest: str | None = None
+    owner: str | None = None
+    flow_uuid: str | None = None
 
 
 @dataclasses.dataclass

@@ -28,14 +28,27 @@ from taskflow.types import notifier as tf_notifier
 
 from keramos.framework import schema
 from keramos.framework.contracts import Drivers, FlowFactory
-from keramos.framework.envelope import Job
+from keramos.framework.envelope import (
+    REQUEST_ID_PATTERN,
+    VERSION_PATTERN,
+    Job,
+    canonical_json,
+    envelope_digest,
+    invalid_request_id,
+    is_request_id,
+)
 from keramos.framework.errors import (
+    Abandoned,
+    Conflict,
+    DuplicateRequest,
     FlowFailed,
     IncompatibleVersion,
     InvalidEvent,
+    InvalidRequestId,
     PayloadError,
     UnknownEvent,
     describe,
+    excerpt,
 )
 from keramos.framework.observers import Hook, LogObserver, RunObserver, notify, overrides
 from keramos.framework.persistence import VolatileBackend
@@ -44,6 +57,18 @@ from keramos.framework.records import TaskRecord, TaskState, utcnow
 LOG = logging.getLogger(__name__)
 
 _FINISHED = (states.SUCCESS, states.REVERTED, states.FAILURE)
+#: What a reservation holds: a record a caster saved before casting, that no cast took yet.
+_RESERVED = {"state": (TaskState.PENDING,), "digest": (None,), "flow_uuid": (None,)}
+
+
+def _is_reservation(record: TaskRecord) -> bool:
+    """Whether ``record`` was saved by a caster before its cast (``pending``, no digest, no flow
+    detail): the first cast under its request id takes it over."""
+    return record.state == TaskState.PENDING and record.digest is None and record.flow_uuid is None
+
+
+#: Event names a refusal may carry to its record and observers as they are.
+_EVENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def jsonable(value: Any) -> Any:
@@ -104,6 +129,11 @@ class FlowRunner:
         self._observers_lock = threading.Lock()
         self.backend = backend if backend is not None else VolatileBackend()
         self.durable = backend is not None
+        #: Names the flow details this runner saves, so that resuming leaves them alone.
+        self.incarnation = uuid.uuid4().hex
+        # Flow details saved whose record insert did not confirm: a redelivery hands them out.
+        self._unconfirmed: dict[str, tuple[Job, models.LogBook, models.FlowDetail]] = {}
+        self._unconfirmed_lock = threading.Lock()
         self._executor: futurist.ThreadPoolExecutor | None = None
         if conf.worker.engine == "parallel":
             self._executor = futurist.ThreadPoolExecutor(max_workers=conf.worker.max_parallel_tasks)
@@ -138,26 +168,51 @@ class FlowRunner:
             self._executor.shutdown(wait=True)
         self.backend.close()
 
-    def validate(self, envelope: Any) -> Job:
-        """Check a cast's envelope and payload; raise :class:`InvalidEvent` naming the problem."""
+    def _payload_json(self, envelope: Any) -> bytes | None:
+        """The canonical JSON of the cast's payload, or ``None`` if it is not JSON data."""
+        payload = envelope.get("payload") if isinstance(envelope, Mapping) else None
+        try:
+            return canonical_json(payload)
+        except (TypeError, ValueError, RecursionError):
+            return None
+
+    def validate(self, envelope: Any, *, payload_json: bytes | None = None) -> Job:
+        """Check a cast's envelope and payload; raise :class:`InvalidEvent` naming the problem.
+
+        ``payload_json`` is the payload's canonical JSON when the caller has it already. The
+        request id must match :data:`~keramos.framework.envelope.REQUEST_ID_PATTERN`; an
+        unusable one raises :class:`InvalidRequestId` whose ``request_id`` is the id to record
+        the refusal under. Messages quote at most an :func:`excerpt` of any bad value.
+        """
         if not isinstance(envelope, Mapping):
             raise InvalidEvent(f"a cast must carry an object, not {type(envelope).__name__}")
-        request_id = envelope.get("request_id")
-        if not isinstance(request_id, str) or not request_id:
-            raise InvalidEvent("the cast carries no request_id", event=envelope.get("event"))
         event = envelope.get("event")
+        named = event if isinstance(event, str) and _EVENT_NAME.fullmatch(event) else None
+        raw_id = envelope.get("request_id")
+        if raw_id is None or raw_id == "":
+            raise InvalidRequestId("the cast carries no request_id", event=named)
+        if not is_request_id(raw_id):
+            raise InvalidRequestId(
+                f"request_id {excerpt(raw_id)} is not a request id ({REQUEST_ID_PATTERN}); "
+                "the refusal is recorded under this id",
+                request_id=invalid_request_id(raw_id),
+                event=named,
+            )
+        request_id: str = raw_id
         if not isinstance(event, str) or event not in self.flows:
             known = ", ".join(sorted(self.flows))
             raise UnknownEvent(
-                f"unknown event {event!r} (this worker serves: {known})",
+                f"unknown event {excerpt(event)} (this worker serves: {known})",
                 request_id=request_id,
-                event=event if isinstance(event, str) else None,
+                event=named,
             )
         factory = self.flows[event]
         version = envelope.get("version", factory.version)
-        if not isinstance(version, str) or not re.fullmatch(r"\d+\.\d+", version):
+        if not isinstance(version, str) or not re.fullmatch(VERSION_PATTERN, version):
             raise IncompatibleVersion(
-                f"version {version!r} is not MAJOR.MINOR", request_id=request_id, event=event
+                f"version {excerpt(version)} is not MAJOR.MINOR (1 to 4 digits each)",
+                request_id=request_id,
+                event=event,
             )
         if not _version_compatible(factory.version, version):
             raise IncompatibleVersion(
@@ -165,6 +220,7 @@ class FlowRunner:
                 request_id=request_id,
                 event=event,
             )
+        self._check_size(event, request_id, envelope.get("payload"), payload_json)
         try:
             payload = schema.validate(factory.payload, envelope.get("payload"))
         except PayloadError as error:
@@ -177,80 +233,204 @@ class FlowRunner:
             resource_id=self._resource_id(event, payload),
         )
 
-    def reject(self, error: InvalidEvent, *, observers: Sequence[RunObserver] = ()) -> None:
-        """Report a cast that will not run: log, observers, and a failed task record.
+    def _check_size(self, event: str, request_id: str, payload: Any, payload_json: bytes | None) -> None:
+        if payload_json is None:
+            payload_json = self._payload_json({"payload": payload})
+        if payload_json is None:
+            raise PayloadError(f"{event}: payload is not JSON data", request_id=request_id, event=event)
+        limit = self.conf.worker.max_payload_bytes
+        if len(payload_json) > limit:
+            raise PayloadError(
+                f"{event}: payload is {len(payload_json)} bytes of JSON, more than "
+                f"[worker] max_payload_bytes ({limit})",
+                request_id=request_id,
+                event=event,
+            )
+        try:
+            payload_json.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise PayloadError(
+                f"{event}: payload holds a lone surrogate (not Unicode text) at byte {error.start}",
+                request_id=request_id,
+                event=event,
+            ) from None
 
-        ``observers`` are told of this cast only, after the runner's own.
+    def reject(
+        self,
+        error: InvalidEvent,
+        *,
+        digest: str | None = None,
+        observers: Sequence[RunObserver] = (),
+    ) -> InvalidEvent | None:
+        """Record and report a cast that will not run: a failed task record, log, observers.
+
+        The record is inserted only if its request id is new: a known request id keeps its
+        record, and the cast is then dropped as a redelivery (same ``digest``; ``None`` is
+        returned) or refused as a :class:`DuplicateRequest` (returned). A cast without a
+        request id is reported, not recorded. Otherwise ``error`` is returned. ``observers``
+        are told of this cast only, after the runner's own.
         """
+        if error.request_id:
+            record = TaskRecord(
+                request_id=error.request_id,
+                event=error.event or "",
+                state=TaskState.FAILURE,
+                message=str(error),
+                error_type=type(error).__name__,
+                digest=digest,
+            )
+            stored, inserted = self.drivers.state_store.insert_if_absent(record)
+            if not inserted and not self._take_reservation(stored, record):
+                known = self.drivers.state_store.get(TaskRecord, error.request_id) or stored
+                return self._known(error.request_id, error.event, digest, known, observers)
         LOG.error("rejected cast %s: %s", error.request_id or "(no request id)", error)
         self._notify(
             "rejected", observers, error.request_id, error.event, error, request_id=error.request_id
         )
-        if error.request_id:
-            self.drivers.state_store.save(
-                TaskRecord(
-                    request_id=error.request_id,
-                    event=error.event or "",
-                    state=TaskState.FAILURE,
-                    message=str(error),
-                    error_type=type(error).__name__,
-                )
-            )
+        return error
+
+    def _known(
+        self,
+        request_id: str,
+        event: str | None,
+        digest: str | None,
+        known: TaskRecord,
+        observers: Sequence[RunObserver],
+    ) -> Accepted | InvalidEvent | None:
+        """What becomes of a cast whose request id is recorded already (``known``).
+
+        The same digest is a redelivery: dropped, unless this process saved its flow detail and
+        could not confirm its record (then it is handed out now). Another digest is refused
+        as a :class:`DuplicateRequest`. ``known`` is never changed.
+        """
+        if digest is not None and known.digest == digest:
+            with self._unconfirmed_lock:
+                unconfirmed = self._unconfirmed.pop(known.flow_uuid or "", None)
+            if unconfirmed is not None and known.state == TaskState.PENDING:
+                job, book, flow_detail = unconfirmed
+                LOG.info("cast %s delivered again: its record is there now, its flow runs", request_id)
+                return Accepted(job, book, flow_detail)
+            LOG.info("dropped cast %s: delivered again, already taken (%s)", request_id, known.state)
+            return None
+        error = DuplicateRequest(
+            f"request id {request_id} is already taken by another cast "
+            f"({excerpt(known.event or '(refused)')}, {known.state}); that cast's record is kept",
+            request_id=request_id,
+            event=event,
+        )
+        LOG.error("refused cast %s: %s", request_id, error)
+        self._notify("rejected", observers, request_id, event, error, request_id=request_id)
+        return error
 
     def accept(
-        self, job: Job, *, observers: Sequence[RunObserver] = ()
-    ) -> tuple[models.LogBook, models.FlowDetail]:
-        """Record a validated job as ``pending`` and save its flow detail.
+        self, job: Job, *, digest: str | None = None, observers: Sequence[RunObserver] = ()
+    ) -> Accepted | InvalidEvent | None:
+        """Save a validated job's flow detail, then record it ``pending``; return what to :meth:`run`.
 
-        From here on the caller can ask for its status, and (when durable) a worker killed
-        before the flow ends resumes it. Returns what :meth:`run` takes. If the job cannot be
-        recorded, the cast is reported as rejected (with the error) and the error raised.
+        The flow detail (it carries the payload) is saved first and the record inserted second,
+        only if its request id is new (or reserved: a ``pending`` record a caster saved before
+        casting, with no digest, is taken over by compare and set): a crash between the two
+        leaves a flow detail without a
+        record, which :meth:`resume_unfinished` records and runs (or discards, if the request
+        id was taken meanwhile); never a record that nothing will finish. A request id already
+        known returns what :meth:`reject` says of it (``None``: a redelivery, dropped; a
+        :class:`DuplicateRequest`: refused). If the job cannot be saved or recorded, the cast is
+        reported as rejected (with the error) and the error raised.
         """
+        store = self.drivers.state_store
         try:
-            self.drivers.state_store.save(
-                TaskRecord(request_id=job.request_id, event=job.event, resource_id=job.resource_id)
+            known = store.get(TaskRecord, job.request_id)
+            if known is not None and not _is_reservation(known):
+                return self._known(job.request_id, job.event, digest, known, observers)
+            book, flow_detail = self._new_flow_detail(job, digest)
+            with self._unconfirmed_lock:
+                self._unconfirmed[flow_detail.uuid] = (job, book, flow_detail)
+            record = TaskRecord(
+                request_id=job.request_id,
+                event=job.event,
+                resource_id=job.resource_id,
+                digest=digest,
+                owner=self.conf.host if self.durable else None,
+                flow_uuid=flow_detail.uuid,
             )
-            accepted = self._new_flow_detail(job)
+            stored, inserted = store.insert_if_absent(record)
+            if not inserted and self._take_reservation(stored, record):
+                inserted = True
+            elif not inserted:
+                stored = store.get(TaskRecord, job.request_id) or stored
         except Exception as error:
             LOG.exception("could not accept cast %s", job.request_id)
             self._notify(
                 "rejected", observers, job.request_id, job.event, error, request_id=job.request_id
             )
             raise
+        with self._unconfirmed_lock:
+            self._unconfirmed.pop(flow_detail.uuid, None)
+        if not inserted:
+            self._discard(book, f"request {job.request_id} was taken by another delivery meanwhile")
+            return self._known(job.request_id, job.event, digest, stored, observers)
         self._notify("accepted", observers, job, request_id=job.request_id)
-        return accepted
+        return Accepted(job, book, flow_detail)
+
+    def _take_reservation(self, known: TaskRecord, record: TaskRecord) -> bool:
+        """Turn ``known``, if it is a reservation, into ``record`` (compare and set); whether it did."""
+        if not _is_reservation(known):
+            return False
+        changes = {
+            name: getattr(record, name)
+            for name in ("event", "state", "message", "error_type", "digest", "owner", "flow_uuid")
+        }
+        if record.resource_id is not None:
+            changes["resource_id"] = record.resource_id
+        try:
+            self.drivers.state_store.update_if(TaskRecord, known.request_id, _RESERVED, **changes)
+        except Conflict:
+            return False
+        return True
+
+    def _take(self, envelope: Any, observers: Sequence[RunObserver]) -> Accepted | InvalidEvent | None:
+        payload_json = self._payload_json(envelope)
+        digest = envelope_digest(envelope, payload_json)
+        try:
+            job = self.validate(envelope, payload_json=payload_json)
+        except InvalidEvent as error:
+            return self.reject(error, digest=digest, observers=observers)
+        return self.accept(job, digest=digest, observers=observers)
 
     def take(self, envelope: Any, *, observers: Sequence[RunObserver] = ()) -> Accepted | None:
         """Take one cast in: validate it and record it durably; return what to :meth:`run`.
 
-        ``None`` means the cast must not run (it was refused); it has been reported and recorded
-        all the same. An exception means the cast could not be recorded (the state store or the
-        persistence backend failed): the caller must not acknowledge it to the broker, so that it
-        is delivered again.
+        ``None`` means there is nothing to run: the cast was refused (reported, and recorded as
+        a failure under its request id, or under ``req-invalid-…`` when its request id is
+        unusable), or its request id is known already (a redelivery of the same cast is
+        dropped, with a log line; another cast under a taken request id is refused and reported,
+        and the first cast's record kept). An exception means the cast could not be recorded
+        (the state store or the persistence backend failed): the caller must not acknowledge it
+        to the broker, so that it is delivered again.
         """
-        try:
-            job = self.validate(envelope)
-        except InvalidEvent as error:
-            self.reject(error, observers=observers)
-            return None
-        book, flow_detail = self.accept(job, observers=observers)
-        return Accepted(job, book, flow_detail)
+        outcome = self._take(envelope, observers)
+        return outcome if isinstance(outcome, Accepted) else None
 
     def submit(self, envelope: Any, *, observers: Sequence[RunObserver] = ()) -> dict:
         """Validate, record and run one cast; invalid casts are rejected and reported.
 
         ``observers`` watch this cast only, after the runner's own. Returns the result, raises
-        :class:`FlowFailed` or :class:`InvalidEvent`.
+        :class:`FlowFailed` or :class:`InvalidEvent` (a :class:`DuplicateRequest` when the
+        request id is known already, also for the same cast again: nothing runs twice).
         """
-        try:
-            job = self.validate(envelope)
-        except InvalidEvent as error:
-            self.reject(error, observers=observers)
-            raise
-        book, flow_detail = self.accept(job, observers=observers)
-        return self.run(job, book, flow_detail, observers=observers)
+        outcome = self._take(envelope, observers)
+        if isinstance(outcome, InvalidEvent):
+            raise outcome
+        if outcome is None:
+            request_id = envelope.get("request_id") if isinstance(envelope, Mapping) else None
+            raise DuplicateRequest(
+                f"request id {excerpt(request_id)} was taken already by this very cast; it does "
+                "not run again (see its record)",
+                request_id=request_id if is_request_id(request_id) else None,
+            )
+        return self.run(outcome.job, outcome.book, outcome.flow_detail, observers=observers)
 
-    def _new_flow_detail(self, job: Job) -> tuple[models.LogBook, models.FlowDetail]:
+    def _new_flow_detail(self, job: Job, digest: str | None) -> tuple[models.LogBook, models.FlowDetail]:
         book = models.LogBook(f"{job.event}:{job.request_id}")
         flow_detail = models.FlowDetail(job.event, str(uuid.uuid4()))
         flow_detail.meta = {
@@ -259,11 +439,23 @@ class FlowRunner:
             "payload": job.payload,
             "version": job.version,
             "owner": self.conf.host,
+            "digest": digest,
+            "incarnation": self.incarnation,
         }
         book.add(flow_detail)
         with contextlib.closing(self.backend.get_connection()) as connection:
             connection.save_logbook(book)
         return book, flow_detail
+
+    def _discard(self, book: models.LogBook, why: str) -> None:
+        """Destroy a logbook whose flow must never run; a failure is logged (the next start of
+        this host discards it again)."""
+        LOG.info("discarding flow detail %s: %s", book.uuid, why)
+        try:
+            with contextlib.closing(self.backend.get_connection()) as connection:
+                connection.destroy_logbook(book.uuid)
+        except Exception:
+            LOG.exception("could not discard flow detail %s; the next start discards it", book.uuid)
 
     def _load_engine(self, job: Job, book: models.LogBook, flow_detail: models.FlowDetail):
         flow = self.flows[job.event].flow()
@@ -390,17 +582,85 @@ class FlowRunner:
         found.sort(key=lambda item: item[0])
         return [(job, book, flow_detail) for _, job, book, flow_detail in found]
 
-    def resume_unfinished(self, owner: str) -> int:
-        """Resume every unfinished flow of ``owner`` from its last completed task.
+    def _claim(self, job: Job, flow_detail: models.FlowDetail, owner: str) -> TaskRecord:
+        """The record of an unfinished flow detail, inserted now if the accept stopped before."""
+        store = self.drivers.state_store
+        claim = TaskRecord(
+            request_id=job.request_id,
+            event=job.event,
+            resource_id=job.resource_id,
+            digest=(flow_detail.meta or {}).get("digest"),
+            owner=owner,
+            flow_uuid=flow_detail.uuid,
+        )
+        record = store.get(TaskRecord, job.request_id)
+        if record is None:
+            record, inserted = store.insert_if_absent(claim)
+            if inserted:
+                LOG.info("recorded %s: its worker saved its flow and stopped before recording it", job.request_id)
+                return record
+        if self._take_reservation(record, claim):
+            LOG.info("recorded %s: its worker saved its flow and stopped before recording it", job.request_id)
+            return claim
+        return store.get(TaskRecord, job.request_id) or record
 
-        Returns how many were resumed; a resumed flow that fails is reported like any other.
+    def resume_unfinished(self, owner: str) -> int:
+        """Finish what ``owner`` (this host) left when it stopped: run every unfinished flow of
+        it from its last completed task, then fail the records no flow will finish.
+
+        A flow detail saved by an accept that stopped before its record was inserted gets its
+        record now and runs, unless its request id was taken meanwhile (by a redelivery): it is
+        then discarded, as is any flow detail its record does not name. A ``pending`` or
+        ``processing`` record of ``owner`` whose flow detail is gone is marked ``failure``
+        (:class:`Abandoned`). Flows this runner accepted itself are left alone. Returns how many
+        flows were resumed; a resumed flow that fails is reported like any other.
         """
         resumed = 0
         for job, book, flow_detail in self.unfinished(owner):
+            if (flow_detail.meta or {}).get("incarnation") == self.incarnation:
+                continue
+            record = self._claim(job, flow_detail, owner)
+            if record.flow_uuid not in (None, flow_detail.uuid):
+                self._discard(book, f"request {job.request_id} runs from flow detail {record.flow_uuid}")
+                continue
+            if record.state in TaskState.TERMINAL:
+                LOG.info("not resuming %s: it ended already (%s)", job.request_id, record.state)
+                self._forget(book)
+                continue
             LOG.info("resuming flow %s (%s) from its last completed task", job.event, job.request_id)
-            if self.drivers.state_store.get(TaskRecord, job.request_id) is None:
-                self.drivers.state_store.save(TaskRecord(request_id=job.request_id, event=job.event))
             with contextlib.suppress(FlowFailed):
                 self.run(job, book, flow_detail)
             resumed += 1
+        if self.durable:
+            self._fail_abandoned(owner)
         return resumed
+
+    def _fail_abandoned(self, owner: str) -> None:
+        store = self.drivers.state_store
+        active = (TaskState.PENDING, TaskState.PROCESSING)
+        for state in active:
+            for record in store.find(TaskRecord, owner=owner, state=state):
+                if record.flow_uuid is None or self._flow_detail_exists(record.flow_uuid):
+                    continue
+                error = Abandoned(
+                    f"worker {owner} stopped and the saved progress of this cast is gone; it will "
+                    "not run to its end: cast it again under a new request id"
+                )
+                with contextlib.suppress(Conflict):
+                    store.update_if(
+                        TaskRecord,
+                        record.request_id,
+                        {"state": active, "flow_uuid": (record.flow_uuid,)},
+                        state=TaskState.FAILURE,
+                        message=str(error),
+                        error_type=type(error).__name__,
+                    )
+                    LOG.error("failed abandoned cast %s: %s", record.request_id, error)
+
+    def _flow_detail_exists(self, flow_uuid: str) -> bool:
+        with contextlib.closing(self.backend.get_connection()) as connection:
+            try:
+                connection.get_flow_details(flow_uuid, lazy=True)
+            except tf_exceptions.NotFound:
+                return False
+        return True

@@ -27,6 +27,18 @@ class StateStore(Driver):
         """Insert ``record`` or replace the stored record with the same key; return it."""
 
     @abc.abstractmethod
+    def insert_if_absent(self, record: R) -> tuple[R, bool]:
+        """Insert ``record`` unless a record of its type with its key is stored, atomically.
+
+        Returns ``(record, True)`` when it was inserted, and ``(stored, False)`` with the record
+        already stored, left unchanged, when there was one. Of many callers inserting one key at
+        once (threads, processes, hosts sharing the database), exactly one gets ``True``: this is
+        how the runner makes sure one request id runs one flow. A database implementation
+        relies on the key's uniqueness (``INSERT ... ON CONFLICT DO NOTHING``, or an insert whose
+        integrity error means "already there"), never on a read followed by a write.
+        """
+
+    @abc.abstractmethod
     def get(self, record_type: type[R], key: str) -> R | None:
         """Return the record of ``record_type`` with ``key``, or ``None``."""
 
@@ -48,6 +60,7 @@ class StateStore(Driver):
     ) -> R:
         """:meth:`update` only if each field named in ``expected`` holds one of its values now,
         atomically (compare and set): of two callers expecting the same state, one wins.
+        ``None`` among the values matches a field that holds ``None``.
 
         Raises :class:`~keramos.framework.errors.Conflict` (naming the current values) when a
         field holds another value, and :class:`~keramos.framework.errors.NotFound` or

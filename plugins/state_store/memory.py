@@ -28,6 +28,15 @@ class MemoryStateStore(StateStore):
             self._tables.setdefault(type(record), {})[record.key_value] = copy.deepcopy(record)
         return record
 
+    def insert_if_absent(self, record: R) -> tuple[R, bool]:
+        with self._lock:
+            table = self._tables.setdefault(type(record), {})
+            stored = table.get(record.key_value)
+            if stored is not None:
+                return copy.deepcopy(stored), False
+            table[record.key_value] = copy.deepcopy(record)
+        return record, True
+
     def get(self, record_type: type[R], key: str) -> R | None:
         with self._lock:
             found = self._tables.get(record_type, {}).get(key)

@@ -140,6 +140,23 @@ def _native_upsert(dialect_name: str, table: sa.Table, key: str) -> sa.sql.Execu
     return insert.on_conflict_do_update(index_elements=[table.c[key]], set_=others)
 
 
+@functools.lru_cache(maxsize=None)
+def _insert_or_nothing(dialect_name: str, table: sa.Table, key: str) -> sa.sql.Executable | None:
+    """``INSERT ... ON CONFLICT (key) DO NOTHING`` for SQLite and PostgreSQL; other databases
+    insert and take the integrity error for "already there"."""
+    if dialect_name not in ("sqlite", "postgresql"):
+        return None
+    module = sqlite_dialect if dialect_name == "sqlite" else pg_dialect
+    return module.insert(table).on_conflict_do_nothing(index_elements=[table.c[key]])
+
+
+def _one_of(column: sa.Column, values: Collection[Any]) -> sa.sql.ColumnElement:
+    """``column`` holds one of ``values``; ``None`` among them matches NULL (which ``IN`` never does)."""
+    present = [value for value in values if value is not None]
+    condition = column.in_(present)
+    return sa.or_(condition, column.is_(None)) if len(present) < len(values) else condition
+
+
 class SQLAlchemyStateStore(StateStore):
     """Records in ``keramos_<table>`` tables of the ``[state_store] connection`` database."""
 
@@ -179,6 +196,27 @@ class SQLAlchemyStateStore(StateStore):
                 connection.execute(table.insert().values(values))
         return record
 
+    def insert_if_absent(self, record: R) -> tuple[R, bool]:
+        table = TABLES[type(record)]
+        values = dataclasses.asdict(record)
+        statement = _insert_or_nothing(self.engine.dialect.name, table, record.key)
+        # A record deleted between a refused insert and the read is inserted on the next turn.
+        for _attempt in range(3):
+            try:
+                with self.engine.begin() as connection:
+                    if statement is None:
+                        connection.execute(table.insert().values(values))
+                        return record, True
+                    if connection.execute(statement, values).rowcount == 1:
+                        return record, True
+            except sa.exc.IntegrityError:
+                if statement is not None:
+                    raise
+            stored = self.get(type(record), record.key_value)
+            if stored is not None:
+                return stored, False
+        raise Conflict(f"{type(record).__name__} {record.key_value} keeps appearing and disappearing")
+
     def get(self, record_type: type[R], key: str) -> R | None:
         table = TABLES[record_type]
         with self.engine.connect() as connection:
@@ -215,7 +253,7 @@ class SQLAlchemyStateStore(StateStore):
         if "updated_at" in table.c:
             changes = {**changes, "updated_at": utcnow()}
         key_column = table.c[record_type.key]
-        condition = sa.and_(key_column == key, *(table.c[name].in_(list(values)) for name, values in expected.items()))
+        condition = sa.and_(key_column == key, *(_one_of(table.c[name], values) for name, values in expected.items()))
         with self.engine.begin() as connection:
             updated = connection.execute(table.update().where(condition).values(changes))
             row = connection.execute(table.select().where(key_column == key)).first()

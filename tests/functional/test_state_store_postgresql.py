@@ -12,7 +12,7 @@ from keramos.framework.config import make_conf
 from keramos.framework.testing import InProcessWorker
 from keramos.plugins.state_store.sqlalchemy import SQLAlchemyStateStore
 from tests.conftest import port_open, require
-from tests.unit.test_state_store import state_store_behaviour
+from tests.unit.test_state_store import insert_race, state_store_behaviour
 
 SERVER = os.environ.get("KERAMOS_TEST_POSTGRESQL_SERVER", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 
@@ -35,6 +35,15 @@ def test_state_store_behaviour_on_postgresql(postgresql_url):
     store = SQLAlchemyStateStore(conf)
     try:
         state_store_behaviour(store)
+    finally:
+        store.close()
+
+
+def test_of_many_threads_inserting_one_key_on_postgresql_exactly_one_inserts(postgresql_url):
+    conf = make_conf(config_files=[], overrides={"state_store": {"connection": postgresql_url}})
+    store = SQLAlchemyStateStore(conf)
+    try:
+        assert sorted(insert_race(store)) == [False] * 7 + [True]
     finally:
         store.close()
 

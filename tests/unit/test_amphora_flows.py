@@ -19,7 +19,7 @@ from keramos.flows.tasks.amphora import (
 )
 from keramos.flows.templates import render_haproxy_config
 from keramos.framework.contracts import AmphoraEndpoint
-from keramos.framework.errors import DriverError, KeramosError, NotFound
+from keramos.framework.errors import DriverError, KeramosError, NotFound, PayloadError
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord, LoadBalancerRecord
 from keramos.framework.testing import InProcessWorker
 from keramos.plugins import noop
@@ -148,11 +148,46 @@ def test_create_with_a_config_pushes_it_and_records_the_member():
         assert created["config_version"] == version
 
 
-def test_a_config_without_its_pools_is_refused_and_reverted():
+def test_a_config_without_its_pools_is_refused_before_anything_boots():
     with InProcessWorker() as worker:
-        with pytest.raises(KeramosError, match="lb lacks pools"):
+        with pytest.raises(PayloadError, match="field 'lb': missing field\\(s\\): pools"):
             worker.run("create_amphora", {**PAYLOAD, "lb": {"lb_id": "lb-1", "listeners": []}})
-        assert_error_and_clean(worker, "lb lacks pools")
+        assert worker.drivers.compute.instances == {}
+        assert worker.state_store.get(AmphoraRecord, "amp-1") is None
+
+
+def test_a_malformed_lb_is_refused_listing_what_is_wrong_and_nothing_is_built():
+    lb = {
+        "lb_id": "lb 1",
+        "listeners": [{"id": "l1", "protocol": "UDP", "address": "10.0.0.300", "port": 0, "default_pool": "p1"}],
+        "pools": [
+            {"id": "p1", "protocol": "HTTP", "members": [{"id": "m1", "address": "x" * 100_000, "port": 1}], "x": 1}
+        ],
+    }
+    with InProcessWorker() as worker:
+        with pytest.raises(PayloadError) as raised:
+            worker.run("create_amphora", {**PAYLOAD, "lb": lb})
+        message = str(raised.value)
+        for problem in (
+            "field 'lb.lb_id' must match",
+            "field 'lb.listeners[0].protocol' must be one of ['HTTP', 'TCP'], got 'UDP'",
+            "field 'lb.listeners[0].address' must be an IP address, got '10.0.0.300'",
+            "field 'lb.listeners[0].port' must be from 1 to 65535, got 0",
+            "field 'lb.pools[0]': unknown field(s): x",
+            "field 'lb.pools[0].members[0].address' must be at most 64 characters",
+        ):
+            assert problem in message
+        assert "…(100000 bytes)" in message and len(message) < 2000
+        assert worker.drivers.compute.instances == {}
+        assert worker.state_store.get(AmphoraRecord, "amp-1") is None
+
+
+def test_an_lb_whose_parts_do_not_fit_together_is_refused_before_anything_boots():
+    lb = {**LB, "listeners": [{**LB["listeners"][0], "default_pool": "p9"}]}
+    with InProcessWorker() as worker:
+        with pytest.raises(PayloadError, match="default_pool 'p9' is not among the pools"):
+            worker.run("create_amphora", {**PAYLOAD, "lb": lb})
+        assert worker.drivers.compute.instances == {}
 
 
 def test_create_then_delete_leaves_nothing_and_marks_deleted():

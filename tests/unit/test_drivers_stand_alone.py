@@ -329,6 +329,14 @@ class PluginStateStore(StateStore):
             self._tables.setdefault(type(record), {})[record.key_value] = copy.deepcopy(record)
         return record
 
+    def insert_if_absent(self, record: R) -> tuple[R, bool]:
+        with self._lock:
+            table = self._tables.setdefault(type(record), {})
+            if record.key_value in table:
+                return copy.deepcopy(table[record.key_value]), False
+            table[record.key_value] = copy.deepcopy(record)
+        return record, True
+
     def get(self, record_type: type[R], key: str) -> R | None:
         with self._lock:
             return copy.deepcopy(self._tables.get(record_type, {}).get(key))

@@ -164,7 +164,7 @@ def test_a_cast_that_cannot_be_recorded_is_rejected_with_the_stores_error(make_r
     def refuse(record):
         raise OSError("disk full")
 
-    runner.drivers.state_store.save = refuse
+    runner.drivers.state_store.insert_if_absent = refuse
     with pytest.raises(OSError):
         runner.submit(cast("req-full", tmp_path))
     assert journal.calls == [("rejected", "req-full", ("counting", "OSError"))]

@@ -28,6 +28,7 @@ def store(request, tmp_path, monkeypatch):
     if request.param == "sqlite-portable":
         # What databases without ON CONFLICT and UPDATE ... RETURNING (MySQL, MariaDB) run.
         monkeypatch.setattr(sqlalchemy_store, "_native_upsert", lambda *args: None)
+        monkeypatch.setattr(sqlalchemy_store, "_insert_or_nothing", lambda *args: None)
         monkeypatch.setattr(made.engine.dialect, "update_returning", False)
     yield made
     made.close()
@@ -72,6 +73,10 @@ def state_store_behaviour(store):
     with pytest.raises(Conflict, match="a2: status is 'PENDING_FAILOVER', expected status in \\['ERROR', 'READY'\\]"):
         store.update_if(AmphoraRecord, "a2", {"status": ("READY", "ERROR")}, status="PENDING_FAILOVER", error="x")
     assert store.get(AmphoraRecord, "a2").error is None
+    assert store.update_if(AmphoraRecord, "a2", {"error": (None,)}, image_id="i1").image_id == "i1"
+    assert store.update_if(AmphoraRecord, "a2", {"error": ("x", None)}, image_id="i2").image_id == "i2"
+    with pytest.raises(Conflict):
+        store.update_if(AmphoraRecord, "a2", {"image_id": (None,)}, image_id="i3")
     with pytest.raises(NotFound):
         store.update_if(AmphoraRecord, "nobody", {"status": ("READY",)}, status="ERROR")
     with pytest.raises(TypeError, match="no field"):
@@ -80,6 +85,15 @@ def state_store_behaviour(store):
     store.delete(AmphoraRecord, "a1")
     store.delete(AmphoraRecord, "a1")
     assert store.get(AmphoraRecord, "a1") is None
+
+    first = TaskRecord(request_id="req-new", event="e", digest="d1", owner="h", flow_uuid="f1")
+    assert store.insert_if_absent(first) == (first, True)
+    second = TaskRecord(request_id="req-new", event="other", state=TaskState.FAILURE, digest="d2")
+    stored, inserted = store.insert_if_absent(second)
+    assert not inserted
+    kept = (stored.event, stored.state, stored.digest, stored.owner, stored.flow_uuid)
+    assert kept == ("e", "pending", "d1", "h", "f1")
+    assert store.get(TaskRecord, "req-new") == stored
 
 
 def test_of_many_threads_expecting_the_same_state_exactly_one_changes_it(store):
@@ -101,6 +115,28 @@ def test_of_many_threads_expecting_the_same_state_exactly_one_changes_it(store):
     for thread in threads:
         thread.join()
     assert sorted(outcomes) == ["refused"] * 7 + ["won"]
+
+
+def insert_race(store, contenders: int = 8) -> list[bool]:
+    """``contenders`` threads insert one key at once; what each got back as ``inserted``."""
+    outcomes: list[bool] = []
+    barrier = threading.Barrier(contenders)
+
+    def insert(index: int) -> None:
+        barrier.wait()
+        record = TaskRecord(request_id="req-race", event="e", message=str(index))
+        outcomes.append(store.insert_if_absent(record)[1])
+
+    threads = [threading.Thread(target=insert, args=(index,)) for index in range(contenders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def test_of_many_threads_inserting_one_key_exactly_one_inserts(store):
+    assert sorted(insert_race(store)) == [False] * 7 + [True]
 
 
 def test_state_store_behaviour(store):

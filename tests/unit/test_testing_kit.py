@@ -64,6 +64,11 @@ def test_a_cast_that_cannot_be_recorded_is_reported_and_the_worker_goes_on():
                 raise OSError("disk full")
             return super().save(record)
 
+        def insert_if_absent(self, record):
+            if self.refuse:
+                raise OSError("disk full")
+            return super().insert_if_absent(record)
+
     with InProcessWorker(state_store=RefusingStore) as worker:
         endpoint = worker.worker.endpoint
         envelope = {"event": "delete_amphora", "request_id": "req-x", "payload": {"amphora_id": "a"}}
