@@ -24,8 +24,9 @@ The image store creates nothing (every image exists and is empty), so it keeps n
 The simulated agents' keys (csr mode) and activation tokens, the config drives (with a server key
 in controller mode) and the bundles handed to the noop certificate manager are stored plain in the
 ledger: encrypting them would need a key that a restarted worker can read, kept beside the file
-with the same owner, which protects nothing the file's ``0600`` mode does not. They are test keys of simulated agents; real keys belong to the
-``local`` (encrypted) or ``castellan`` certificate manager and to real agents.
+with the same owner, which protects nothing the file's ``0600`` mode does not. They are test keys
+of simulated agents; real keys belong to the ``local`` (encrypted) or ``castellan`` certificate
+manager and to real agents.
 """
 
 from __future__ import annotations

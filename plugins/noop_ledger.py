@@ -22,7 +22,8 @@ Two tables, written together in one short transaction per driver call:
     ``subject``), never a value, so it holds no secret. Fault tests count from it:
     ``NoopLedger(path).count("compute", "build", subject="amp-1") == 1``. Removing what is not
     there (an idempotent delete) changes nothing and appends nothing, so for every kind the live
-    entries are the puts of new keys less the removals.
+    entries are the puts of new keys less the removals. It is never pruned: a few rows per flow,
+    for workers that run on simulated infrastructure (tests, the demo, benchmarks).
 
 A current-state table beside the event log, rather than a view replaying the log, keeps the hot
 reads (``wait_for_amphora_active`` polls the compute driver) a primary-key lookup, and the log
@@ -53,6 +54,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from oslo_config import cfg
+
+from keramos.framework.errors import DriverError
 
 GROUP = "noop_drivers"
 
@@ -380,20 +383,31 @@ class NoopLedger(Ledger):
         return db
 
     @contextlib.contextmanager
+    def _database_errors(self) -> Iterator[None]:
+        """A file that cannot be opened or written, or a lock another process held too long, as
+        the :class:`DriverError` driver contracts promise (retryable for the lock)."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as error:
+            retryable = isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+            raise DriverError(f"noop ledger {self.path}: {error}", retryable=retryable) from error
+
+    @contextlib.contextmanager
     def writing(self) -> Iterator[LedgerWriter]:
         """One ``BEGIN IMMEDIATE`` transaction, committed if the block returns."""
-        with self._lock:
+        with self._lock, self._database_errors():
             db = self._connection()
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield _SQLiteWriter(db)
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
 
     def _query(self, sql: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        with self._lock:
+        with self._lock, self._database_errors():
             return self._connection().execute(sql, parameters).fetchall()
 
     def get(self, kind: str, key: str) -> dict[str, Any] | None:

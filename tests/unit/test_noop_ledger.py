@@ -153,6 +153,30 @@ def test_the_ledger_file_is_0600_whatever_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / LEDGER_FILE).stat().st_mode) == 0o600
 
 
+def test_a_ledger_that_cannot_be_opened_raises_a_driver_error(tmp_path):
+    (tmp_path / LEDGER_FILE).mkdir()
+    compute = noop.NoopCompute(noop_conf(tmp_path))
+    with pytest.raises(DriverError, match="noop ledger") as raised:
+        compute.build("amp-1", "img", {})
+    assert not raised.value.retryable
+
+
+def test_a_write_lock_held_too_long_raises_a_retryable_driver_error(tmp_path):
+    holder = NoopLedger(tmp_path / LEDGER_FILE)
+    waiter = NoopLedger(tmp_path / LEDGER_FILE, timeout=0.1)
+    try:
+        with holder.writing() as writer:
+            writer.put("compute", "c1", {}, action="build", subject="amp-1")
+            with pytest.raises(DriverError, match="locked") as raised:
+                waiter.put("compute", "c2", {}, action="build", subject="amp-2")
+        assert raised.value.retryable
+        waiter.put("compute", "c2", {}, action="build", subject="amp-2")
+        assert sorted(holder.live("compute")) == ["c1", "c2"]
+    finally:
+        holder.close()
+        waiter.close()
+
+
 def test_the_memory_ledger_writes_no_file_and_keeps_each_driver_apart(tmp_path):
     conf = noop_conf(tmp_path, "memory")
     first, second = noop.NoopCompute(conf), noop.NoopCompute(conf)
