@@ -338,13 +338,12 @@ class FlowRunner:
         reported as rejected (with the error) and the error raised.
         """
         store = self.drivers.state_store
+        saved: tuple[models.LogBook, models.FlowDetail] | None = None
         try:
             known = store.get(TaskRecord, job.request_id)
             if known is not None and not _is_reservation(known):
                 return self._known(job.request_id, job.event, digest, known, observers)
-            book, flow_detail = self._new_flow_detail(job, digest)
-            with self._unconfirmed_lock:
-                self._unconfirmed[flow_detail.uuid] = (job, book, flow_detail)
+            book, flow_detail = saved = self._new_flow_detail(job, digest)
             record = TaskRecord(
                 request_id=job.request_id,
                 event=job.event,
@@ -359,13 +358,16 @@ class FlowRunner:
             elif not inserted:
                 stored = store.get(TaskRecord, job.request_id) or stored
         except Exception as error:
+            if saved is not None:
+                # The insert may have committed before it failed: a redelivery to this process
+                # then finds the record and hands this flow detail out instead of dropping it.
+                with self._unconfirmed_lock:
+                    self._unconfirmed[saved[1].uuid] = (job, *saved)
             LOG.exception("could not accept cast %s", job.request_id)
             self._notify(
                 "rejected", observers, job.request_id, job.event, error, request_id=job.request_id
             )
             raise
-        with self._unconfirmed_lock:
-            self._unconfirmed.pop(flow_detail.uuid, None)
         if not inserted:
             self._discard(book, f"request {job.request_id} was taken by another delivery meanwhile")
             return self._known(job.request_id, job.event, digest, stored, observers)
