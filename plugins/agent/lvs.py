@@ -225,32 +225,32 @@ class LvsManager:
         ]
         # A shell that backgrounds keepalived and exits: keepalived is reparented, so no worker
         # of the agent has to reap it; its output goes to the listener's log.
-        with open(log_path, "ab"):
-            pass
+        with open(log_path, "ab") as log:
+            offset = log.tell()
         script = '"$@" >>"$0" 2>&1 </dev/null &'
         result = self._run(["sh", "-c", script, log_path, *arguments])
         if result.returncode != 0:
             raise HaproxyFailed("Error starting keepalived", (result.stdout + result.stderr).strip())
         deadline = time.monotonic() + self.timeout
         while not self.running_pids(listener_id):
-            if time.monotonic() > deadline or self._log_says_stopped(log_path):
-                raise HaproxyFailed("Error starting keepalived", self._log_tail(log_path))
+            if time.monotonic() > deadline or b"Stopped Keepalived" in self._log_since(log_path, offset):
+                raise HaproxyFailed("Error starting keepalived", self._log_tail(log_path, offset))
             time.sleep(0.02)
         time.sleep(_SETTLE_SECONDS)
         if not self.running_pids(listener_id):
-            raise HaproxyFailed("Error starting keepalived", self._log_tail(log_path))
+            raise HaproxyFailed("Error starting keepalived", self._log_tail(log_path, offset))
         stored = self._read_state(listener_id)
         self._write_state(listener_id, {**stored, "running_version": stored.get("config_version")})
 
     @staticmethod
-    def _log_says_stopped(log_path: str) -> bool:
+    def _log_since(log_path: str, offset: int) -> bytes:
+        """What keepalived logged since this start (the log is appended to across starts)."""
         with open(log_path, "rb") as stream:
-            return b"Stopped Keepalived" in stream.read()[-4096:]
+            stream.seek(offset)
+            return stream.read(1 << 20)
 
-    @staticmethod
-    def _log_tail(log_path: str) -> str:
-        with open(log_path, "rb") as stream:
-            lines = stream.read().decode(errors="replace").splitlines()
+    def _log_tail(self, log_path: str, offset: int) -> str:
+        lines = self._log_since(log_path, offset).decode(errors="replace").splitlines()
         return "\n".join(lines[-20:])
 
     def start(self, listener_id: str) -> str:
