@@ -424,6 +424,29 @@ class RestAmphoraDriver(AmphoraDriver):
         self.put_config(endpoint, lb_id, config, version)
         self.action(endpoint, lb_id, "reload")
 
+    def upload_udp_listener_config(
+        self, endpoint: AmphoraEndpoint, listener_id: str, config: str, version: int | None = None
+    ) -> None:
+        """Upload a UDP listener's keepalived configuration (checked by the agent with
+        ``keepalived --config-test``) and restart its keepalived on it."""
+        path = protocol.path(
+            protocol.UDP_LISTENER_UPLOAD, amphora_id=endpoint.amphora_id, listener_id=listener_id
+        )
+        headers = {"Content-Type": "text/plain"}
+        if version is not None:
+            headers[protocol.CONFIG_VERSION_HEADER] = str(version)
+        self.request(endpoint, "PUT", path, data=config.encode("utf-8"), headers=headers)
+        self.action(endpoint, listener_id, "reload")
+
+    def get_udp_listener_config(self, endpoint: AmphoraEndpoint, listener_id: str) -> str:
+        """The stored keepalived configuration of a UDP listener."""
+        path = protocol.path(protocol.UDP_LISTENER_CONFIG, listener_id=listener_id)
+        return self.request(endpoint, "GET", path).text
+
+    def delete_listener(self, endpoint: AmphoraEndpoint, object_id: str) -> None:
+        """Stop and remove a UDP listener, or a load balancer, by id (Octavia's route)."""
+        self.request(endpoint, "DELETE", protocol.path(protocol.LISTENER, object_id=object_id))
+
     def get_config(self, endpoint: AmphoraEndpoint, lb_id: str) -> tuple[str, int]:
         """The stored configuration of ``lb_id`` and its version."""
         response = self.request(endpoint, "GET", protocol.path(protocol.HAPROXY_CONFIG, lb_id=lb_id))

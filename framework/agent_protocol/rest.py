@@ -16,7 +16,9 @@ API_VERSION = "1.0"
 #: Every route but version discovery (``GET /``) lives under this prefix.
 API_PREFIX = "/" + API_VERSION
 
-#: Request and response header carrying the version of a load balancer's configuration.
+#: Request and response header carrying the version of a load balancer's configuration. A push
+#: without it is unversioned (Octavia's client never sends it): the agent accepts it only while the
+#: load balancer has never had a versioned configuration, and answers 409 afterwards.
 CONFIG_VERSION_HEADER = "X-Config-Version"
 #: Content type of PEM bodies (server certificate bundles, listener certificates).
 PEM_CONTENT_TYPE = "application/x-pem-file"
@@ -32,9 +34,24 @@ SERVER_CERTIFICATE = "/certificate"
 AGENT_CONFIG = "/config"
 HAPROXY_UPLOAD = "/loadbalancer/{amphora_id}/{lb_id}/haproxy"
 HAPROXY_CONFIG = "/loadbalancer/{lb_id}/haproxy"
+#: ``lb_id`` may also name a UDP listener: Octavia starts, stops and reloads both on this path.
 LOADBALANCER_ACTION = "/loadbalancer/{lb_id}/{action}"
 LOADBALANCER = "/loadbalancer/{lb_id}"
 LISTENER_CERTIFICATE = "/loadbalancer/{lb_id}/certificates/{filename}"
+#: Every listener's status (HAProxy frontends and UDP listeners).
+LISTENERS = "/listeners"
+#: ``GET``: one listener's status. ``DELETE``: Octavia's way to delete a load balancer (its id) or
+#: a UDP listener (its id).
+LISTENER = "/listeners/{object_id}"
+UDP_LISTENER_UPLOAD = "/listeners/{amphora_id}/{listener_id}/udp_listener"
+UDP_LISTENER_CONFIG = "/listeners/{listener_id}/udp_listener"
+#: Octavia routes Keramos answers with 501 and a JSON body saying what it does instead.
+PLUG_VIP = "/plug/vip/{vip}"
+PLUG_NETWORK = "/plug/network"
+INTERFACE = "/interface/{ip_addr}"
+INTERFACE_RULES = "/interface/{ip_addr}/rules"
+VRRP_UPLOAD = "/vrrp/upload"
+VRRP_ACTION = "/vrrp/{action}"
 
 #: Load balancer and amphora ids: they become directory names on the agent, so no separators and
 #: no leading dot (which also rules out "." and "..").

@@ -97,6 +97,17 @@ class AmphoraDriver(Driver):
     ) -> None:
         """Upload a load balancer configuration carrying ``version`` and make it run."""
 
+    def upload_udp_listener_config(
+        self, endpoint: AmphoraEndpoint, listener_id: str, config: str, version: int | None = None
+    ) -> None:
+        """Upload a UDP listener's keepalived (LVS) configuration and make it run.
+
+        ``version`` follows the rules of :meth:`upload_config`; ``None`` is an unversioned push,
+        refused once the listener had a versioned one. Not abstract, so that drivers written
+        before UDP listeners existed still load: the default raises NotImplementedError.
+        """
+        raise NotImplementedError(f"the {type(self).__name__} amphora driver has no UDP listeners")
+
     @abc.abstractmethod
     def install_certificate(self, endpoint: AmphoraEndpoint, pem_bundle: bytes) -> None:
         """Replace the agent's server certificate and key (a PEM bundle)."""

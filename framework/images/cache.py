@@ -21,7 +21,8 @@ Concurrent requests for the same entry, from threads or processes, download it o
 holds the entry's lock (``flock``) while it fills the entry, the others wait and then hit.
 Least-recently-used entries are evicted to keep the total under ``max_size``.
 
-Layout: ``entries/<key>.img`` and ``entries/<key>.json``, ``staging/``, ``locks/<key>.lock``.
+Layout: ``entries/<key>.img`` and ``entries/<key>.json``, ``staging/``, ``locks/<key>.lock``
+(only while the entry is being filled) and ``locks/cache.lock``.
 """
 
 from __future__ import annotations
@@ -186,13 +187,31 @@ class VerifiedImageCache:
         return base + ".img", base + ".json"
 
     @contextlib.contextmanager
-    def _locked(self, name: str) -> Iterator[None]:
-        with open(os.path.join(self._locks, name + ".lock"), "a+b") as lock_file:
+    def _locked(self, name: str, *, remove: bool = False) -> Iterator[None]:
+        """Hold the lock file ``locks/<name>.lock``; with ``remove``, delete it when done.
+
+        A lock file may be deleted by its holder, so a waiter that got the lock checks that its
+        file is still the one at the path, and starts over on the new one if it is not.
+        """
+        path = os.path.join(self._locks, name + ".lock")
+        while True:
+            lock_file = open(path, "a+b")
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
             try:
-                yield
-            finally:
-                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+                current = os.stat(path).st_ino == os.fstat(lock_file.fileno()).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            lock_file.close()
+        try:
+            yield
+        finally:
+            if remove:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+            lock_file.close()
 
     def get(self, image_id: str, checksum: str) -> CachedImage | None:
         """Return the cached, still intact image, or None (removing a damaged entry)."""
@@ -260,7 +279,8 @@ class VerifiedImageCache:
         so it is not verified either).
         """
         key = self.key(image_id, checksum)
-        with self._locked(key):
+        # An entry's lock lives only while it is filled: a failed fill leaves nothing behind.
+        with self._locked(key, remove=True):
             hit = self.get(image_id, checksum)
             if hit is not None:
                 return hit

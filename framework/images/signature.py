@@ -286,8 +286,13 @@ def rsa_pss_made_by_key(public_key: rsa.RSAPublicKey, spec: SignatureSpec) -> bo
 def verify_digest(spec: SignatureSpec, public_key: PublicKey, digest: bytes) -> None:
     """Verify the signature over an image's digest; raise on mismatch.
 
-    The reason is :attr:`Reason.WRONG_KEY` or :attr:`Reason.DATA_MODIFIED` when the key type
-    lets the two be told apart (RSA-PSS), :attr:`Reason.SIGNATURE_MISMATCH` otherwise.
+    RSA-PSS tells :attr:`Reason.WRONG_KEY` from :attr:`Reason.DATA_MODIFIED` (the PSS encoding
+    proves which key made the signature). An ECDSA or DSA signature proves nothing about its key
+    without the data it was made over: for any key there is some data it verifies with. What is
+    known is that this data is not what the certificate's key signed, so the reason is
+    :attr:`Reason.DATA_MODIFIED` (modified before or after upload; the image store's checksum
+    cannot clear data that was modified before it was uploaded), and the message says another
+    key cannot be ruled out. ``wrong_key`` is never claimed without proof.
     """
     check_key_type(spec, public_key)
     hash_algorithm = spec.hash_algorithm()
@@ -317,9 +322,10 @@ def verify_digest(spec: SignatureSpec, public_key: PublicKey, digest: bytes) -> 
                 f"the signature was not made with the key of certificate {spec.certificate_uuid}",
             ) from None
         raise SignatureVerificationError(
-            Reason.SIGNATURE_MISMATCH,
-            f"the signature does not verify with the key of certificate {spec.certificate_uuid}: "
-            "the data was modified or another key signed it",
+            Reason.DATA_MODIFIED,
+            f"the image data is not what the key of certificate {spec.certificate_uuid} signed: "
+            f"it was modified, before or after upload ({spec.key_type} signatures cannot tell "
+            "this from a signature made with another key)",
         ) from None
 
 

@@ -10,6 +10,12 @@ bad push changes nothing: neither the file nor the process running the previous 
 HAProxy runs daemonised (``-D`` with a pid file) and reloads with ``-sf``: the new process takes
 over the listening sockets before the old one finishes its connections, and when the new one
 cannot start the old one keeps serving.
+
+Versions (:func:`accept_push`): a versioned push older than the stored version is refused. An
+unversioned push (Octavia's client sends no version) is accepted only while the load balancer has
+never had a versioned configuration, deletion included: once a versioned controller owns it, an
+unversioned push could be a delayed retry of anything, so it is refused rather than guessed to be
+``stored + 1``, which would let it silently roll back the versioned configuration.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -58,6 +65,18 @@ class StaleConfigVersion(HaproxyError):
         )
 
 
+class UnversionedPushRefused(HaproxyError):
+    """An unversioned push to an object that has (or had) a versioned configuration."""
+
+    def __init__(self, stored: int) -> None:
+        self.stored = stored
+        super().__init__(
+            "Versioned configuration",
+            f"a push without a version is refused: this amphora has version {stored}; send "
+            "X-Config-Version",
+        )
+
+
 class NoSuchLoadBalancer(HaproxyError):
     """The load balancer has no configuration on this amphora."""
 
@@ -86,7 +105,56 @@ def config_etag(config: bytes) -> str:
     return hashlib.md5(config, usedforsecurity=False).hexdigest()
 
 
-def _process_alive(pid: int, marker: str) -> bool:
+_SECTION_RE = re.compile(
+    r"^(global|defaults|frontend|backend|listen|peers|resolvers|userlist|program|http-errors|"
+    r"ring|cache|mailers)\b[ \t]*(\S*)",
+    re.MULTILINE,
+)
+_MODE_RE = re.compile(r"^\s*mode\s+(\w+)", re.MULTILINE)
+_SSL_BIND_RE = re.compile(r"^\s*bind\s.*\bssl\b.*\bcrt\b", re.MULTILINE)
+
+
+def frontends(config: bytes) -> dict[str, str]:
+    """The frontends of a configuration and their Octavia listener type: ``HTTP``, ``TCP`` or
+    ``TERMINATED_HTTPS`` (a ``bind ... ssl crt``). Octavia names each frontend by its listener id.
+    """
+    text = config.decode("utf-8", errors="replace")
+    sections = list(_SECTION_RE.finditer(text))
+    found: dict[str, str] = {}
+    for index, section in enumerate(sections):
+        if section.group(1) != "frontend" or not section.group(2):
+            continue
+        end = sections[index + 1].start() if index + 1 < len(sections) else len(text)
+        body = text[section.end():end]
+        mode = _MODE_RE.search(body)
+        kind = mode.group(1).upper() if mode else "TCP"
+        found[section.group(2)] = "TERMINATED_HTTPS" if _SSL_BIND_RE.search(body) else kind
+    return found
+
+
+def accept_push(stored: dict[str, Any], version: int | None, etag: str, present: bool) -> bool:
+    """Whether a push of ``etag`` as ``version`` over the ``stored`` state changes anything.
+
+    ``present`` says whether the stored configuration file exists. Raises
+    :class:`StaleConfigVersion` for an older version (or the stored version with other content)
+    and :class:`UnversionedPushRefused` for an unversioned push once a version was stored.
+    """
+    stored_version = stored.get("config_version")
+    same = present and etag == stored.get("etag")
+    if version is None:
+        if stored_version is not None:
+            raise UnversionedPushRefused(stored_version)
+        return not same
+    if version < 1:
+        raise ValueError("configuration versions start at 1")
+    if stored_version is None:
+        return True
+    if version < stored_version or (version == stored_version and not same):
+        raise StaleConfigVersion(stored_version, version)
+    return version != stored_version
+
+
+def process_alive(pid: int, marker: str) -> bool:
     """Whether ``pid`` is a live (non-zombie) process whose command line contains ``marker``."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
@@ -213,29 +281,28 @@ class HaproxyManager:
                 states.append(self.state(lb_id))
         return states
 
-    def install_config(self, lb_id: str, config: bytes, version: int) -> tuple[str, bool]:
+    def install_config(self, lb_id: str, config: bytes, version: int | None) -> tuple[str, bool]:
         """Check ``config`` with ``haproxy -c`` and store it as ``version`` of ``lb_id``.
 
-        Returns ``(etag, changed)``. Pushing again the version already stored with the same
-        content changes nothing (a retried push succeeds); an older version, or the same version
-        with other content, raises :class:`StaleConfigVersion`; a configuration HAProxy refuses
-        raises :class:`ConfigInvalid`. Either way the stored configuration is left as it was.
+        ``version`` ``None`` is an unversioned push (see :func:`accept_push`). Returns
+        ``(etag, changed)``. Pushing again what is stored changes nothing (a retried push
+        succeeds); a refused version raises :class:`StaleConfigVersion` or
+        :class:`UnversionedPushRefused`; a configuration HAProxy refuses raises
+        :class:`ConfigInvalid`. Either way the stored configuration is left as it was.
         """
-        if version < 1:
-            raise ValueError("configuration versions start at 1")
         etag = config_etag(config)
         with self.lock(lb_id):
             stored = self._read_state(lb_id)
-            stored_version = stored.get("config_version")
-            if stored_version is not None:
-                same = etag == stored.get("etag") and os.path.exists(self.config_path(lb_id))
-                if version < stored_version or (version == stored_version and not same):
-                    raise StaleConfigVersion(stored_version, version)
-                if version == stored_version:
-                    return etag, False
+            present = os.path.exists(self.config_path(lb_id))
+            if not accept_push(stored, version, etag, present):
+                return etag, False
             write_atomic(self.config_path(lb_id), config, check=self.validate_file, make_dirs=True)
             self._write_state(lb_id, {**stored, "config_version": version, "etag": etag})
             return etag, True
+
+    def has_config(self, lb_id: str) -> bool:
+        """Whether ``lb_id`` is a load balancer with a stored configuration."""
+        return is_valid_id(lb_id) and os.path.exists(self.config_path(lb_id))
 
     def read_config(self, lb_id: str) -> bytes:
         """The stored configuration of ``lb_id`` (NoSuchLoadBalancer if there is none)."""
@@ -255,7 +322,7 @@ class HaproxyManager:
         except (FileNotFoundError, ValueError):
             return []
         marker = self.config_path(lb_id)
-        return [pid for pid in pids if _process_alive(pid, marker)]
+        return [pid for pid in pids if process_alive(pid, marker)]
 
     def _launch(self, lb_id: str, replace_pids: list[int]) -> None:
         arguments = [self.binary, "-D", "-p", self._pid_path(lb_id), "-f", self.config_path(lb_id)]

@@ -5,6 +5,10 @@ CA (``cert_reqs = CERT_REQUIRED``): a client without one never reaches the appli
 ``gthread`` worker keeps connections alive, so a controller pays the TLS handshake once per
 amphora rather than once per request. In csr ``certificate_mode`` the agent makes its own server
 key and a bootstrap certificate before gunicorn starts (:mod:`keramos.plugins.agent.identity`).
+
+gunicorn's control socket (gunicorn 24 and later) is disabled: its default path is one per user
+(``~/.gunicorn/gunicorn.ctl``), so every agent on a host would fight over it, and the agent is
+controlled through its mutual-TLS API only.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from keramos.plugins.agent import options
 from keramos.plugins.agent.haproxy import HaproxyManager
 from keramos.plugins.agent.heartbeat_sender import run_sender_process, sender_from_settings
 from keramos.plugins.agent.identity import prepare_server_identity
+from keramos.plugins.agent.lvs import LvsManager
 from keramos.plugins.agent.options import GROUP, AgentSettings
 from keramos.plugins.agent.server import create_app
 
@@ -90,8 +95,9 @@ class AgentApplication(BaseApplication):
                 process.terminate()
                 process.join(5)
             HaproxyManager(state_dir, binary).stop_all()
+            LvsManager(state_dir, self.settings.keepalived_binary).stop_all()
 
-        return {
+        options: dict[str, Any] = {
             "bind": [bind],
             "certfile": self.settings.server_cert,
             "keyfile": self.settings.server_key or self.settings.server_cert,
@@ -109,6 +115,9 @@ class AgentApplication(BaseApplication):
             "when_ready": start_heartbeats,
             "on_exit": stop_load_balancers,
         }
+        if "control_socket_disable" in self.cfg.settings:
+            options["control_socket_disable"] = True
+        return options
 
     def load_config(self) -> None:
         """Hand the options to gunicorn (gunicorn's own command line is never parsed)."""

@@ -71,17 +71,24 @@ agent_opts = [
         default="haproxy",
         help="HAProxy executable used to validate configurations and run load balancers.",
     ),
+    cfg.StrOpt(
+        "keepalived_binary",
+        default="keepalived",
+        help="keepalived executable used to validate and run UDP (LVS) listener configurations.",
+    ),
     cfg.FloatOpt(
         "haproxy_timeout",
         default=30.0,
         min=1.0,
-        help="Seconds a 'haproxy -c' check, start or reload may take before it is abandoned.",
+        help="Seconds a 'haproxy -c' or 'keepalived --config-test' check, start or reload may "
+        "take before it is abandoned.",
     ),
     cfg.IntOpt(
         "max_config_bytes",
         default=1 << 20,
         min=1024,
-        help="Largest HAProxy configuration or agent configuration body accepted, in bytes.",
+        help="Largest HAProxy configuration, UDP listener configuration or agent configuration "
+        "body accepted, in bytes (413 above it, whatever the transfer encoding).",
     ),
     cfg.IntOpt(
         "max_certificate_bytes",
@@ -150,6 +157,7 @@ class AgentSettings:
     amphora_id: str | None = None
     haproxy_binary: str = "haproxy"
     haproxy_timeout: float = 30.0
+    keepalived_binary: str = "keepalived"
     max_config_bytes: int = 1 << 20
     max_certificate_bytes: int = 64 << 10
     server_cert: str | None = None
@@ -172,6 +180,7 @@ class AgentSettings:
             amphora_id=group.amphora_id,
             haproxy_binary=group.haproxy_binary,
             haproxy_timeout=group.haproxy_timeout,
+            keepalived_binary=group.keepalived_binary,
             max_config_bytes=group.max_config_bytes,
             max_certificate_bytes=group.max_certificate_bytes,
             server_cert=server_cert,

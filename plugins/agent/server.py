@@ -1,10 +1,14 @@
 """The agent's REST API: a Flask application exposing the core under ``/1.0``.
 
-Paths and semantics follow Octavia's amphora agent where they overlap (``GET /``, ``/info``,
-``/details``, the ``haproxy`` upload and read-back, start/stop/reload, ``/certificate``, listener
-certificates, ``/config``). Keramos adds configuration versions: a push carries
-``X-Config-Version``, the agent reports the stored and running versions in ``/info`` and refuses an
-older push with 409, so that a delayed retry can never roll an amphora back. It also adds the
+Paths and semantics follow Octavia's amphora agent API 1.0 (``GET /``, ``/info``, ``/details``,
+the ``haproxy`` upload and read-back, start/stop/reload, ``/listeners``, UDP listeners,
+``/certificate``, listener certificates, ``/config``); the routes Keramos does not implement
+(interface plugging, VRRP) answer 501 with a JSON body saying what Keramos does instead
+(doc/agent-api.md). Keramos adds configuration versions: a push carries ``X-Config-Version``, the
+agent reports the stored and running versions in ``/info`` and refuses an older push with 409, so
+that a delayed retry can never roll an amphora back. A push without the header (Octavia's) is
+accepted only while the object never had a versioned configuration (see
+:func:`keramos.plugins.agent.haproxy.accept_push`). It also adds the
 controller's activation of the amphora (``POST /activate``; until then configuration changes are
 refused with 409) and, in csr mode, ``GET /csr`` (see :mod:`keramos.plugins.agent.identity`).
 
@@ -31,7 +35,7 @@ from werkzeug.exceptions import HTTPException
 from keramos.framework.agent_protocol import rest as protocol
 from keramos.framework.agent_protocol.rest import is_valid_id
 from keramos.framework.files import write_atomic
-from keramos.plugins.agent import haproxy
+from keramos.plugins.agent import haproxy, system
 from keramos.plugins.agent.files import contained_path, is_valid_pem_filename
 from keramos.plugins.agent.identity import (
     Activation,
@@ -40,6 +44,7 @@ from keramos.plugins.agent.identity import (
     public_key_der,
     server_csr,
 )
+from keramos.plugins.agent.lvs import LvsManager
 from keramos.plugins.agent.options import GROUP, AgentSettings, agent_opts
 
 LOG = logging.getLogger(__name__)
@@ -95,19 +100,46 @@ def _check_id(kind: str, value: str) -> None:
         raise ApiError(400, "Invalid request", f"invalid {kind} {value!r}")
 
 
+_READ_SIZE = 64 << 10
+
+
 def _read_body(limit: int) -> bytes:
-    length = flask.request.content_length
-    if length is not None and length > limit:
-        raise ApiError(413, "Request Entity Too Large", f"body larger than {limit} bytes")
-    data = flask.request.stream.read(limit + 1)
-    if len(data) > limit:
-        raise ApiError(413, "Request Entity Too Large", f"body larger than {limit} bytes")
-    return data
+    """The whole request body, or 413 when it is larger than ``limit``, whatever its framing.
+
+    A chunked body (no Content-Length) is read from the WSGI input the server terminates, not
+    from Flask's ``request.stream``: that one ends silently at ``MAX_CONTENT_LENGTH``, which made
+    a body over the limit look complete and get stored cut.
+    """
+    request = flask.request
+    too_large = ApiError(413, "Request Entity Too Large", f"body larger than {limit} bytes")
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise too_large
+        stream = request.stream
+    elif request.environ.get("wsgi.input_terminated"):
+        stream = request.environ["wsgi.input"]
+    elif "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        raise ApiError(411, "Length Required", "this server cannot read a chunked body")
+    else:
+        return b""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(min(_READ_SIZE, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise too_large
+    return b"".join(chunks)
 
 
-def _parse_version(value: str | None) -> int:
+def _parse_version(value: str | None) -> int | None:
+    """The pushed version, ``None`` for an unversioned push (no header)."""
     if value is None:
-        raise ApiError(400, "Invalid request", f"missing {protocol.CONFIG_VERSION_HEADER} header")
+        return None
     if not _VERSION_RE.fullmatch(value) or int(value) < 1:
         raise ApiError(400, "Invalid request", f"{protocol.CONFIG_VERSION_HEADER} must be a positive integer")
     return int(value)
@@ -118,6 +150,23 @@ def _load_certificates(data: bytes) -> list[x509.Certificate]:
         return x509.load_pem_x509_certificates(data)
     except ValueError as error:
         raise ApiError(400, "Invalid request", f"no PEM certificate in the body: {error}") from None
+
+
+def _not_implemented(what: str, instead: str) -> flask.Response:
+    return _json_response(
+        501, {"message": "Not Implemented", "details": f"{what} is not implemented by Keramos: {instead}"}
+    )
+
+
+_NO_NETWORKING = (
+    "Keramos amphorae run HAProxy in the agent's own network namespace, whose interfaces the "
+    "compute and network drivers set up; the agent plugs no VIP or member network and manages no "
+    "interface (network namespaces arrive with the agent proxy)"
+)
+_NO_VRRP = (
+    "Keramos runs no VRRP keepalived on the amphora: a failed amphora is replaced by the "
+    "controller's failover flow (health manager), not taken over by a standby"
+)
 
 
 def has_private_key(data: bytes) -> bool:
@@ -165,6 +214,21 @@ def _split_server_bundle(data: bytes, amphora_id: str | None, held_key: Any = No
     return certificates_pem, key_pem
 
 
+#: Routes an unactivated agent answers anyway: activation itself, a certificate for its own key,
+#: and the routes it does not implement (501 whether activated or not).
+_ANSWERED_BEFORE_ACTIVATION = frozenset(
+    {
+        "activate",
+        "upload_server_certificate",
+        "plug_vip",
+        "plug_network",
+        "set_interface_rules",
+        "upload_vrrp_config",
+        "vrrp_action",
+    }
+)
+
+
 class Server:
     """Registers every route of the agent API on a Flask application (``self.app``)."""
 
@@ -172,6 +236,9 @@ class Server:
         self.settings = settings
         self.haproxy = haproxy.HaproxyManager(
             settings.state_dir, settings.haproxy_binary, settings.haproxy_timeout
+        )
+        self.lvs = LvsManager(
+            settings.state_dir, settings.keepalived_binary, settings.haproxy_timeout
         )
         self.app = flask.Flask(__name__)
         self.app.config["MAX_CONTENT_LENGTH"] = max(
@@ -195,6 +262,17 @@ class Server:
             (protocol.LISTENER_CERTIFICATE, self.get_certificate_md5, ["GET"]),
             (protocol.LISTENER_CERTIFICATE, self.delete_certificate, ["DELETE"]),
             (protocol.AGENT_CONFIG, self.update_agent_config, ["PUT"]),
+            (protocol.LISTENERS, self.get_all_listeners, ["GET"]),
+            (protocol.LISTENER, self.get_listener_status, ["GET"]),
+            (protocol.LISTENER, self.delete_listener, ["DELETE"]),
+            (protocol.UDP_LISTENER_UPLOAD, self.upload_udp_listener_config, ["PUT"]),
+            (protocol.UDP_LISTENER_CONFIG, self.get_udp_listener_config, ["GET"]),
+            (protocol.PLUG_VIP, self.plug_vip, ["POST"]),
+            (protocol.PLUG_NETWORK, self.plug_network, ["POST"]),
+            (protocol.INTERFACE, self.get_interface, ["GET"]),
+            (protocol.INTERFACE_RULES, self.set_interface_rules, ["PUT"]),
+            (protocol.VRRP_UPLOAD, self.upload_vrrp_config, ["PUT"]),
+            (protocol.VRRP_ACTION, self.vrrp_action, ["PUT"]),
         ]
         for template, view, methods in routes:
             self.app.add_url_rule(protocol.flask_rule(template), view_func=view, methods=methods)
@@ -209,7 +287,7 @@ class Server:
             return
         if self.activation.activated:
             return
-        if flask.request.endpoint in ("activate", "upload_server_certificate"):
+        if flask.request.endpoint in _ANSWERED_BEFORE_ACTIVATION:
             return
         raise ApiError(
             409,
@@ -257,6 +335,8 @@ class Server:
             "hostname": socket.gethostname(),
             "api_version": protocol.API_VERSION,
             "haproxy_version": self.haproxy.version(),
+            "keepalived_version": self.lvs.version(),
+            "ipvsadm_version": None,
             "amphora_id": self.settings.amphora_id,
             "activated": self.activation.activated,
             "loadbalancers": {
@@ -267,6 +347,9 @@ class Server:
                 }
                 for state in self.haproxy.loadbalancers()
             },
+            "udp_listeners": {
+                listener_id: self.lvs.state(listener_id) for listener_id in self.lvs.listeners()
+            },
         }
 
     def get_info(self) -> flask.Response:
@@ -274,37 +357,170 @@ class Server:
         return _json_response(200, self._info())
 
     def get_details(self) -> flask.Response:
-        """``GET /1.0/details``: ``info`` plus load, memory, disk and HAProxy process count."""
+        """``GET /1.0/details``: ``info`` plus every key of Octavia's agent's details.
+
+        What the agent can measure is measured (cpu, memory, disk of the state directory, load,
+        network counters, listeners, process counts); what it does not manage is reported as
+        such: ``topology`` ``SINGLE`` (no VRRP), no tuned profile, no package list.
+        """
         details = self._info()
         disk = shutil.disk_usage(self.settings.state_dir)
+        listeners = sorted(
+            {status["uuid"] for status in self._listener_statuses()}
+        )
         details.update(
-            load=[f"{value:.2f}" for value in os.getloadavg()],
-            disk={"used": disk.used, "available": disk.free},
-            memory=_meminfo(),
+            networks=system.network_counters(),
+            active=True,
             haproxy_count=sum(1 for lb in details["loadbalancers"].values() if lb["running"]),
+            lvs_listener_process_count=sum(
+                1 for listener in details["udp_listeners"].values() if listener["running"]
+            ),
+            cpu_count=os.cpu_count(),
+            cpu=system.cpu_times(),
+            memory=system.meminfo(),
+            disk={"used": disk.used, "available": disk.free},
+            load=system.load(),
+            active_tuned_profiles="",
+            topology="SINGLE",
+            topology_status="OK",
+            listeners=listeners,
+            packages={},
         )
         return _json_response(200, details)
+
+    def _listener_statuses(self) -> list[dict[str, str]]:
+        """Octavia's listener statuses: one per HAProxy frontend, one per UDP listener."""
+        statuses = []
+        for state in self.haproxy.loadbalancers():
+            try:
+                config = self.haproxy.read_config(state.lb_id)
+            except haproxy.NoSuchLoadBalancer:
+                continue
+            for name, kind in haproxy.frontends(config).items():
+                status = "ACTIVE" if state.running else "OFFLINE"
+                statuses.append({"status": status, "uuid": name, "type": kind})
+        for listener_id in self.lvs.listeners():
+            statuses.append({"status": self.lvs.status(listener_id), "uuid": listener_id, "type": "UDP"})
+        return statuses
+
+    def get_all_listeners(self) -> flask.Response:
+        """``GET /1.0/listeners``: ``[{"status", "uuid", "type"}]`` of every listener.
+
+        ``status`` is ``ACTIVE`` when the process serving it runs, ``OFFLINE`` when it does not
+        (Octavia's agent says ``ACTIVE`` for every HAProxy frontend), ``ERROR`` for a UDP
+        listener whose keepalived died.
+        """
+        return _json_response(200, self._listener_statuses())  # type: ignore[arg-type]
+
+    def get_listener_status(self, object_id: str) -> flask.Response:
+        """``GET /1.0/listeners/<listener_id>``: one listener's status (Octavia's client has this
+        call; Octavia's agent has no such route)."""
+        _check_id("listener id", object_id)
+        for status in self._listener_statuses():
+            if status["uuid"] == object_id:
+                return _json_response(200, status)
+        raise ApiError(404, "Listener Not Found", f"No listener with UUID: {object_id}")
+
+    def delete_listener(self, object_id: str) -> flask.Response:
+        """``DELETE /1.0/listeners/<id>``: delete the UDP listener of that id, or else stop and
+        remove the load balancer of that id, as Octavia's agent does (idempotent)."""
+        _check_id("listener or load balancer id", object_id)
+        if self.lvs.exists(object_id):
+            self.lvs.delete(object_id)
+        else:
+            self.haproxy.delete(object_id)
+        return _ok(200)
+
+    def upload_udp_listener_config(self, amphora_id: str, listener_id: str) -> flask.Response:
+        """``PUT .../listeners/<amphora_id>/<listener_id>/udp_listener``: check a keepalived
+        (LVS) configuration with ``keepalived --config-test`` and store it, all or nothing."""
+        _check_id("amphora id", amphora_id)
+        _check_id("listener id", listener_id)
+        self._check_amphora(amphora_id)
+        if self.haproxy.has_config(listener_id):
+            raise ApiError(409, "Conflict", f"{listener_id} is a load balancer on this amphora")
+        version = _parse_version(flask.request.headers.get(protocol.CONFIG_VERSION_HEADER))
+        config = _read_body(self.settings.max_config_bytes)
+        try:
+            etag, changed = self.lvs.install_config(listener_id, config, version)
+        except haproxy.ConfigInvalid as error:
+            raise ApiError(400, "Invalid request", error.details) from None
+        except (haproxy.StaleConfigVersion, haproxy.UnversionedPushRefused) as error:
+            raise ApiError(409, error.message, error.details) from None
+        except haproxy.HaproxyFailed as error:
+            raise ApiError(500, error.message, error.details) from None
+        return self._pushed(200, etag, changed, version)
+
+    def get_udp_listener_config(self, listener_id: str) -> flask.Response:
+        """``GET .../listeners/<listener_id>/udp_listener``: the stored keepalived configuration."""
+        _check_id("listener id", listener_id)
+        try:
+            config = self.lvs.read_config(listener_id)
+        except haproxy.NoSuchLoadBalancer as error:
+            raise ApiError(404, error.message, error.details) from None
+        response = flask.Response(config, status=200, mimetype="text/plain")
+        version = self.lvs.state(listener_id)["config_version"]
+        if version is not None:
+            response.headers[protocol.CONFIG_VERSION_HEADER] = str(version)
+        return response
+
+    def plug_vip(self, vip: str) -> flask.Response:
+        """``POST /1.0/plug/vip/<vip>``: 501, see :data:`_NO_NETWORKING`."""
+        return _not_implemented("plug_vip", _NO_NETWORKING)
+
+    def plug_network(self) -> flask.Response:
+        """``POST /1.0/plug/network``: 501, see :data:`_NO_NETWORKING`."""
+        return _not_implemented("plug_network", _NO_NETWORKING)
+
+    def get_interface(self, ip_addr: str) -> flask.Response:
+        """``GET /1.0/interface/<ip>``: 501, see :data:`_NO_NETWORKING`."""
+        return _not_implemented("get_interface", _NO_NETWORKING)
+
+    def set_interface_rules(self, ip_addr: str) -> flask.Response:
+        """``PUT /1.0/interface/<ip>/rules``: 501, see :data:`_NO_NETWORKING`."""
+        return _not_implemented("set_interface_rules", _NO_NETWORKING)
+
+    def upload_vrrp_config(self) -> flask.Response:
+        """``PUT /1.0/vrrp/upload``: 501, see :data:`_NO_VRRP`."""
+        return _not_implemented("upload_vrrp_config", _NO_VRRP)
+
+    def vrrp_action(self, action: str) -> flask.Response:
+        """``PUT /1.0/vrrp/<action>``: 501, see :data:`_NO_VRRP`."""
+        return _not_implemented(f"vrrp {action}", _NO_VRRP)
+
+    def _check_amphora(self, amphora_id: str) -> None:
+        if self.settings.amphora_id is not None and amphora_id != self.settings.amphora_id:
+            raise ApiError(
+                400, "Wrong amphora", f"this is amphora {self.settings.amphora_id}, not {amphora_id}"
+            )
+
+    @staticmethod
+    def _pushed(status: int, etag: str, changed: bool, version: int | None) -> flask.Response:
+        already = "this configuration is already installed"
+        if version is not None:
+            already = f"version {version} already installed"
+        response = _ok(status, "OK", None if changed else already)
+        response.headers["ETag"] = etag
+        if version is not None:
+            response.headers[protocol.CONFIG_VERSION_HEADER] = str(version)
+        return response
 
     def upload_haproxy_config(self, amphora_id: str, lb_id: str) -> flask.Response:
         """``PUT .../loadbalancer/<amphora_id>/<lb_id>/haproxy``: check and store a config."""
         _check_id("amphora id", amphora_id)
         _check_id("load balancer id", lb_id)
-        if self.settings.amphora_id is not None and amphora_id != self.settings.amphora_id:
-            raise ApiError(
-                400, "Wrong amphora", f"this is amphora {self.settings.amphora_id}, not {amphora_id}"
-            )
+        self._check_amphora(amphora_id)
+        if self.lvs.exists(lb_id):
+            raise ApiError(409, "Conflict", f"{lb_id} is a UDP listener on this amphora")
         version = _parse_version(flask.request.headers.get(protocol.CONFIG_VERSION_HEADER))
         config = _read_body(self.settings.max_config_bytes)
         try:
             etag, changed = self.haproxy.install_config(lb_id, config, version)
         except haproxy.ConfigInvalid as error:
             raise ApiError(400, "Invalid request", error.details) from None
-        except haproxy.StaleConfigVersion as error:
+        except (haproxy.StaleConfigVersion, haproxy.UnversionedPushRefused) as error:
             raise ApiError(409, error.message, error.details) from None
-        response = _ok(202, "OK", None if changed else f"version {version} already installed")
-        response.headers["ETag"] = etag
-        response.headers[protocol.CONFIG_VERSION_HEADER] = str(version)
-        return response
+        return self._pushed(202, etag, changed, version)
 
     def get_haproxy_config(self, lb_id: str) -> flask.Response:
         """``GET .../loadbalancer/<lb_id>/haproxy``: the stored config as text/plain."""
@@ -316,16 +532,19 @@ class Server:
             raise ApiError(404, error.message, error.details) from None
         response = flask.Response(config, status=200, mimetype="text/plain")
         response.headers["ETag"] = state.etag or haproxy.config_etag(config)
-        response.headers[protocol.CONFIG_VERSION_HEADER] = str(state.config_version)
+        if state.config_version is not None:
+            response.headers[protocol.CONFIG_VERSION_HEADER] = str(state.config_version)
         return response
 
     def start_stop_lb(self, lb_id: str, action: str) -> flask.Response:
-        """``PUT .../loadbalancer/<lb_id>/<start|stop|reload>``."""
+        """``PUT .../loadbalancer/<id>/<start|stop|reload>``: of a load balancer's HAProxy, or of
+        a UDP listener's keepalived when ``id`` names one (as in Octavia's agent)."""
         _check_id("load balancer id", lb_id)
         if action not in protocol.LOADBALANCER_ACTIONS:
             raise ApiError(400, "Invalid Request", f"Unknown action: {action}")
+        manager: Any = self.lvs if self.lvs.exists(lb_id) else self.haproxy
         try:
-            details = getattr(self.haproxy, action)(lb_id)
+            details = getattr(manager, action)(lb_id)
         except haproxy.NoSuchLoadBalancer as error:
             raise ApiError(404, error.message, error.details) from None
         except haproxy.HaproxyFailed as error:
@@ -438,20 +657,6 @@ class Server:
                 raise ApiError(400, "Invalid request", f"unknown option(s): {', '.join(unknown)}")
         write_atomic(self.settings.config_file, data, 0o600, make_dirs=True)
         return _ok(202)
-
-
-def _meminfo() -> dict[str, int]:
-    wanted = {"MemTotal": "total", "MemFree": "free", "MemAvailable": "available"}
-    memory: dict[str, int] = {}
-    try:
-        with open("/proc/meminfo", encoding="ascii") as stream:
-            for line in stream:
-                name, _, value = line.partition(":")
-                if name in wanted:
-                    memory[wanted[name]] = int(value.split()[0])
-    except OSError:
-        pass
-    return memory
 
 
 def create_app(config: AgentSettings | cfg.ConfigOpts) -> flask.Flask:

@@ -10,10 +10,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import http.client
 import http.server
 import os
 import shutil
+import signal
 import socket
+import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -250,3 +255,138 @@ def boot(
         assert instance.status == InstanceStatus.BUILDING, instance.fault
         assert time.monotonic() < deadline, "agent did not start"
         time.sleep(0.05)
+
+
+@dataclasses.dataclass
+class AgentProcess:
+    """A ``keramos-agent`` started by :func:`run_agent`: its port, files and mTLS client."""
+
+    amphora_id: str
+    port: int
+    directory: str
+    pki: Pki
+    popen: subprocess.Popen
+
+    def path(self, *names: str) -> str:
+        """A path inside the agent's directory (``state`` is its state_dir)."""
+        return os.path.join(self.directory, *names)
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client context trusting the server CA and presenting the controller certificate.
+
+        The agent's certificate names the amphora id, not 127.0.0.1: the name is not checked.
+        """
+        context = ssl.create_default_context(cadata=self.pki.server_ca.cert_pem.decode())
+        context.check_hostname = False
+        context.load_cert_chain(
+            self.pki.path("controller_client_cert.pem"), self.pki.path("controller_client_key.pem")
+        )
+        return context
+
+    def connection(self, timeout: float = 30.0) -> http.client.HTTPSConnection:
+        """A new mTLS connection to the agent."""
+        return http.client.HTTPSConnection(
+            "127.0.0.1", self.port, context=self.client_context(), timeout=timeout
+        )
+
+
+def require_keepalived() -> str:
+    """The keepalived executable; fails under CI=true when it is missing, skips otherwise."""
+    path = shutil.which("keepalived") or shutil.which("keepalived", path="/usr/sbin:/usr/local/sbin")
+    require(path is not None, "keepalived (Debian package keepalived)")
+    assert path is not None
+    return path
+
+
+@contextlib.contextmanager
+def run_agent(
+    directory: str, pki: Pki, amphora_id: str, timeout: float = 30.0, **options: str
+) -> Iterator[AgentProcess]:
+    """Start a real ``keramos-agent`` (gunicorn, mTLS) on a loopback port with ``options`` in
+    its ``[amphora_agent]`` section and HOME in ``directory``; stop it (and what it runs) after.
+    """
+    drive = pki.config_drive(amphora_id)
+    for name, data in drive.items():
+        with open(os.path.join(directory, name), "wb") as stream:
+            stream.write(data)
+        os.chmod(os.path.join(directory, name), 0o600)
+    port = free_port()
+    settings = {
+        "bind_host": "127.0.0.1",
+        "bind_port": str(port),
+        "amphora_id": amphora_id,
+        "server_cert": os.path.join(directory, "amphora_server_cert.pem"),
+        "server_key": os.path.join(directory, "amphora_server_key.pem"),
+        "client_ca": os.path.join(directory, "client_ca_cert.pem"),
+        "state_dir": os.path.join(directory, "state"),
+        "haproxy_binary": require_haproxy(),
+        **options,
+    }
+    config_path = os.path.join(directory, "keramos-agent.conf")
+    with open(config_path, "w", encoding="utf-8") as stream:
+        stream.write("[amphora_agent]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
+    os.makedirs(os.path.join(directory, "home"), exist_ok=True)
+    environment = {
+        key: value for key, value in os.environ.items() if key != "XDG_RUNTIME_DIR"
+    }
+    environment["HOME"] = os.path.join(directory, "home")
+    with open(os.path.join(directory, "agent.log"), "ab") as log:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "keramos.plugins.agent.main", "--config-file", config_path],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
+            env=environment,
+            start_new_session=True,
+        )
+    agent = AgentProcess(amphora_id, port, directory, pki, popen)
+    try:
+        deadline = time.monotonic() + timeout
+        while not _listening(port):
+            assert popen.poll() is None, open(agent.path("agent.log"), errors="replace").read()
+            assert time.monotonic() < deadline, "agent did not start"
+            time.sleep(0.05)
+        yield agent
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGTERM)
+        try:
+            popen.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait()
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def send_chunked(
+    agent: AgentProcess, method: str, path: str, body: bytes, chunk_size: int = 1000
+) -> tuple[int | None, bytes]:
+    """Send ``body`` with ``Transfer-Encoding: chunked`` (written by hand) over mTLS.
+
+    Returns the status and body of the answer, or ``(None, b"")`` when the agent closed the
+    connection before answering (it may, for a body far over its limit).
+    """
+    connection = agent.connection()
+    try:
+        connection.putrequest(method, path)
+        connection.putheader("Transfer-Encoding", "chunked")
+        connection.putheader("Content-Type", "application/octet-stream")
+        connection.endheaders()
+        for start in range(0, len(body), chunk_size):
+            chunk = body[start : start + chunk_size]
+            connection.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        connection.send(b"0\r\n\r\n")
+        response = connection.getresponse()
+        return response.status, response.read()
+    except (ConnectionError, ssl.SSLError, http.client.HTTPException):
+        return None, b""
+    finally:
+        connection.close()

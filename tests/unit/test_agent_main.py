@@ -43,6 +43,19 @@ def test_gunicorn_requires_a_client_certificate_signed_by_the_client_ca(tmp_path
     assert (tmp_path / "state").is_dir()
 
 
+def test_no_agent_opens_gunicorns_per_user_control_socket(tmp_path):
+    config = write_config(
+        tmp_path,
+        server_cert="/etc/agent/server.pem",
+        client_ca="/etc/agent/client_ca.pem",
+        state_dir=str(tmp_path / "state"),
+    )
+    application = main.AgentApplication(*main.build_conf(["--config-file", config]))
+    if "control_socket_disable" not in application.cfg.settings:
+        pytest.skip("this gunicorn has no control socket")
+    assert application.cfg.control_socket_disable is True
+
+
 def test_ipv6_bind_host_is_bracketed(tmp_path):
     config = write_config(
         tmp_path,

@@ -156,8 +156,8 @@ def test_same_version_is_idempotent_only_with_the_same_content(client):
     assert_json_error(push(client, CONFIG + b"# other\n", "3"), 409)
 
 
-@pytest.mark.parametrize("version", [None, "zero", "0", "-1", "1.5", "2a", "\u00b2"])
-def test_push_needs_a_positive_integer_version(client, version):
+@pytest.mark.parametrize("version", ["zero", "0", "-1", "1.5", "2a", "\u00b2", ""])
+def test_a_pushed_version_must_be_a_positive_integer(client, version):
     body = assert_json_error(push(client, version=version), 400)
     assert "X-Config-Version" in body["details"]
 

@@ -150,13 +150,34 @@ def test_truncated_file_kills_the_image_as_truncated(setup):
     assert error.reason == Reason.TRUNCATED and str(len(DATA)) in str(error)
 
 
-@pytest.mark.parametrize("kind", ["rsa", "p384"])
-def test_signature_from_another_key_kills_the_image_as_wrong_key(setup, kind):
+# Only RSA-PSS proves which key made a signature; an ECDSA signature from another key is
+# indistinguishable from one the right key made over other data (see verify_digest).
+@pytest.mark.parametrize(("kind", "reason"), [("rsa", Reason.WRONG_KEY), ("p384", Reason.DATA_MODIFIED)])
+def test_signature_from_another_key_kills_the_image(setup, kind, reason):
     certificate_uuid = setup.add_image("img", pki().signers[kind])
     impostor = Issued(new_key(kind, 42), pki().signers[kind].certificate)
     forged = sign(DATA, impostor, certificate_uuid)
     setup.store.add("img", io.BytesIO(DATA), forged)
-    assert setup.failure("img").reason == Reason.WRONG_KEY
+    assert setup.failure("img").reason == reason
+
+
+@pytest.mark.parametrize("kind", ["rsa", "p256", "p384"])
+def test_data_modified_before_upload_kills_the_image_as_modified_data(setup, kind):
+    certificate_uuid = setup.add_image("img", pki().signers[kind])
+    signed = sign(DATA, pki().signers[kind], certificate_uuid)
+    tampered = bytearray(DATA)
+    tampered[4242] ^= 0x01
+    setup.store.add("img", io.BytesIO(bytes(tampered)), signed)
+    error = setup.failure("img")
+    assert error.reason == Reason.DATA_MODIFIED, error
+
+
+def test_a_failed_verification_leaves_no_lock_file(setup):
+    setup.add_image("img", pki().signers["rsa"])
+    _flip_byte(setup.data_path("img"), 99)
+    setup.failure("img")
+    locks = os.path.join(setup.worker.conf.state_path, "image_cache", "locks")
+    assert [name for name in os.listdir(locks) if name != "cache.lock"] == []
 
 
 def test_expired_certificate_kills_the_image(setup):
