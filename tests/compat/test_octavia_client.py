@@ -17,6 +17,9 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from octavia.amphorae.drivers.haproxy import exceptions as octavia_exc
+from octavia.amphorae.drivers.haproxy import rest_api_driver
+from octavia.common import config as octavia_config
 
 from tests.functional.agent_helpers import (
     AgentProcess,
@@ -27,10 +30,6 @@ from tests.functional.agent_helpers import (
     require_keepalived,
     run_agent,
 )
-
-octavia_config = pytest.importorskip("octavia.common.config", reason="tox -e octavia-compat")
-from octavia.amphorae.drivers.haproxy import exceptions as octavia_exc  # noqa: E402
-from octavia.amphorae.drivers.haproxy import rest_api_driver  # noqa: E402
 
 AMPHORA_ID = "6bd3a4c8-compat-amphora"
 LB_ID = "0f1d7a9e-compat-lb"
