@@ -30,7 +30,7 @@ import hashlib
 import importlib.util
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -187,14 +187,27 @@ class _WrittenAtoms:
         self._digests: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._lock = threading.Lock()
 
+    def _digest_of(self, fields: dict[str, Any]) -> bytes:
+        meta = fields.get("meta") or {}
+        significant = {**fields, "meta": {k: v for k, v in meta.items() if k not in self._PROGRESS_KEYS}}
+        return hashlib.blake2b(_dumps(significant).encode(), digest_size=16).digest()
+
     def digest(self, atom_uuid: str, fields: dict[str, Any]) -> bytes | None:
         """The digest of ``fields`` without progress, or None if the last write of the atom had
         the same (nothing worth writing)."""
-        meta = fields.get("meta") or {}
-        significant = {**fields, "meta": {k: v for k, v in meta.items() if k not in self._PROGRESS_KEYS}}
-        digest = hashlib.blake2b(_dumps(significant).encode(), digest_size=16).digest()
+        digest = self._digest_of(fields)
         with self._lock:
             return None if self._digests.get(atom_uuid) == digest else digest
+
+    def loaded(self, atoms: Iterable[models.AtomDetail]) -> None:
+        """Remember ``atoms`` as read from the database: what the rows hold now.
+
+        Another process may have written an atom since this one last did (a job claimed again
+        on a jobboard, a flow resumed elsewhere): after a read, an update is compared with the
+        row, not with this process's own last write, and never skipped wrongly.
+        """
+        for atom in atoms:
+            self.written(atom.uuid, self._digest_of(atom.to_dict()))
 
     def forget_all(self) -> None:
         """Forget every write (the rows are gone): the next update of any atom is written."""
@@ -463,6 +476,7 @@ class Connection(base.Connection):
                 atoms = conn.execute(_SELECT_ATOMS_OF_BOOK, {"key": book_uuid}).all()
                 for _parent, flow_detail in _flow_details(flows, atoms):
                     book.add(flow_detail)
+                    self._backend._written_atoms.loaded(flow_detail)
         return book
 
     def get_logbooks(self, lazy: bool = False) -> Iterator[models.LogBook]:
@@ -476,6 +490,7 @@ class Connection(base.Connection):
                 for parent, flow_detail in _flow_details(flows, atoms):
                     if parent in by_uuid:
                         by_uuid[parent].add(flow_detail)
+                        self._backend._written_atoms.loaded(flow_detail)
         return iter(books)
 
     def get_flows_for_book(self, book_uuid: str, lazy: bool = False) -> Iterator[models.FlowDetail]:
@@ -483,7 +498,10 @@ class Connection(base.Connection):
         with self._backend._reading(f"getting flow details of logbook '{book_uuid}'") as conn:
             flows = conn.execute(_SELECT_FLOWS_OF_BOOK, {"key": book_uuid}).all()
             atoms = [] if lazy else conn.execute(_SELECT_ATOMS_OF_BOOK, {"key": book_uuid}).all()
-        return iter([flow_detail for _parent, flow_detail in _flow_details(flows, atoms)])
+        flow_details = [flow_detail for _parent, flow_detail in _flow_details(flows, atoms)]
+        for flow_detail in flow_details:
+            self._backend._written_atoms.loaded(flow_detail)
+        return iter(flow_details)
 
     def get_flow_details(self, fd_uuid: str, lazy: bool = False) -> models.FlowDetail:
         """Return a flow detail, with its atoms unless ``lazy`` (``NotFound`` if unknown)."""
@@ -495,6 +513,7 @@ class Connection(base.Connection):
             if not lazy:
                 for _parent, atom_type, ad_data in conn.execute(_SELECT_ATOMS_OF_FLOW, {"key": fd_uuid}):
                     flow_detail.add(_to_atom(atom_type, ad_data))
+        self._backend._written_atoms.loaded(flow_detail)
         return flow_detail
 
     def get_atom_details(self, ad_uuid: str) -> models.AtomDetail:
@@ -503,13 +522,17 @@ class Connection(base.Connection):
             row = conn.execute(_SELECT_ATOM, {"key": ad_uuid}).first()
         if row is None:
             raise exc.NotFound(f"No atom details found with uuid '{ad_uuid}'")
-        return _to_atom(row.atom_type, row.data)
+        atom = _to_atom(row.atom_type, row.data)
+        self._backend._written_atoms.loaded([atom])
+        return atom
 
     def get_atoms_for_flow(self, fd_uuid: str) -> Iterator[models.AtomDetail]:
         """Return an iterator over the atom details of a flow detail."""
         with self._backend._reading(f"getting atom details of flow '{fd_uuid}'") as conn:
             rows = conn.execute(_SELECT_ATOMS_OF_FLOW, {"key": fd_uuid}).all()
-        return iter([_to_atom(atom_type, data) for _parent, atom_type, data in rows])
+        atoms = [_to_atom(atom_type, data) for _parent, atom_type, data in rows]
+        self._backend._written_atoms.loaded(atoms)
+        return iter(atoms)
 
 
 def make_sqlite_directory(url: sa.engine.URL) -> None:
