@@ -286,7 +286,7 @@ class GuardedBoard:
 
     def failed(self, error: BaseException) -> None:
         """The board failed to answer: mark health degraded and wait the next backoff."""
-        self._health.bad(f"{self._where}: {_reason(error)}")
+        self._health.bad(_reason(error))
         self._backoff = min(max(self._backoff * 2, 0.25), self._conf.max_backoff)
         self._stopping.wait(self._backoff)
 
@@ -318,14 +318,43 @@ class GuardedBoard:
         else:
             self.board.claim(job, who, expiry=self._expiry)
 
+    def _settle(self, action: Any, job: Any, who: str) -> None:
+        """Do ``action(job, who)``, trying again while the board is away, for at most half the
+        claim timeout (a flow that ended during an outage is then not claimed again; if the
+        board stays away longer, the claim expires and the next claimer finds the task record
+        ended and only takes the job off the board)."""
+        deadline = time.monotonic() + self._conf.claim_timeout / 2
+        delay = 0.1
+        while True:
+            try:
+                action(job, who)
+                self._answered()
+                return
+            except BOARD_ERRORS as error:
+                if time.monotonic() + delay > deadline or self._stopping.is_set():
+                    raise
+                self._health.bad(_reason(error))
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     def consume(self, job: Any, who: str) -> None:
         """Take a finished job off the board."""
-        self.board.consume(job, who)
+        self._settle(self.board.consume, job, who)
 
     def abandon(self, job: Any, who: str) -> None:
         """Give a job back to the board, for any conductor to claim."""
-        self.board.abandon(job, who)
+        self._settle(self.board.abandon, job, who)
 
     def trash(self, job: Any, who: str) -> None:
         """Move a parked job off the board (taskflow's trash)."""
-        self.board.trash(job, who)
+        self._settle(self.board.trash, job, who)
+
+    def owner_of(self, job: Any) -> str | None:
+        """Who holds the claim of ``job`` now (``None``: nobody)."""
+        try:
+            owner = self.board.find_owner(job)
+        except TypeError:
+            return None
+        if isinstance(owner, dict):
+            owner = owner.get("owner")
+        return owner

@@ -248,15 +248,20 @@ class Conductor:
                 jobs = list(self._running.values())
             for job in jobs:
                 try:
-                    owner = self._board.board.find_owner(job)
-                    if isinstance(owner, dict):
-                        owner = owner.get("owner")
-                    renewed = owner == self.owner and job.extend_expiry(expiry)
-                except BOARD_ERRORS as error:
-                    self.health_state.bad(f"{location(self.conf)}: renewing claims: {error}")
-                    continue
-                if not renewed:
-                    self._reclaim(job, owner)
+                    self._renew(job, expiry)
+                except Exception:
+                    LOG.exception("conductor %s: could not renew the claim of job %s",
+                                  self.owner, job.uuid)
+
+    def _renew(self, job: Any, expiry: float) -> None:
+        try:
+            owner = self._board.owner_of(job)
+            renewed = owner == self.owner and job.extend_expiry(expiry)
+        except BOARD_ERRORS as error:
+            self.health_state.bad(f"renewing claims: {error}")
+            return
+        if not renewed and job.uuid in self._running:
+            self._reclaim(job, owner)
 
     def _reclaim(self, job: Any, owner: str | None) -> None:
         """The claim of a running job expired (the board was away longer than the timeout)."""
@@ -266,7 +271,9 @@ class Conductor:
                 LOG.warning("conductor %s: the claim of job %s had expired; claimed it again",
                             self.owner, job.uuid)
                 return
-            except (tf_exceptions.UnclaimableJob, tf_exceptions.NotFound, *BOARD_ERRORS) as error:
+            except tf_exceptions.NotFound:
+                return
+            except (tf_exceptions.UnclaimableJob, *BOARD_ERRORS) as error:
                 owner = str(error)
         LOG.error(
             "conductor %s: lost the claim of job %s (%s) while running it (now: %s); another "

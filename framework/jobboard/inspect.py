@@ -176,7 +176,9 @@ def _board_views(conf: cfg.ConfigOpts, sources: _Sources) -> list[JobView]:
                 created_at=_aware(job.created_on),
             )
             if state == states.CLAIMED:
-                owner = board.find_owner(job)
+                owner = None
+                with contextlib.suppress(TypeError):
+                    owner = board.find_owner(job)
                 view.owner = owner.get("owner") if isinstance(owner, dict) else owner
                 view.claimed_at = _aware(job.last_modified)
             _fill_from_flow(view, sources.flow_detail(details.get("flow_uuid")))

@@ -279,3 +279,28 @@ def test_jobs_cli_fails_in_one_line_when_the_board_is_unreachable(deployment):
     assert time.monotonic() - started < 20
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach the redis board" in lines[0], result.stderr
+
+
+def test_a_conductor_reports_to_the_runners_observers_like_a_direct_run(deployment):
+    from keramos.framework.jobboard import Conductor
+    from keramos.framework.testing import RecordingObserver
+
+    setup = deployment()
+    recorder = RecordingObserver()
+    runner = make_runner(str(setup.config("host-c")), observers=[recorder])
+    conductor = Conductor(runner.conf, runner).start()
+    try:
+        direct = f"req-{uuid.uuid4()}"
+        runner.submit({"event": "ledger", "request_id": direct,
+                       "payload": {"ledger": str(setup.ledger)}})
+        posted = setup.post()
+        setup.wait_ended([posted])
+        wait_for(lambda: recorder.types(posted)[-1:] == ["keramos.ledger.end"], 10,
+                 "the end event")
+    finally:
+        assert conductor.stop(10)
+        runner.close()
+        runner.drivers.close()
+    expected = ["keramos.ledger.start", "keramos.ledger.end"]
+    assert recorder.types(posted) == recorder.types(direct) == expected
+    assert setup.record(posted).state == TaskState.SUCCESS
