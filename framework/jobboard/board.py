@@ -8,6 +8,7 @@ every poll.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 import time
@@ -236,6 +237,43 @@ class Health:
             return False, f"{self._detail} (for {time.monotonic() - self._since:.0f}s)"
 
 
+class Slots:
+    """How many jobs a conductor may still claim: taken by a claim, given back when the job is
+    settled; :meth:`wait_free` lets the claiming loop sleep until one is free."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._taken = 0
+        self._condition = threading.Condition()
+
+    def take(self) -> None:
+        """A job was claimed."""
+        with self._condition:
+            self._taken += 1
+
+    def release(self) -> None:
+        """A claimed job was consumed, abandoned or trashed."""
+        with self._condition:
+            self._taken = max(0, self._taken - 1)
+            self._condition.notify_all()
+
+    @property
+    def full(self) -> bool:
+        """Whether every slot is taken."""
+        with self._condition:
+            return self._taken >= self._size
+
+    def wait_free(self, stopping: threading.Event, timeout: float) -> None:
+        """Return once a slot is free, ``stopping`` is set or ``timeout`` seconds have passed."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while self._taken >= self._size and not stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._condition.wait(min(left, 0.5))
+
+
 class GuardedBoard:
     """What a taskflow conductor needs of a jobboard, with claim expiries and outage handling.
 
@@ -252,12 +290,15 @@ class GuardedBoard:
         conf: cfg.ConfigOpts,
         health: Health,
         stopping: threading.Event,
+        slots: Slots | None = None,
     ) -> None:
         self.board = board
         self._conf = conf.jobboard
         self._expiry = conf.jobboard.claim_timeout if conf.jobboard.backend in EXPIRING_BACKENDS else None
         self._health = health
         self._stopping = stopping
+        self._slots = slots
+        self._listing: collections.deque[Any] = collections.deque()
         self._backoff = 0.0
         self._where = location(conf)
 
@@ -291,19 +332,29 @@ class GuardedBoard:
         self._stopping.wait(self._backoff)
 
     def iterjobs(self, only_unclaimed: bool = True, ensure_fresh: bool = False) -> Iterator[Any]:
-        """The unclaimed jobs, in the board's order; none while the board is unreachable."""
+        """Unclaimed jobs, oldest first; none while the board is unreachable.
+
+        One listing of the board serves many calls: jobs are handed out from it, oldest first,
+        until it is used up (or ``ensure_fresh``), then the board is listed again; a job claimed
+        meanwhile by another conductor only fails to be claimed. So claiming costs no full
+        listing per job, and a backlog runs in the order it was posted. While every slot of the
+        conductor is taken, waits (up to a minute) for one to be freed before handing out a job,
+        and stops handing out when the slots are taken again, so that no job is taken out of
+        the listing without being claimed.
+        """
+        if self._slots is not None:
+            self._slots.wait_free(self._stopping, 60.0)
         try:
-            jobs = iter(self.board.iterjobs(only_unclaimed=True, ensure_fresh=ensure_fresh))
-            while True:
-                try:
-                    job = next(jobs)
-                except StopIteration:
-                    break
-                self._answered()
-                yield job
+            if ensure_fresh or not self._listing:
+                fetched = list(self.board.iterjobs(only_unclaimed=True, ensure_fresh=ensure_fresh))
+                fetched.sort(key=lambda job: getattr(job, "sequence", 0))
+                self._listing = collections.deque(fetched)
             self._answered()
         except BOARD_ERRORS as error:
             self.failed(error)
+            return
+        while self._listing and not (self._slots is not None and self._slots.full):
+            yield self._listing.popleft()
 
     def _answered(self) -> None:
         if self._backoff:
@@ -317,6 +368,8 @@ class GuardedBoard:
             self.board.claim(job, who)
         else:
             self.board.claim(job, who, expiry=self._expiry)
+        if self._slots is not None:
+            self._slots.take()
 
     def _settle(self, action: Any, job: Any, who: str) -> None:
         """Do ``action(job, who)``, trying again while the board is away, for at most half the

@@ -29,6 +29,7 @@ from keramos.framework.jobboard.board import (
     EXPIRING_BACKENDS,
     GuardedBoard,
     Health,
+    Slots,
     connect,
     location,
     make_board,
@@ -93,12 +94,19 @@ class _Isolation:
 class _RunnerConductor(impl_nonblocking.NonBlockingConductor):
     """taskflow's non-blocking conductor with Keramos's dispatch instead of its own engine."""
 
-    def __init__(self, dispatch: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, dispatch: Any, done: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._keramos_dispatch = dispatch
+        self._keramos_done = done
 
     def _dispatch_job(self, job: Any) -> bool:
         return self._keramos_dispatch(job)
+
+    def _on_job_done(self, job: Any, fut: Any) -> None:
+        try:
+            super()._on_job_done(job, fut)
+        finally:
+            self._keramos_done()
 
 
 def task_names(flow: tf_flow.Flow) -> list[str]:
@@ -151,11 +159,13 @@ class Conductor:
         self.owner = f"{conf.host}.{os.getpid()}"
         self.health_state = Health(f"conductor {self.owner}: {location(conf)}")
         self._stopping = threading.Event()
+        self._slots = Slots(conf.jobboard.conductor_threads)
         self._board = GuardedBoard(
-            make_board(conf, runner.backend), conf, self.health_state, self._stopping
+            make_board(conf, runner.backend), conf, self.health_state, self._stopping, self._slots
         )
         self._conductor = _RunnerConductor(
             self._dispatch,
+            self._slots.release,
             self.owner,
             self._board,
             persistence=runner.backend,
