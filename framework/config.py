@@ -291,6 +291,85 @@ health_opts = [
     ),
 ]
 
+jobboard_opts = [
+    cfg.BoolOpt(
+        "enabled",
+        default=False,
+        help="Jobboard mode: an accepted cast becomes a job on a shared taskflow jobboard, and a "
+        "conductor in every worker process claims jobs and runs them, so that any worker "
+        "finishes any flow (also one whose host died). Needs [persistence] and [state_store] "
+        "on a database every worker reaches (PostgreSQL or MySQL) when workers run on more "
+        "than one host.",
+    ),
+    cfg.StrOpt(
+        "backend",
+        default="redis",
+        choices=[
+            ("redis", "taskflow's Redis jobboard; claims expire unless their holder renews them"),
+            ("zookeeper", "taskflow's ZooKeeper jobboard (needs kazoo); claims are ephemeral "
+             "nodes that vanish with their holder's session"),
+            ("etcd", "taskflow's etcd jobboard (needs etcd3gw); claims hold a lease"),
+        ],
+        help="Jobboard backend.",
+    ),
+    cfg.StrOpt(
+        "url",
+        default="redis://127.0.0.1:6379/0",
+        secret=True,
+        help="Where the board lives: redis://[[user]:password@]host:port[/db] (rediss:// for "
+        "TLS), zookeeper://host:port[,host:port...], etcd://host:port.",
+    ),
+    cfg.StrOpt(
+        "name",
+        default="keramos",
+        help="Name of the board: the Redis key namespace, the ZooKeeper path /NAME, the etcd "
+        "root /NAME. Workers, intakes and the CLI of one deployment use the same name.",
+    ),
+    cfg.FloatOpt(
+        "claim_timeout",
+        default=30.0,
+        min=1.0,
+        help="Seconds a claim outlives its holder (Redis and etcd): a conductor renews its "
+        "claims every third of this; when its process dies, another claims the job this long "
+        "after the last renewal and resumes the flow from its last completed task.",
+    ),
+    cfg.IntOpt(
+        "max_attempts",
+        default=3,
+        min=1,
+        help="Claims of one job that may end without an outcome (the worker died, or the job "
+        "could not be loaded) before the job is parked: recorded as failed (JobParked, naming "
+        "the attempts) and taken off the board, so that a poison cast cannot kill worker after "
+        "worker.",
+    ),
+    cfg.IntOpt(
+        "conductor_threads",
+        default=8,
+        min=1,
+        help="Jobs one worker process's conductor runs at once.",
+    ),
+    cfg.FloatOpt(
+        "poll_interval",
+        default=0.5,
+        min=0.01,
+        help="Seconds an idle conductor waits before looking at the board again (the Redis "
+        "board is polled).",
+    ),
+    cfg.FloatOpt(
+        "connect_timeout",
+        default=5.0,
+        min=0.1,
+        help="Seconds to wait for the board: connecting, posting a job (then the cast is not "
+        "acknowledged), the health check and keramos jobs.",
+    ),
+    cfg.FloatOpt(
+        "max_backoff",
+        default=10.0,
+        min=0.1,
+        help="Longest wait between two attempts of a conductor to reach a board that is down.",
+    ),
+]
+
 GROUPS: dict[str | None, list[cfg.Opt]] = {
     None: default_opts,
     "worker": worker_opts,
@@ -299,6 +378,7 @@ GROUPS: dict[str | None, list[cfg.Opt]] = {
     "persistence": persistence_opts,
     "amphora": amphora_opts,
     "health": health_opts,
+    "jobboard": jobboard_opts,
 }
 
 
