@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import kombu
@@ -40,6 +41,9 @@ class WorkerProcess:
                 "transport_url": rabbit_url,
                 "state_path": directory,
                 "host": f"host-{self.topic}",
+                # Its own exchange: durable (the shared broker's "keramos" may be an older,
+                # non-durable one, which durable queues cannot be bound to).
+                "control_exchange": self.topic,
             },
             "worker": {"topic": self.topic, "graceful_shutdown_timeout": 20},
             "oslo_messaging_notifications": {"topics": f"{self.topic}-notifications"},
@@ -96,12 +100,14 @@ class WorkerProcess:
         )
 
     def queues(self) -> list[str]:
-        """The queues oslo.messaging declared for this worker's topic and notifications."""
+        """The queues declared for this worker's topic, control topic and notifications."""
         host = f"host-{self.topic}"
         notifications = f"{self.topic}-notifications"
         return [
             self.topic,
             f"{self.topic}.{host}",
+            f"{self.topic}-control",
+            f"{self.topic}-control.{host}",
             f"{notifications}.info",
             f"{notifications}.error",
         ]
@@ -137,12 +143,15 @@ def worker_process(tmp_path, rabbit_url):
     yield start
     for worker in started:
         worker.stop()
-        delete_queues(rabbit_url, worker.queues())
+        delete_queues(rabbit_url, worker.queues(), exchanges=[worker.topic])
 
 
-def delete_queues(rabbit_url: str, names: list[str]) -> None:
-    """Delete the queues a test made, so that repeated runs leave the broker as it was."""
+def delete_queues(rabbit_url: str, names: list[str], *, exchanges: Sequence[str] = ()) -> None:
+    """Delete the queues (and exchanges) a test made, so that repeated runs leave the broker as
+    it was."""
     with kombu.Connection(rabbit_url.replace("rabbit://", "amqp://", 1)) as connection:
         channel = connection.channel()
         for name in names:
             channel.queue_delete(name)
+        for name in exchanges:
+            channel.exchange_delete(name)
