@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -18,6 +20,7 @@ import pytest
 from keramos.framework.client import KeramosClient
 from keramos.framework.config import make_conf
 from tests.conftest import port_open, require
+from tests.functional import rabbit_node
 
 RABBIT_URL = os.environ.get("KERAMOS_TEST_RABBIT_URL", "rabbit://guest:guest@127.0.0.1:5672/")
 BIN = Path(sys.executable).parent
@@ -155,3 +158,20 @@ def delete_queues(rabbit_url: str, names: list[str], *, exchanges: Sequence[str]
             channel.queue_delete(name)
         for name in exchanges:
             channel.exchange_delete(name)
+
+
+@pytest.fixture
+def private_rabbit():
+    """A private RabbitMQ node (:class:`~tests.functional.rabbit_node.RabbitNode`), started,
+    for a test that stops or restarts the broker; stopped and removed after the test. Fails in
+    CI and skips elsewhere when RabbitMQ is not installed."""
+    require(rabbit_node.available(), "rabbitmq-server and rabbitmqctl")
+    # Not under pytest's tmp_path: the rabbitmq user cannot enter its 0700 parents.
+    directory = Path(tempfile.mkdtemp(prefix="keramos-rabbit-"))
+    directory.chmod(0o755)
+    node = rabbit_node.RabbitNode(directory / "node").start()
+    try:
+        yield node
+    finally:
+        node.stop()
+        shutil.rmtree(directory, ignore_errors=True)
