@@ -24,6 +24,9 @@ from keramos.framework.records import TaskState
 class KeramosClient:
     """Casts events to the worker topic and asks workers for the status of a request.
 
+    Casts go to ``[worker] topic``; calls (:meth:`status`, :meth:`ping`) to its control topic
+    (:func:`~keramos.framework.messaging.control_topic`), which every worker serves.
+
     ``transport`` defaults to one built from the configuration; pass the worker's own transport
     to talk to an in-process worker on ``fake://``.
     """
@@ -36,6 +39,9 @@ class KeramosClient:
         self.transport = transport or messaging.rpc_transport(conf)
         self._client = oslo_messaging.get_rpc_client(
             self.transport, messaging.worker_target(conf), version_cap=messaging.RPC_API_VERSION
+        )
+        self._control = oslo_messaging.get_rpc_client(
+            self.transport, messaging.control_target(conf), version_cap=messaging.RPC_API_VERSION
         )
 
     def close(self) -> None:
@@ -68,12 +74,12 @@ class KeramosClient:
 
     def status(self, request_id: str, *, timeout: float | None = None) -> dict[str, Any] | None:
         """Ask a worker for the task record of ``request_id`` (``None`` if none is known)."""
-        client = self._client.prepare(timeout=timeout) if timeout else self._client
+        client = self._control.prepare(timeout=timeout) if timeout else self._control
         return client.call({"request_id": request_id}, "get_status", request_id=request_id)
 
     def ping(self, *, timeout: float = 5.0) -> dict[str, Any]:
         """Ask any worker on the topic what it serves; raises MessagingTimeout if none answers."""
-        return self._client.prepare(timeout=timeout).call({}, "ping")
+        return self._control.prepare(timeout=timeout).call({}, "ping")
 
     def wait(
         self, request_id: str, *, timeout: float = 300.0, interval: float = 0.02

@@ -56,12 +56,34 @@ worker_opts = [
         min=1,
         help="Threads per worker process that run flows: how many flows one process runs at once.",
     ),
+    cfg.StrOpt(
+        "intake",
+        default="auto",
+        choices=[
+            ("auto", "kombu on RabbitMQ (rabbit:// transport URLs), rpc on any other transport"),
+            (
+                "kombu",
+                "consume the topic queue with kombu and acknowledge a cast to RabbitMQ only once "
+                "it is durably recorded (or refused): a worker killed at any moment loses no cast; "
+                "RabbitMQ only",
+            ),
+            (
+                "rpc",
+                "an oslo.messaging RPC server, which acknowledges a cast before the worker records "
+                "it: a worker killed in between loses that cast (the fake:// transport of the "
+                "demo and the testing kit)",
+            ),
+        ],
+        help="How the worker takes casts off the queue. Calls (status, ping) are always served "
+        "by an oslo.messaging RPC server on the control topic '<topic>-control'.",
+    ),
     cfg.IntOpt(
         "accept_threads",
         default=4,
         min=1,
         help="Threads per worker process that take casts off the queue, validate them and record "
-        "them as pending before handing them to the flow threads.",
+        "them as pending before handing them to the flow threads. The kombu intake holds at "
+        "most twice as many unacknowledged casts (its prefetch).",
     ),
     cfg.IntOpt(
         "max_queued_flows",
@@ -445,6 +467,8 @@ def make_conf(
     _register_messaging_opts(conf)
     logging.register_options(conf)
     conf.set_default("control_exchange", PROJECT)
+    # Casts outlive a RabbitMQ restart: durable, replicated queues, persistent messages.
+    conf.set_default("rabbit_quorum_queue", True, group="oslo_messaging_rabbit")
     conf.set_default("driver", ["messagingv2"], group="oslo_messaging_notifications")
     conf.set_default("topics", ["keramos_notifications"], group="oslo_messaging_notifications")
     default_files = (

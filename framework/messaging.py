@@ -26,3 +26,17 @@ def notification_transport(conf: cfg.ConfigOpts) -> oslo_messaging.Transport:
 def worker_target(conf: cfg.ConfigOpts, *, server: str | None = None) -> oslo_messaging.Target:
     """The target casts are sent to and the worker consumes from."""
     return oslo_messaging.Target(topic=conf.worker.topic, server=server, version=RPC_API_VERSION)
+
+
+def control_topic(conf: cfg.ConfigOpts) -> str:
+    """The topic of the calls clients make to workers (``get_status``, ``ping``).
+
+    Not the cast topic: there a worker's intake consumes with its own acknowledgements, and the
+    calls are served by an oslo.messaging RPC server of their own.
+    """
+    return f"{conf.worker.topic}-control"
+
+
+def control_target(conf: cfg.ConfigOpts, *, server: str | None = None) -> oslo_messaging.Target:
+    """The target calls are sent to and every worker serves."""
+    return oslo_messaging.Target(topic=control_topic(conf), server=server, version=RPC_API_VERSION)

@@ -17,10 +17,10 @@ from oslo_log import log as logging
 
 from keramos.framework.envelope import Job
 from keramos.framework.errors import FlowFailed
-from keramos.framework.messaging import RPC_API_VERSION, worker_target
+from keramos.framework.messaging import RPC_API_VERSION, control_target, worker_target
 from keramos.framework.observers import EventObserver
 from keramos.framework.records import TaskRecord
-from keramos.framework.runner import FlowRunner, jsonable
+from keramos.framework.runner import Accepted, FlowRunner, jsonable
 
 LOG = logging.getLogger(__name__)
 
@@ -84,12 +84,29 @@ class WorkerEndpoint:
             accepted = self.runner.take(envelope)
         except Exception:
             return  # logged and reported to the observers as rejected by the runner
-        if accepted is None:
-            return
+        if accepted is not None:
+            self.start(accepted)
+
+    def start(self, accepted: Accepted) -> None:
+        """Queue an accepted cast's flow for the flow threads; waits while the queue is full.
+
+        An intake calls this once the cast is taken (and acknowledged). After :meth:`drain` the
+        flow is not started: it stays in the persistence backend, resumed by the next start.
+        """
         self._slots.acquire()
         with self._active_lock:
             self._active += 1
-        self._flows.submit(self._run, accepted.job, accepted.book, accepted.flow_detail)
+        try:
+            self._flows.submit(self._run, accepted.job, accepted.book, accepted.flow_detail)
+        except RuntimeError:
+            with self._active_lock:
+                self._active -= 1
+            self._slots.release()
+            LOG.warning(
+                "worker stopping: flow %s (%s) left to be resumed by the next start",
+                accepted.job.event,
+                accepted.job.request_id,
+            )
 
     def _run(self, job: Job, book: Any, flow_detail: Any) -> None:
         try:
@@ -128,11 +145,33 @@ class WorkerEndpoint:
 def rpc_server(
     conf: cfg.ConfigOpts, transport: oslo_messaging.Transport, endpoint: WorkerEndpoint
 ) -> oslo_messaging.MessageHandlingServer:
-    """An RPC server on the worker topic accepting casts on ``[worker] accept_threads``."""
+    """An RPC server on the worker topic accepting casts on ``[worker] accept_threads``.
+
+    The ``rpc`` intake: oslo.messaging acknowledges a message before ``handle_event`` runs, so
+    a worker killed in between loses that cast. Used on transports other than RabbitMQ
+    (``fake://``), where :mod:`keramos.framework.intake` does not apply.
+    """
     conf.set_override("executor_thread_pool_size", conf.worker.accept_threads)
     return oslo_messaging.get_rpc_server(
         transport,
         worker_target(conf, server=conf.host),
+        [endpoint],
+        executor="threading",
+        access_policy=oslo_messaging.DefaultRPCAccessPolicy,
+    )
+
+
+def control_server(
+    conf: cfg.ConfigOpts, transport: oslo_messaging.Transport, endpoint: WorkerEndpoint
+) -> oslo_messaging.MessageHandlingServer:
+    """An RPC server on the control topic: the calls (``get_status``, ``ping``) clients make.
+
+    Every worker runs one, whatever its intake; casts never go there.
+    """
+    conf.set_override("executor_thread_pool_size", conf.worker.accept_threads)
+    return oslo_messaging.get_rpc_server(
+        transport,
+        control_target(conf, server=conf.host),
         [endpoint],
         executor="threading",
         access_policy=oslo_messaging.DefaultRPCAccessPolicy,

@@ -1,7 +1,8 @@
 """The Keramos worker: consumes casts over oslo.messaging and runs their flows.
 
 ``keramos-worker --config-file /etc/keramos/keramos.conf`` checks every driver and flow once,
-then starts ``[worker] workers`` processes (cotyledon), each an RPC server on ``[worker] topic``.
+then starts ``[worker] workers`` processes (cotyledon), each taking casts from ``[worker] topic``
+with its intake (:mod:`keramos.framework.intake`) and serving calls on the control topic.
 SIGTERM stops consuming, lets running flows finish for ``[worker] graceful_shutdown_timeout``
 seconds, and leaves any still running in the persistence backend, resumed by the next start.
 """
@@ -19,7 +20,7 @@ import oslo_messaging
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from keramos.framework import __version__, loader, messaging, rpc
+from keramos.framework import __version__, intake, loader, messaging, rpc
 from keramos.framework.client import KeramosClient
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import Driver, FlowFactory, PeriodicTask
@@ -41,7 +42,7 @@ def persistence_backend(conf: cfg.ConfigOpts) -> Any:
 
 
 class Worker:
-    """One worker process's parts: drivers, flows, runner, RPC server.
+    """One worker process's parts: drivers, flows, runner, intake and control RPC server.
 
     Built whole or not at all: if any driver or flow fails to load, what was built is closed
     and the :class:`~keramos.framework.errors.PluginLoadError` propagates.
@@ -82,7 +83,9 @@ class Worker:
             self.drivers.close()
             raise
         self.endpoint = rpc.WorkerEndpoint(self.runner)
-        self.server = rpc.rpc_server(conf, self.transport, self.endpoint)
+        #: Takes casts off the queue; ``intake.connected`` is ``False`` while the broker is away.
+        self.intake: intake.Intake = intake.build(conf, self.transport, self.endpoint)
+        self.control = rpc.control_server(conf, self.transport, self.endpoint)
         self._resumer: threading.Thread | None = None
         self._stopping = threading.Event()
         self._periodic: list[threading.Thread] = []
@@ -120,11 +123,13 @@ class Worker:
                 daemon=True,
             )
             self._resumer.start()
-        self.server.start()
+        self.control.start()
+        self.intake.start()
         LOG.info(
-            "worker %s consuming topic %s (events: %s)",
+            "worker %s consuming topic %s with the %s intake (events: %s)",
             self.conf.host,
             self.conf.worker.topic,
+            type(self.intake).__name__,
             ", ".join(sorted(self.runner.flows)),
         )
 
@@ -136,8 +141,9 @@ class Worker:
         """
         timeout = self.conf.worker.graceful_shutdown_timeout if timeout is None else timeout
         self._stopping.set()
-        self.server.stop()
-        self.server.wait()
+        self.intake.stop()
+        self.control.stop()
+        self.control.wait()
         drained = self.endpoint.drain(timeout)
         if drained:
             self.runner.close()

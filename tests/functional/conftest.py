@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import kombu
@@ -17,6 +20,7 @@ import pytest
 from keramos.framework.client import KeramosClient
 from keramos.framework.config import make_conf
 from tests.conftest import port_open, require
+from tests.functional import rabbit_node
 
 RABBIT_URL = os.environ.get("KERAMOS_TEST_RABBIT_URL", "rabbit://guest:guest@127.0.0.1:5672/")
 BIN = Path(sys.executable).parent
@@ -40,6 +44,9 @@ class WorkerProcess:
                 "transport_url": rabbit_url,
                 "state_path": directory,
                 "host": f"host-{self.topic}",
+                # Its own exchange: durable (the shared broker's "keramos" may be an older,
+                # non-durable one, which durable queues cannot be bound to).
+                "control_exchange": self.topic,
             },
             "worker": {"topic": self.topic, "graceful_shutdown_timeout": 20},
             "oslo_messaging_notifications": {"topics": f"{self.topic}-notifications"},
@@ -96,12 +103,14 @@ class WorkerProcess:
         )
 
     def queues(self) -> list[str]:
-        """The queues oslo.messaging declared for this worker's topic and notifications."""
+        """The queues declared for this worker's topic, control topic and notifications."""
         host = f"host-{self.topic}"
         notifications = f"{self.topic}-notifications"
         return [
             self.topic,
             f"{self.topic}.{host}",
+            f"{self.topic}-control",
+            f"{self.topic}-control.{host}",
             f"{notifications}.info",
             f"{notifications}.error",
         ]
@@ -137,12 +146,32 @@ def worker_process(tmp_path, rabbit_url):
     yield start
     for worker in started:
         worker.stop()
-        delete_queues(rabbit_url, worker.queues())
+        delete_queues(rabbit_url, worker.queues(), exchanges=[worker.topic])
 
 
-def delete_queues(rabbit_url: str, names: list[str]) -> None:
-    """Delete the queues a test made, so that repeated runs leave the broker as it was."""
+def delete_queues(rabbit_url: str, names: list[str], *, exchanges: Sequence[str] = ()) -> None:
+    """Delete the queues (and exchanges) a test made, so that repeated runs leave the broker as
+    it was."""
     with kombu.Connection(rabbit_url.replace("rabbit://", "amqp://", 1)) as connection:
         channel = connection.channel()
         for name in names:
             channel.queue_delete(name)
+        for name in exchanges:
+            channel.exchange_delete(name)
+
+
+@pytest.fixture
+def private_rabbit():
+    """A private RabbitMQ node (:class:`~tests.functional.rabbit_node.RabbitNode`), started,
+    for a test that stops or restarts the broker; stopped and removed after the test. Fails in
+    CI and skips elsewhere when RabbitMQ is not installed."""
+    require(rabbit_node.available(), "rabbitmq-server and rabbitmqctl")
+    # Not under pytest's tmp_path: the rabbitmq user cannot enter its 0700 parents.
+    directory = Path(tempfile.mkdtemp(prefix="keramos-rabbit-"))
+    directory.chmod(0o755)
+    node = rabbit_node.RabbitNode(directory / "node").start()
+    try:
+        yield node
+    finally:
+        node.stop()
+        shutil.rmtree(directory, ignore_errors=True)

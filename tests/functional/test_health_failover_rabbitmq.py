@@ -124,7 +124,10 @@ def test_the_health_manager_fails_over_a_killed_amphora_and_traffic_returns(
     health = HealthProcess(
         tmp_path / "health",
         {
-            "DEFAULT": {"transport_url": worker.conf().transport_url},
+            "DEFAULT": {
+                "transport_url": worker.conf().transport_url,
+                "control_exchange": worker.conf().control_exchange,
+            },
             "worker": {"topic": worker.topic},
             "state_store": {"connection": state_store.url},
             "health": {
