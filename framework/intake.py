@@ -528,7 +528,7 @@ class KombuIntake:
 
     def _accept(self, generation: int, message: kombu.Message, envelope: Any) -> None:
         try:
-            accepted = self.runner.take(envelope)
+            accepted = self.endpoint.admit(envelope)
         except Exception as error:
             delay = self._requeue.failed()
             request_id = envelope.get("request_id") if isinstance(envelope, Mapping) else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import oslo_messaging
 from oslo_config import cfg
@@ -21,6 +21,9 @@ from keramos.framework.messaging import RPC_API_VERSION, control_target, worker_
 from keramos.framework.observers import EventObserver
 from keramos.framework.records import TaskRecord
 from keramos.framework.runner import Accepted, FlowRunner, jsonable
+
+if TYPE_CHECKING:
+    from keramos.framework.jobboard import JobBoardMode
 
 LOG = logging.getLogger(__name__)
 
@@ -65,8 +68,10 @@ class WorkerEndpoint:
 
     target = oslo_messaging.Target(version=RPC_API_VERSION)
 
-    def __init__(self, runner: FlowRunner) -> None:
+    def __init__(self, runner: FlowRunner, *, jobboard: JobBoardMode | None = None) -> None:
         self.runner = runner
+        #: In jobboard mode, where accepted casts go instead of this process's flow threads.
+        self.jobboard = jobboard
         conf = runner.conf.worker
         self._flows = ThreadPoolExecutor(conf.executor_threads, thread_name_prefix="keramos-flow")
         self._slots = threading.BoundedSemaphore(conf.executor_threads + conf.max_queued_flows)
@@ -78,12 +83,30 @@ class WorkerEndpoint:
         """How many accepted flows are running or waiting for a flow thread."""
         return self._active
 
+    def admit(self, envelope: Any) -> Accepted | None:
+        """Take one cast in durably; return what to :meth:`start` in this process, if anything.
+
+        Without a jobboard that is what :meth:`FlowRunner.take` returns. With one, the accepted
+        cast is posted as a job for any worker's conductor and nothing is started here; a cast
+        delivered again after it was taken but never posted is posted now. An exception means
+        the cast is not safe yet (not recorded, or not posted): do not acknowledge it.
+        """
+        accepted = self.runner.take(envelope)
+        if self.jobboard is None:
+            return accepted
+        if accepted is not None:
+            self.jobboard.post(accepted)
+        elif isinstance(envelope, dict) and isinstance(envelope.get("request_id"), str):
+            self.jobboard.post_missing(envelope["request_id"])
+        return None
+
     def handle_event(self, ctxt: dict[str, Any], envelope: Any) -> None:
         """Accept one cast and queue its flow; every outcome is recorded, none is raised."""
         try:
-            accepted = self.runner.take(envelope)
+            accepted = self.admit(envelope)
         except Exception:
-            return  # logged and reported to the observers as rejected by the runner
+            LOG.exception("could not take a cast in")
+            return
         if accepted is not None:
             self.start(accepted)
 

@@ -555,6 +555,31 @@ class FlowRunner:
         self._forget(book)
         return result
 
+    def accepted_flow(self, record: TaskRecord) -> Accepted | None:
+        """The accepted cast ``record`` names (its logbook and flow detail), read back from the
+        persistence backend; ``None`` if it is not there (or the runner keeps nothing)."""
+        if not self.durable or not record.flow_uuid:
+            return None
+        with contextlib.closing(self.backend.get_connection()) as connection:
+            name = f"{record.event}:{record.request_id}"
+            for book in connection.get_logbooks(lazy=True):
+                if book.name != name:
+                    continue
+                book = connection.get_logbook(book.uuid)
+                flow_detail = book.find(record.flow_uuid)
+                if flow_detail is None:
+                    continue
+                meta = flow_detail.meta or {}
+                job = Job(
+                    meta["event"],
+                    meta["request_id"],
+                    meta["payload"],
+                    meta["version"],
+                    self._resource_id(meta["event"], meta["payload"]),
+                )
+                return Accepted(job, book, flow_detail)
+        return None
+
     def unfinished(self, owner: str) -> list[tuple[Job, Any, Any]]:
         """The persisted flows ``owner`` started and did not finish, oldest first."""
         if not self.durable:

@@ -25,6 +25,8 @@ from keramos.framework.client import KeramosClient
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import Driver, FlowFactory, PeriodicTask
 from keramos.framework.errors import KeramosError
+from keramos.framework.health_check import check_health
+from keramos.framework.jobboard import jobboard_mode
 from keramos.framework.observers import RunObserver
 from keramos.framework.runner import FlowRunner
 from keramos.framework.warnings_filter import silence_dependency_warnings
@@ -79,10 +81,12 @@ class Worker:
                 observers=[self._notifier] if self._notifier is not None else observers,
                 backend=persistence_backend(conf),
             )
+            #: ``[jobboard] enabled``: accepted casts become jobs, and a conductor runs jobs.
+            self.jobboard = jobboard_mode(conf, self.runner)
         except Exception:
             self.drivers.close()
             raise
-        self.endpoint = rpc.WorkerEndpoint(self.runner)
+        self.endpoint = rpc.WorkerEndpoint(self.runner, jobboard=self.jobboard)
         #: Takes casts off the queue; ``intake.connected`` is ``False`` while the broker is away.
         self.intake: intake.Intake = intake.build(conf, self.transport, self.endpoint)
         self.control = rpc.control_server(conf, self.transport, self.endpoint)
@@ -115,7 +119,11 @@ class Worker:
     def start(self, *, resume: bool | None = None) -> None:
         """Start consuming; resume this host's unfinished flows in the background first."""
         resume = self.conf.worker.resume_on_start if resume is None else resume
-        if resume:
+        if self.jobboard is not None:
+            # Any worker's conductor resumes any unfinished flow: none is resumed by owner here,
+            # or a flow another conductor holds could run twice.
+            self.jobboard.start()
+        elif resume:
             self._resumer = threading.Thread(
                 target=self.runner.resume_unfinished,
                 args=(self.conf.host,),
@@ -145,6 +153,8 @@ class Worker:
         self.control.stop()
         self.control.wait()
         drained = self.endpoint.drain(timeout)
+        if self.jobboard is not None:
+            drained = self.jobboard.stop(timeout) and drained
         if drained:
             self.runner.close()
             self.drivers.close()
@@ -205,6 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config-file", action="append", default=[], metavar="PATH")
     parser.add_argument("--config-dir", action="append", default=[], metavar="DIR")
     parser.add_argument("--version", action="version", version=f"keramos {__version__}")
+    parser.add_argument(
+        "--check-health",
+        action="store_true",
+        help="check the broker, the jobboard, the persistence backend and the state store this "
+        "configuration names, one line each, and exit: 0 when every one answers, 1 otherwise",
+    )
     args = parser.parse_args(argv)
     cli_args: list[str] = []
     for path in args.config_file:
@@ -217,6 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"keramos-worker: configuration error: {error}", file=sys.stderr)
         return 2
     logging.setup(conf, "keramos")
+    if args.check_health:
+        checks = check_health(conf)
+        for check in checks:
+            print(check.line())
+        return 0 if all(check.ok for check in checks) else 1
     try:
         check_plugins(conf)
     except KeramosError as error:

@@ -19,6 +19,7 @@ from keramos.framework.jobboard.board import (
     make_board,
 )
 from keramos.framework.jobboard.conductor import Conductor
+from keramos.framework.records import TaskRecord, TaskState
 from keramos.framework.runner import Accepted, FlowRunner
 
 LOG = logging.getLogger(__name__)
@@ -66,6 +67,39 @@ class JobBoardDispatcher:
             if not self._board.connected:
                 connect(self._board, self.conf)
             return self._board
+
+    def post_missing(self, request_id: str) -> str | None:
+        """Post the job of a cast taken earlier whose job never reached the board; its uuid, or
+        ``None`` when there is nothing to post.
+
+        A cast is acknowledged only once its job is posted, so when :meth:`post` failed (or the
+        worker died between taking the cast and posting it) the cast is delivered again, and
+        :meth:`FlowRunner.take` drops it as known. This finds its task record still ``pending``
+        with no job naming its flow detail, and posts one. Called on redeliveries only: it
+        lists the board.
+
+        :raises JobBoardUnavailable: as :meth:`post`.
+        """
+        record = self.runner.drivers.state_store.get(TaskRecord, request_id)
+        if record is None or record.state != TaskState.PENDING or not record.flow_uuid:
+            return None
+        try:
+            on_board = {
+                (job.details or {}).get("flow_uuid")
+                for job in self._connected().iterjobs(only_unclaimed=False, ensure_fresh=True)
+            }
+        except BOARD_ERRORS as error:
+            raise JobBoardUnavailable(f"cannot list the {location(self.conf)}: {error}") from error
+        if record.flow_uuid in on_board:
+            return None
+        found = self.runner.accepted_flow(record)
+        if found is None:
+            return None
+        LOG.warning(
+            "cast %s was taken but its job never reached the board: posting it now",
+            request_id,
+        )
+        return self.post(found)
 
     def post(self, accepted: Accepted) -> str:
         """Post ``accepted`` as a job; return the job's uuid.
@@ -122,6 +156,11 @@ class JobBoardMode:
     def post(self, accepted: Accepted) -> str:
         """Post an accepted cast as a job (see :meth:`JobBoardDispatcher.post`)."""
         return self.dispatcher.post(accepted)
+
+    def post_missing(self, request_id: str) -> str | None:
+        """Post the job of a cast taken earlier and never posted (see
+        :meth:`JobBoardDispatcher.post_missing`)."""
+        return self.dispatcher.post_missing(request_id)
 
     def start(self) -> None:
         """Start this process's conductor."""
