@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,22 @@ def test_the_sample_config_is_current(tmp_path):
     assert fresh.read_text() == SAMPLE.read_text(), (
         "etc/keramos/keramos.conf.sample is stale: run 'tox -e genconfig' and commit it"
     )
+
+
+def test_the_sample_config_covers_every_option_namespace_keramos_declares():
+    """A namespace declared in setup.cfg but left out of the generator's list would keep its
+    options out of the sample, and the staleness check above could not see it."""
+    declared = configparser.ConfigParser()
+    declared.read(REPO / "setup.cfg")
+    namespaces = {
+        line.split("=")[0].strip()
+        for line in declared["options.entry_points"]["oslo.config.opts"].splitlines()
+        if line.strip()
+    }
+    generator = GENERATOR_CONF.read_text().splitlines()
+    generated = {line.split("=", 1)[1].strip() for line in generator if line.startswith("namespace")}
+    assert namespaces - generated == set()
+    assert generated - namespaces == {"oslo.messaging", "oslo.log"}
 
 
 def test_files_then_overrides(tmp_path):
