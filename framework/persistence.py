@@ -348,12 +348,20 @@ class LeanSQLBackend(base.Backend):
                 cursor.execute(insert.sql, insert.params(row))
 
     def upgrade(self) -> None:
-        """Create the tables that do not exist yet (idempotent)."""
-        try:
-            with self._upgrade_lock, self._guard, self._engine.begin() as conn:
-                METADATA.create_all(conn, checkfirst=True)
-        except self._errors:
-            exc.raise_with_cause(exc.StorageFailure, "Failed creating the tables")
+        """Create the tables that do not exist yet (idempotent).
+
+        Processes starting together on a new database race to create them: the loser's
+        ``CREATE`` fails because the winner's committed meanwhile, so a failed attempt is
+        checked once more before it counts as a failure.
+        """
+        for attempt in range(2):
+            try:
+                with self._upgrade_lock, self._guard, self._engine.begin() as conn:
+                    METADATA.create_all(conn, checkfirst=True)
+                return
+            except self._errors:
+                if attempt:
+                    exc.raise_with_cause(exc.StorageFailure, "Failed creating the tables")
 
     def get_connection(self) -> Connection:
         """Return a cheap connection object over the shared engine."""

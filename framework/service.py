@@ -19,6 +19,7 @@ import cotyledon
 import oslo_messaging
 from oslo_config import cfg
 from oslo_log import log as logging
+from taskflow import exceptions as tf_exceptions
 
 from keramos.framework import __version__, intake, loader, messaging, rpc
 from keramos.framework.client import KeramosClient
@@ -197,12 +198,16 @@ class WorkerService(cotyledon.Service):
 
 
 def check_plugins(conf: cfg.ConfigOpts) -> None:
-    """Load every configured driver and flow once and close them: fail before forking."""
+    """Load every configured driver and flow once and close them, and create the persistence
+    tables: fail before forking, and leave no table for the worker processes to race on."""
     drivers = loader.load_drivers(conf)
     try:
         loader.load_flows(conf, drivers)
     finally:
         drivers.close()
+    backend = persistence_backend(conf)
+    if backend is not None:
+        backend.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -240,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if all(check.ok for check in checks) else 1
     try:
         check_plugins(conf)
-    except KeramosError as error:
+    except (KeramosError, tf_exceptions.StorageFailure, ValueError) as error:
         LOG.error("cannot start: %s", error)
         print(f"keramos-worker: cannot start: {error}", file=sys.stderr)
         return 2
