@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[dict, dict]] = {
     "images": ({}, {"size_mib": 64, "rss_size_mib": 256, "repeats": 1}),
     "agent": ({}, {"duration": 2.0, "agents": 5}),
     "lifecycle": ({"creations": 300, "amphorae": 20}, {"creations": 50, "amphorae": 5}),
+    "scaling": ({"creations": 300}, {"creations": 100, "rounds": 1}),
 }
 
 
