@@ -21,6 +21,11 @@ Ledger kinds (the actions that change them; the subject of their entries):
 
 The image store creates nothing (every image exists and is empty), so it keeps no ledger.
 
+Every call of the drivers' contracts sleeps ``[noop_drivers] call_delay`` seconds (0 by default)
+before it answers, outside any ledger lock: benchmarks and soak tests simulate the latency of real
+infrastructure (I/O-bound drivers) with it. What a driver calls on itself, and the snapshot
+properties tests read, do not sleep.
+
 The simulated agents' keys (csr mode) and activation tokens, the config drives (with a server key
 in controller mode) and the bundles handed to the noop certificate manager are stored plain in the
 ledger: encrypting them would need a key that a restarted worker can read, kept beside the file
@@ -34,11 +39,13 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import functools
 import json
 import secrets
+import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -55,6 +62,7 @@ from keramos.framework.contracts import (
     CertKind,
     CertManager,
     ComputeDriver,
+    Driver,
     ImageStore,
     Instance,
     InstanceStatus,
@@ -66,7 +74,7 @@ from keramos.framework.contracts import (
 from keramos.framework.contracts.compute import ACTIVATION_TOKEN_FILE
 from keramos.framework.errors import DriverError, NotFound
 from keramos.framework.records import utcnow
-from keramos.plugins.noop_ledger import Ledger, open_ledger
+from keramos.plugins.noop_ledger import GROUP, Ledger, open_ledger, register_opts
 
 _PLACEHOLDER_CA = b"-----BEGIN CERTIFICATE-----\nnoop-ca\n-----END CERTIFICATE-----\n"
 
@@ -94,7 +102,36 @@ def _decode_all(texts: Mapping[str, str]) -> dict[str, bytes]:
     return {name: base64.b64decode(text) for name, text in texts.items()}
 
 
-class NoopCompute(ComputeDriver):
+class _Delayed(Driver):
+    """A noop driver: its contract calls sleep ``[noop_drivers] call_delay`` seconds, read once
+    when it is built."""
+
+    def __init__(self, conf: cfg.ConfigOpts) -> None:
+        super().__init__(conf)
+        register_opts(conf)
+        self.call_delay: float = conf[GROUP].call_delay
+
+
+_Params = ParamSpec("_Params")
+_Result = TypeVar("_Result")
+_Driver = TypeVar("_Driver", bound=_Delayed)
+
+
+def _driver_call(
+    method: Callable[Concatenate[_Driver, _Params], _Result],
+) -> Callable[Concatenate[_Driver, _Params], _Result]:
+    """Mark a contract method: it sleeps the driver's ``call_delay`` before it answers."""
+
+    @functools.wraps(method)
+    def call(self: _Driver, *args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
+        if self.call_delay:
+            time.sleep(self.call_delay)
+        return method(self, *args, **kwargs)
+
+    return call
+
+
+class NoopCompute(_Delayed, ComputeDriver):
     """Instances that are ACTIVE at once, on 127.0.0.1, kept in the ledger with their config
     drives (kind ``compute``)."""
 
@@ -106,6 +143,7 @@ class NoopCompute(ComputeDriver):
         """The compute id of a new instance for ``amphora_id``: a random uuid."""
         return str(uuid.uuid4())
 
+    @_driver_call
     def build(
         self,
         amphora_id: str,
@@ -125,12 +163,14 @@ class NoopCompute(ComputeDriver):
         self.ledger.put(COMPUTE, compute_id, value, action="build", subject=amphora_id)
         return compute_id
 
+    @_driver_call
     def get(self, compute_id: str) -> Instance:
         value = self.ledger.get(COMPUTE, compute_id)
         if value is None:
             raise NotFound(f"no instance {compute_id}")
         return Instance(**value["instance"])
 
+    @_driver_call
     def delete(self, compute_id: str) -> None:
         self.ledger.remove(COMPUTE, compute_id, action="delete")
 
@@ -148,19 +188,21 @@ class NoopCompute(ComputeDriver):
         return {key: _decode_all(value["config_drive"]) for key, value in self.ledger.live(COMPUTE).items()}
 
 
-class NoopNetwork(NetworkDriver):
+class NoopNetwork(_Delayed, NetworkDriver):
     """Ports on 127.0.0.1, kept in the ledger (kind ``network``)."""
 
     def __init__(self, conf: cfg.ConfigOpts) -> None:
         super().__init__(conf)
         self.ledger: Ledger = open_ledger(conf)
 
+    @_driver_call
     def plug(self, amphora_id: str, compute_id: str, network_id: str | None = None) -> Port:
         port = Port(str(uuid.uuid4()), network_id, "127.0.0.1")
         value = {"port": dataclasses.asdict(port), "compute_id": compute_id}
         self.ledger.put(NETWORK, port.port_id, value, action="plug", subject=amphora_id)
         return port
 
+    @_driver_call
     def unplug(self, port_id: str) -> None:
         self.ledger.remove(NETWORK, port_id, action="unplug")
 
@@ -173,7 +215,7 @@ class NoopNetwork(NetworkDriver):
         return {key: Port(**value["port"]) for key, value in self.ledger.live(NETWORK).items()}
 
 
-class NoopCertGenerator(CertGenerator):
+class NoopCertGenerator(_Delayed, CertGenerator):
     """Placeholder certificates with real random serials; nothing is signed. Every certificate
     issued is noted in the ledger (kind ``cert_generator``, by serial), every CRL published too
     (kind ``cert_generator.crl``, by certificate kind)."""
@@ -202,6 +244,7 @@ class NoopCertGenerator(CertGenerator):
             ca_certificate_pem=_PLACEHOLDER_CA,
         )
 
+    @_driver_call
     def issue(
         self,
         common_name: str,
@@ -213,6 +256,7 @@ class NoopCertGenerator(CertGenerator):
         key = b"-----BEGIN PRIVATE KEY-----\nnoop\n-----END PRIVATE KEY-----\n"
         return self._issue(common_name, kind, key, validity, "issue")
 
+    @_driver_call
     def sign_csr(
         self,
         csr_pem: bytes,
@@ -223,9 +267,11 @@ class NoopCertGenerator(CertGenerator):
     ) -> IssuedCertificate:
         return self._issue(expected_common_name, kind, None, validity, "sign_csr")
 
+    @_driver_call
     def ca_certificate(self, kind: str) -> bytes:
         return _PLACEHOLDER_CA
 
+    @_driver_call
     def publish_crl(self, kind: str, revoked: Mapping[str, dt.datetime]) -> bytes:
         value = {"revoked": {serial: when.isoformat() for serial, when in revoked.items()}}
         self.ledger.put(CERT_GENERATOR_CRL, kind, value, action="publish_crl", subject=kind)
@@ -235,13 +281,14 @@ class NoopCertGenerator(CertGenerator):
         self.ledger.close()
 
 
-class NoopCertManager(CertManager):
+class NoopCertManager(_Delayed, CertManager):
     """Bundles kept in the ledger by a random reference (kind ``cert_manager``)."""
 
     def __init__(self, conf: cfg.ConfigOpts) -> None:
         super().__init__(conf)
         self.ledger: Ledger = open_ledger(conf)
 
+    @_driver_call
     def store(self, bundle: CertificateBundle, *, name: str) -> str:
         ref = f"noop:{name}:{uuid.uuid4()}"
         value = {
@@ -262,12 +309,14 @@ class NoopCertManager(CertManager):
             private_key_passphrase=_decode(value["private_key_passphrase"]),
         )
 
+    @_driver_call
     def get(self, ref: str) -> CertificateBundle:
         value = self.ledger.get(CERT_MANAGER, ref)
         if value is None:
             raise NotFound(f"no certificate bundle {ref}")
         return self._bundle(value)
 
+    @_driver_call
     def delete(self, ref: str) -> None:
         self.ledger.remove(CERT_MANAGER, ref, action="delete")
 
@@ -280,24 +329,27 @@ class NoopCertManager(CertManager):
         return {ref: self._bundle(value) for ref, value in self.ledger.live(CERT_MANAGER).items()}
 
 
-class NoopKeyManager(KeyManager):
+class NoopKeyManager(_Delayed, KeyManager):
     """Certificates kept in the ledger by uuid (kind ``key_manager``)."""
 
     def __init__(self, conf: cfg.ConfigOpts) -> None:
         super().__init__(conf)
         self.ledger: Ledger = open_ledger(conf)
 
+    @_driver_call
     def get_certificate(self, certificate_uuid: str) -> bytes:
         value = self.ledger.get(KEY_MANAGER, certificate_uuid)
         if value is None:
             raise NotFound(f"no certificate {certificate_uuid}")
         return base64.b64decode(value["certificate"])
 
+    @_driver_call
     def store_certificate(self, certificate: bytes) -> str:
         new_uuid = str(uuid.uuid4())
         self.ledger.put(KEY_MANAGER, new_uuid, {"certificate": _encode(certificate)}, action="store")
         return new_uuid
 
+    @_driver_call
     def delete(self, certificate_uuid: str) -> None:
         self.ledger.remove(KEY_MANAGER, certificate_uuid, action="delete")
 
@@ -310,12 +362,14 @@ class NoopKeyManager(KeyManager):
         return {key: base64.b64decode(value["certificate"]) for key, value in self.ledger.live(KEY_MANAGER).items()}
 
 
-class NoopImageStore(ImageStore):
+class NoopImageStore(_Delayed, ImageStore):
     """Every image exists, is empty and carries no signature (nothing created, no ledger)."""
 
+    @_driver_call
     def properties(self, image_id: str) -> dict[str, str]:
         return {}
 
+    @_driver_call
     def chunks(self, image_id: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         return iter(())
 
@@ -324,7 +378,7 @@ def _config_key(amphora_id: str, lb_id: str) -> str:
     return json.dumps([amphora_id, lb_id])
 
 
-class NoopAmphora(AmphoraDriver):
+class NoopAmphora(_Delayed, AmphoraDriver):
     """Agents that answer at once and remember the configs and certificates pushed to them.
 
     Each simulated agent reads the activation token of the config drive its instance was booted
@@ -338,6 +392,7 @@ class NoopAmphora(AmphoraDriver):
         super().__init__(conf)
         self.ledger: Ledger = open_ledger(conf)
 
+    @_driver_call
     def instance_booted(self, amphora_id: str, config_drive: Mapping[str, bytes]) -> None:
         token = config_drive.get(ACTIVATION_TOKEN_FILE)
         with self.ledger.writing() as ledger:
@@ -358,12 +413,20 @@ class NoopAmphora(AmphoraDriver):
             raise DriverError(f"amphora {amphora_id}: no activation token (already activated, or never booted)")
         return base64.b64decode(value["token"]).decode("ascii")
 
-    def wait_until_reachable(self, endpoint: AmphoraEndpoint, timeout: float) -> dict[str, Any]:
+    @staticmethod
+    def _hello(endpoint: AmphoraEndpoint) -> dict[str, Any]:
+        """What the simulated agent answers when asked who it is."""
         return {"amphora_id": endpoint.amphora_id, "api_version": "1.0", "driver": "noop"}
 
+    @_driver_call
+    def wait_until_reachable(self, endpoint: AmphoraEndpoint, timeout: float) -> dict[str, Any]:
+        return self._hello(endpoint)
+
+    @_driver_call
     def activate(self, endpoint: AmphoraEndpoint) -> str:
         return self._token(endpoint.amphora_id, spend=True)
 
+    @_driver_call
     def fetch_csr(self, endpoint: AmphoraEndpoint, timeout: float) -> AmphoraCSR:
         token = self._token(endpoint.amphora_id, spend=False)
 
@@ -387,11 +450,13 @@ class NoopAmphora(AmphoraDriver):
     def _install(self, amphora_id: str, pem: bytes, action: str) -> None:
         self.ledger.put(AMPHORA_CERTIFICATE, amphora_id, {"pem": _encode(pem)}, action=action, subject=amphora_id)
 
+    @_driver_call
     def install_signed_certificate(
         self, endpoint: AmphoraEndpoint, certificate_pem: bytes, server_public_key_pem: bytes
     ) -> None:
         self._install(endpoint.amphora_id, certificate_pem, "install_signed_certificate")
 
+    @_driver_call
     def upload_config(
         self, endpoint: AmphoraEndpoint, lb_id: str, config: str, version: int
     ) -> None:
@@ -399,16 +464,19 @@ class NoopAmphora(AmphoraDriver):
         key = _config_key(endpoint.amphora_id, lb_id)
         self.ledger.put(AMPHORA_CONFIG, key, value, action="upload_config", subject=endpoint.amphora_id)
 
+    @_driver_call
     def install_certificate(self, endpoint: AmphoraEndpoint, pem_bundle: bytes) -> None:
         self._install(endpoint.amphora_id, pem_bundle, "install_certificate")
 
+    @_driver_call
     def get_info(self, endpoint: AmphoraEndpoint) -> dict[str, Any]:
         versions = {
             value["lb_id"]: {"config_version": value["version"], "running_version": value["version"], "running": True}
             for value in self.ledger.live(AMPHORA_CONFIG, subject=endpoint.amphora_id).values()
         }
-        return {**self.wait_until_reachable(endpoint, 0), "loadbalancers": versions}
+        return {**self._hello(endpoint), "loadbalancers": versions}
 
+    @_driver_call
     def delete_config(self, endpoint: AmphoraEndpoint, lb_id: str) -> None:
         self.ledger.remove(AMPHORA_CONFIG, _config_key(endpoint.amphora_id, lb_id), action="delete_config")
 

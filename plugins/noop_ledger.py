@@ -85,6 +85,13 @@ noop_opts = [
         help="Where the noop drivers keep the instances, ports, certificates and simulated "
         "agent states they create.",
     ),
+    cfg.FloatOpt(
+        "call_delay",
+        default=0.0,
+        min=0.0,
+        help="Simulated latency of every driver call, for benchmarks and soak tests: seconds "
+        "each call of a noop driver sleeps before it answers (0: none).",
+    ),
 ]
 
 

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -350,3 +351,52 @@ def test_a_worker_killed_mid_flow_resumes_on_the_noop_drivers_with_one_boot(tmp_
             assert ledger.count("cert_generator", "sign_csr", subject=helper.AMPHORA_ID) == 1
     finally:
         ledger.close()
+
+
+# -- [noop_drivers] call_delay ------------------------------------------------------------------
+
+
+def test_call_delay_is_zero_by_default_and_never_negative(tmp_path):
+    assert noop.NoopCompute(noop_conf(tmp_path)).call_delay == 0
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        make_conf(config_files=[], overrides={"noop_drivers": {"call_delay": -0.01}})
+
+
+def test_every_contract_call_sleeps_once_and_test_snapshots_do_not(tmp_path, monkeypatch):
+    conf = make_conf(
+        config_files=[],
+        overrides={"DEFAULT": {"state_path": str(tmp_path)}, "noop_drivers": {"call_delay": 0.25}},
+    )
+    slept: list[float] = []
+    monkeypatch.setattr(noop.time, "sleep", slept.append)
+    compute, amphora, images = noop.NoopCompute(conf), noop.NoopAmphora(conf), noop.NoopImageStore(conf)
+    try:
+        compute_id = compute.build("amp-1", "img-1", {})
+        compute.get(compute_id)
+        endpoint = AmphoraEndpoint("amp-1", "127.0.0.1", 9443)
+        amphora.get_info(endpoint)
+        images.properties("img-1")
+        assert slept == [0.25] * 4
+        assert list(compute.instances) == [compute_id] and amphora.configs == {}
+        assert slept == [0.25] * 4
+    finally:
+        compute.close()
+        amphora.close()
+
+
+def test_a_create_amphora_on_noop_drivers_takes_call_delay_per_driver_call(tmp_path):
+    delay = 0.05
+    overrides = {"noop_drivers": {"call_delay": delay}}
+    with InProcessWorker(conf_overrides=overrides, state_path=tmp_path) as worker:
+        assert worker.drivers.compute.call_delay == delay
+        started = time.perf_counter()
+        worker.run("create_amphora", PAYLOAD)
+        elapsed = time.perf_counter() - started
+    ledger = NoopLedger(tmp_path / LEDGER_FILE)
+    try:
+        # Every event is one driver call's write (reads and agent hellos add calls, not events).
+        calls = len(ledger.events())
+    finally:
+        ledger.close()
+    assert calls >= 5
+    assert elapsed >= calls * delay, f"{calls} driver calls in {elapsed:.3f}s"
