@@ -109,6 +109,10 @@ def board_conf(conf: cfg.ConfigOpts) -> dict[str, Any]:
     }
 
 
+#: The extra of Keramos's distribution that installs each backend's client library.
+_EXTRAS = {"redis": "jobboard", "zookeeper": "zookeeper", "etcd": "etcd"}
+
+
 def make_board(conf: cfg.ConfigOpts, persistence: Any = None) -> jobs_base.JobBoard:
     """A new, unconnected taskflow jobboard for ``[jobboard]``; jobs load books from ``persistence``.
 
@@ -120,7 +124,8 @@ def make_board(conf: cfg.ConfigOpts, persistence: Any = None) -> jobs_base.JobBo
         return job_backends.fetch(conf.jobboard.name, settings, persistence=persistence)
     except (tf_exceptions.NotFound, ImportError) as error:
         raise ConfigError(
-            f"[jobboard] backend {conf.jobboard.backend} cannot be loaded: {error}"
+            f"[jobboard] backend {conf.jobboard.backend} cannot be loaded: {error} "
+            f"(install its client: pip install 'keramos[{_EXTRAS.get(conf.jobboard.backend, 'jobboard')}]')"
         ) from error
 
 

@@ -106,6 +106,9 @@ class FakeEndpoint:
         self.started: list = []
         self.event = threading.Event()
 
+    def admit(self, envelope):
+        return self.runner.take(envelope)
+
     def start(self, accepted) -> None:
         self.started.append(accepted)
         self.event.set()
