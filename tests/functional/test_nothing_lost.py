@@ -25,17 +25,36 @@ import collections
 import random
 import signal
 import time
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from keramos.framework import loader
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, TaskState
-from keramos.plugins.noop_ledger import NoopLedger, ledger_path
+from keramos.plugins.noop_ledger import LEDGER_FILE, NoopLedger, ledger_path
+from tests.functional.conftest import WorkerProcess
+from tests.functional.jobboard_helpers import RedisServer, postgresql_database
 from tests.functional.test_intake_rabbitmq import Caster, failures, summary, wait_for, worker_on
 
 CASTS = 500
 CAST_INTERVAL = 0.02
+CLAIM_TIMEOUT = 5.0
+
+#: The create_amphora task that writes each ``kind.action`` of the noop ledger.
+TASK_OF = {
+    "cert_generator.issue": "issue_amphora_server_cert",
+    "cert_manager.store": "issue_amphora_server_cert",
+    "compute.build": "boot_amphora",
+    "amphora.token.boot": "boot_amphora",
+    "amphora.server_key.boot": "boot_amphora",
+    "network.plug": "plug_amphora_network",
+    "amphora.token.activate": "activate_amphora",
+    "compute.delete": "revert",
+    "network.unplug": "revert",
+    "cert_manager.delete": "revert",
+}
 
 
 @dataclass
@@ -128,3 +147,168 @@ def test_without_the_jobboard_500_casts_survive_three_kills_and_a_broker_restart
             f"{summary(found)}: {failures(worker, found)}"
         )
         assert boots.wrong == {}
+
+
+def group_pids(leader: int) -> set[int]:
+    """The processes of the session (and process group) ``leader`` started: a worker and the
+    service processes it forked, whose pids the noop ledger records."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == leader:
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    yield from postgresql_database()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory).start()
+    yield server
+    server.stop()
+
+
+class Host:
+    """A worker host of the jobboard test: its ``keramos-worker`` and the pids it ran as."""
+
+    def __init__(self, worker: WorkerProcess) -> None:
+        self.worker = worker
+        self.pids: set[int] = set()
+
+    def start(self) -> None:
+        self.worker.start()
+        leader = self.worker.process.pid
+        wait_until(lambda: len(group_pids(leader)) > 1, 30, "the worker to fork its service")
+        self.pids |= group_pids(leader)
+
+    def kill(self) -> None:
+        self.pids |= group_pids(self.worker.process.pid)
+        self.worker.stop(signal.SIGKILL)
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(600)
+def test_with_the_jobboard_500_casts_survive_kills_a_dead_host_and_broker_and_redis_restarts(
+    tmp_path, private_rabbit, redis_server, pg_url
+):
+    """Hosts A and B share the board, the broker, PostgreSQL and the noop ledger (one
+    ``state_path``, distinct ``host``). A is killed twice and restarted each time; B is killed
+    once, while it holds claims, and never comes back. The jobs B held are claimed by A after
+    ``claim_timeout`` and resumed from their last completed task: for every amphora whose flow
+    has ledger events from B's pids and from A's, no action B completed was done again by A,
+    except at most the one B was in when it died."""
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    started = time.monotonic()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    topic = f"keramos-nl-{uuid.uuid4().hex[:8]}"
+    hosts = {}
+    for name in ("a", "b"):
+        directory = tmp_path / f"host-{name}"
+        directory.mkdir()
+        worker = WorkerProcess(directory, private_rabbit.url, {
+            "DEFAULT": {"host": f"host-{name}", "state_path": shared, "control_exchange": topic},
+            "worker": {"topic": topic, "workers": 1},
+            "oslo_messaging_notifications": {"topics": f"{topic}-notifications"},
+            "state_store": {"connection": pg_url},
+            "persistence": {"connection": pg_url, "keep_completed": True},
+            "jobboard": {
+                "enabled": True, "url": redis_server.url, "name": topic,
+                "claim_timeout": CLAIM_TIMEOUT, "poll_interval": 0.1, "max_backoff": 1.0,
+                "connect_timeout": 3, "max_attempts": 10, "conductor_threads": 4,
+            },
+        })
+        hosts[name] = Host(worker)
+    a, b = hosts["a"], hosts["b"]
+    try:
+        for host in (a, b):
+            host.start()
+        a.worker.wait_ready()
+        caster = Caster(a.worker, CASTS, CAST_INTERVAL, "jb")
+        caster.start()
+        faults = ["kill a", "kill b", "broker", "redis", "kill a"]
+        rng.shuffle(faults)
+        for fault in faults:
+            time.sleep(rng.uniform(1.0, 3.0))
+            if fault == "kill a":
+                a.kill()
+                a.start()
+            elif fault == "kill b":
+                b.kill()
+                b_killed_at = time.monotonic()
+            elif fault == "broker":
+                private_rabbit.restart()
+            else:
+                redis_server.restart(down_for=1.0)
+        caster.join(240)
+        assert not caster.is_alive() and caster.error is None, caster.error
+        assert len(caster.sent) == CASTS
+        a.worker.wait_ready()
+        found = wait_for(a.worker, caster.sent, TaskState.TERMINAL, timeout=240)
+        a.pids |= group_pids(a.worker.process.pid)
+        amphora_ids = [f"jb-{n}" for n in range(CASTS)]
+        boots = count_boots(str(shared / LEDGER_FILE), a.worker.conf(), amphora_ids)
+        taken_over, repeated = takeovers(NoopLedger(shared / LEDGER_FILE), a.pids, b.pids)
+        print(
+            f"\nseed {seed}, faults {faults}: {summary(found)} after "
+            f"{time.monotonic() - started:.0f}s (B killed at "
+            f"{b_killed_at - started:.0f}s); {boots.builds} builds, {boots.deletes} deletes, "
+            f"booted again: {boots.rebooted}; {len(taken_over)} flows of B finished by A, "
+            f"steps run again: {repeated}"
+        )
+        missing = [request_id for request_id, state in found.items() if state is None]
+        assert missing == [], f"{len(missing)} casts have no record"
+        assert collections.Counter(found.values()) == {TaskState.SUCCESS: CASTS}, (
+            f"{summary(found)}: {failures(a.worker, found)}"
+        )
+        assert boots.wrong == {}
+        assert taken_over, "B held no claim when it was killed"
+        assert all(len(actions) <= 1 for actions in repeated.values()), repeated
+    finally:
+        for host in (a, b):
+            host.worker.stop(signal.SIGKILL)
+
+
+def takeovers(
+    ledger: NoopLedger, a_pids: set[int], b_pids: set[int]
+) -> tuple[list[str], dict[str, list[str]]]:
+    """The amphorae whose flows B started and A finished, and for each the tasks (named from
+    their ledger actions, :data:`TASK_OF`) both ran: what A ran again of what B had done."""
+    try:
+        by_amphora: dict[str, dict[str, set[str]]] = collections.defaultdict(
+            lambda: {"a": set(), "b": set()}
+        )
+        for event in ledger.events():
+            if event.subject is None or event.kind == "cert_generator.crl":
+                continue
+            who = "b" if event.pid in b_pids else "a" if event.pid in a_pids else None
+            assert who is not None, f"ledger event from an unknown pid: {event}"
+            amphora_id = event.subject.removeprefix("amphora-").removesuffix("-server")
+            by_amphora[amphora_id][who].add(TASK_OF.get(f"{event.kind}.{event.action}", "?"))
+        taken_over = sorted(
+            amphora_id for amphora_id, done in by_amphora.items() if done["a"] and done["b"]
+        )
+        repeated = {
+            amphora_id: sorted(by_amphora[amphora_id]["a"] & by_amphora[amphora_id]["b"])
+            for amphora_id in taken_over
+            if by_amphora[amphora_id]["a"] & by_amphora[amphora_id]["b"]
+        }
+        return taken_over, repeated
+    finally:
+        ledger.close()
