@@ -22,20 +22,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
-import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from keramos.framework.agent_protocol.rest import is_valid_id
 from keramos.framework.files import write_atomic
+from keramos.plugins.agent.files import ListenerDirectories
 
 _STOP_GRACE_SECONDS = 5.0
 
@@ -175,15 +173,12 @@ class HaproxyManager:
         self.timeout = timeout
         os.makedirs(os.path.join(self.state_dir, "loadbalancers"), mode=0o700, exist_ok=True)
         self.root = os.path.realpath(os.path.join(self.state_dir, "loadbalancers"))
+        self._dirs = ListenerDirectories(self.root, "load balancer")
         self._version: str | None = None
 
     def lb_dir(self, lb_id: str) -> str:
         """The directory of ``lb_id`` (ValueError for an id that is not a safe name)."""
-        if not is_valid_id(lb_id):
-            raise ValueError(f"invalid load balancer id {lb_id!r}")
-        # A valid id has no separator and no leading dot: joined to the resolved root, it stays
-        # inside it without resolving the path again on every call.
-        return os.path.join(self.root, lb_id)
+        return self._dirs.path(lb_id)
 
     def config_path(self, lb_id: str) -> str:
         """Where the stored configuration of ``lb_id`` lives."""
@@ -199,29 +194,15 @@ class HaproxyManager:
     def _state_path(self, lb_id: str) -> str:
         return os.path.join(self.lb_dir(lb_id), "state.json")
 
-    @contextlib.contextmanager
-    def lock(self, lb_id: str) -> Iterator[None]:
+    def lock(self, lb_id: str) -> contextlib.AbstractContextManager[None]:
         """Hold the exclusive lock of ``lb_id`` (across threads and processes)."""
-        directory = self.lb_dir(lb_id)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return self._dirs.lock(lb_id)
 
     def _read_state(self, lb_id: str) -> dict[str, Any]:
-        try:
-            with open(self._state_path(lb_id), encoding="utf-8") as stream:
-                return json.load(stream)
-        except FileNotFoundError:
-            return {}
+        return self._dirs.read_state(lb_id)
 
     def _write_state(self, lb_id: str, state: dict[str, Any]) -> None:
-        write_atomic(
-            self._state_path(lb_id), json.dumps(state, sort_keys=True).encode(), make_dirs=True
-        )
+        self._dirs.write_state(lb_id, state)
 
     def _run(self, arguments: list[str]) -> subprocess.CompletedProcess[str]:
         try:

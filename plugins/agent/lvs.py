@@ -16,19 +16,17 @@ disabled listener) runs a keepalived with nothing to check: the listener is ``OF
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from keramos.framework.agent_protocol.rest import is_valid_id
 from keramos.framework.files import write_atomic
+from keramos.plugins.agent.files import ListenerDirectories
 from keramos.plugins.agent.haproxy import (
     ConfigInvalid,
     HaproxyFailed,
@@ -55,43 +53,29 @@ class LvsManager:
         root = os.path.join(os.path.abspath(state_dir), "udp_listeners")
         os.makedirs(root, mode=0o700, exist_ok=True)
         self.root = os.path.realpath(root)
+        self._dirs = ListenerDirectories(self.root, "listener")
         self._version: str | None = None
 
     def listener_dir(self, listener_id: str) -> str:
         """The directory of ``listener_id`` (ValueError for an id that is not a safe name)."""
-        if not is_valid_id(listener_id):
-            raise ValueError(f"invalid listener id {listener_id!r}")
-        return os.path.join(self.root, listener_id)
+        return self._dirs.path(listener_id)
 
     def config_path(self, listener_id: str) -> str:
         """Where the stored keepalived configuration of ``listener_id`` lives."""
         return os.path.join(self.listener_dir(listener_id), "keepalived.conf")
 
     def _path(self, listener_id: str, name: str) -> str:
-        return os.path.join(self.listener_dir(listener_id), name)
+        return self._dirs.path(listener_id, name)
 
-    @contextlib.contextmanager
-    def lock(self, listener_id: str) -> Iterator[None]:
+    def lock(self, listener_id: str) -> contextlib.AbstractContextManager[None]:
         """Hold the exclusive lock of ``listener_id`` (across threads and processes)."""
-        directory = self.listener_dir(listener_id)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return self._dirs.lock(listener_id)
 
     def _read_state(self, listener_id: str) -> dict[str, Any]:
-        try:
-            with open(self._path(listener_id, "state.json"), encoding="utf-8") as stream:
-                return json.load(stream)
-        except FileNotFoundError:
-            return {}
+        return self._dirs.read_state(listener_id)
 
     def _write_state(self, listener_id: str, state: dict[str, Any]) -> None:
-        data = json.dumps(state, sort_keys=True).encode()
-        write_atomic(self._path(listener_id, "state.json"), data, make_dirs=True)
+        self._dirs.write_state(listener_id, state)
 
     def _run(self, arguments: list[str]) -> subprocess.CompletedProcess[str]:
         try:

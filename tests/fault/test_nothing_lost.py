@@ -35,7 +35,6 @@ from keramos.framework import loader
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, TaskState
 from keramos.plugins.noop_ledger import LEDGER_FILE, NoopLedger, ledger_path
 from tests.functional.conftest import WorkerProcess
-from tests.functional.jobboard_helpers import RedisServer, postgresql_database
 from tests.functional.test_intake_rabbitmq import Caster, failures, summary, wait_for, worker_on
 
 CASTS = 500
@@ -161,20 +160,6 @@ def group_pids(leader: int) -> set[int]:
         if int(fields[2]) == leader:
             found.add(int(stat.parent.name))
     return found
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    yield from postgresql_database()
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = RedisServer(directory).start()
-    yield server
-    server.stop()
 
 
 class Host:

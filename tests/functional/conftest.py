@@ -21,6 +21,7 @@ from keramos.framework.client import KeramosClient
 from keramos.framework.config import make_conf
 from tests.conftest import port_open, require
 from tests.functional import rabbit_node
+from tests.functional.jobboard_helpers import RedisServer, postgresql_database
 
 RABBIT_URL = os.environ.get("KERAMOS_TEST_RABBIT_URL", "rabbit://guest:guest@127.0.0.1:5672/")
 BIN = Path(sys.executable).parent
@@ -175,3 +176,19 @@ def private_rabbit():
     finally:
         node.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    """A PostgreSQL database of the test module's own, dropped after it."""
+    yield from postgresql_database()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A private ``redis-server`` with an append-only file, restartable (never the shared one)."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory).start()
+    yield server
+    server.stop()

@@ -22,10 +22,8 @@ from keramos.framework.records import TaskRecord, TaskState
 from tests.functional.jobboard_helpers import (
     BIN,
     ConductorProcess,
-    RedisServer,
     free_port,
     ledger_lines,
-    postgresql_database,
     wait_for,
     write_config,
 )
@@ -33,20 +31,6 @@ from tests.functional.jobboard_worker import STEPS, make_runner
 
 CLAIM_TIMEOUT = 2.0
 STEP_NAMES = [f"step_{index}" for index in range(1, STEPS + 1)]
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    yield from postgresql_database()
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = RedisServer(directory).start()
-    yield server
-    server.stop()
 
 
 class Deployment:
