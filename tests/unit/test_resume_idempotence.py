@@ -50,6 +50,8 @@ def _run_helper(state: Path, kill_at: str, mode: str, action: str) -> subprocess
         ("csr", "boot_amphora:after"),
         ("csr", "sign_amphora_csr:after"),
         ("csr", "activate_amphora:after"),
+        ("controller", "check_amphora_image:after"),
+        ("controller", "ignore:2"),
     ],
 )
 def test_a_flow_killed_inside_a_task_resumes_to_ready_with_one_of_everything(
