@@ -23,6 +23,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 from taskflow import engines, states
 from taskflow import exceptions as tf_exceptions
+from taskflow import storage as tf_storage
 from taskflow.persistence import models
 from taskflow.types import notifier as tf_notifier
 
@@ -99,6 +100,19 @@ class Accepted:
     job: Job
     book: models.LogBook
     flow_detail: models.FlowDetail
+
+
+def _forget_half_saved_store(flow_detail: models.FlowDetail) -> None:
+    """Give an empty, saved value to the flow's store if a worker died as taskflow saved it.
+
+    Taskflow saves the detail holding the injected store without values first, then the values:
+    killed in between, the flow would fail on every resume (``NoneType`` has no ``keys``). The
+    engine injects the whole store again as it loads.
+    """
+    for atom_detail in flow_detail:
+        if atom_detail.name == tf_storage.Storage.injector_name and atom_detail.results is None:
+            atom_detail.results = {}
+            atom_detail.state = states.SUCCESS
 
 
 class FlowRunner:
@@ -460,6 +474,7 @@ class FlowRunner:
             LOG.exception("could not discard flow detail %s; the next start discards it", book.uuid)
 
     def _load_engine(self, job: Job, book: models.LogBook, flow_detail: models.FlowDetail):
+        _forget_half_saved_store(flow_detail)
         flow = self.flows[job.event].flow()
         options: dict[str, Any] = {"engine": self.conf.worker.engine}
         if self._executor is not None:

@@ -287,3 +287,32 @@ def test_a_flow_that_ended_before_its_record_did_is_recorded_on_resume(tmp_path,
     finally:
         runner.close()
     assert lines(markers / "runs") == [f"step_{n}" for n in range(1, 6)]
+
+
+def test_a_flow_killed_while_its_store_was_saved_resumes(tmp_path, monkeypatch):
+    from taskflow import storage
+
+    state, markers = tmp_path / "state", tmp_path / "markers"
+    markers.mkdir()
+    save = storage.Storage._save_atom_detail
+
+    def dies_saving_the_store(self, connection, original, atom_detail):
+        if atom_detail.name == storage.Storage.injector_name:
+            raise _Killed("worker died after saving the store's detail, before its values")
+        return save(self, connection, original, atom_detail)
+
+    dying = make_runner(str(state))
+    with monkeypatch.context() as patch:
+        patch.setattr(storage.Storage, "_save_atom_detail", dies_saving_the_store)
+        with pytest.raises(_Killed):
+            dying.submit(envelope("counting", {"marker_dir": str(markers)}, "req-s"))
+    dying.close()
+
+    runner = make_runner(str(state))
+    try:
+        assert runner.resume_unfinished("crash-host") == 1
+        record = runner.drivers.state_store.get(TaskRecord, "req-s")
+        assert (record.state, record.message, record.result) == (TaskState.SUCCESS, None, {"step_5": "step_5"})
+    finally:
+        runner.close()
+    assert lines(markers / "runs") == [f"step_{n}" for n in range(1, 6)]
