@@ -102,6 +102,7 @@ class AmphoraRecord(Record):
     error: str | None = None
     activation_token_hash: str | None = None
     activated_at: dt.datetime | None = None
+    activation_requested_at: dt.datetime | None = None
     request_id: str | None = None
     last_heartbeat_at: dt.datetime | None = None
     created_at: dt.datetime = dataclasses.field(default_factory=utcnow)

@@ -369,6 +369,7 @@ class BootAmphora(task.Task):
             amphora_id,
             activation_token_hash=hash_activation_token(activation_token),
             activated_at=None,
+            activation_requested_at=None,
         )
         compute_id = self.compute.build(amphora_id, image_id, config_drive)
         try:
@@ -454,7 +455,11 @@ class ActivateAmphora(task.Task):
     is refused by both sides. A wrong token fails the flow, which deletes the amphora.
 
     Run again after a worker died once the token was redeemed, it finds the record activated
-    (``activated_at``) for the same instance and has nothing left to do.
+    (``activated_at``) for the same instance and has nothing left to do. The record notes when
+    activation was asked of the instance (``activation_requested_at``): run again after a worker
+    died between the agent's answer and the redemption, a refusal by the agent that already
+    handed its token to this controller (a non-retryable :class:`DriverError`, as the contract
+    says of a second activation) is taken as that earlier activation, and the hash is cleared.
     """
 
     def __init__(self, amphora: AmphoraDriver, state_store: StateStore, *, rebind: Rebind = None) -> None:
@@ -484,7 +489,24 @@ class ActivateAmphora(task.Task):
             return
         if record is None or record.activation_token_hash is None:
             raise KeramosError(f"amphora {amphora_id} has no unused activation token")
-        token = self.amphora.activate(_endpoint(amphora_id, amphora_instance))
+        asked_before = (
+            record.activation_requested_at is not None
+            and compute_id is not None
+            and record.compute_id == compute_id
+        )
+        self.state_store.update(AmphoraRecord, amphora_id, activation_requested_at=utcnow())
+        try:
+            token = self.amphora.activate(_endpoint(amphora_id, amphora_instance))
+        except DriverError as error:
+            if not asked_before or error.retryable:
+                raise
+            LOG.warning(
+                "amphora %s was activated by an earlier attempt, its token lost: %s", amphora_id, error
+            )
+            self.state_store.update(
+                AmphoraRecord, amphora_id, activation_token_hash=None, activated_at=utcnow()
+            )
+            return
         redeem_activation_token(self.state_store, amphora_id, token)
 
 

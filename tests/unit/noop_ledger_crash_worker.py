@@ -9,7 +9,8 @@ whose task KILL_AT, the first time it runs, writes ``STATE_PATH/killed`` and kil
 with SIGKILL); ``resume`` resumes the unfinished flows of the same host, as a restarted worker does.
 
 KILL_AT is a task name (killed before the task runs), ``TASK:after`` (killed once the task did its
-work, before its result is saved) or ``ignore:N`` (killed when taskflow saves the Nth IGNORE
+work, before its result is saved), ``activate_amphora:spent`` (killed once the agent handed over
+its token, before the controller redeemed it) or ``ignore:N`` (killed when taskflow saves the Nth IGNORE
 state of an atom, as a decider skipping a branch does).
 """
 
@@ -68,6 +69,9 @@ def crashing_flow(state_path: str, kill_at: str) -> type[CreateAmphora]:
         flow = CreateAmphora.build(self)
         for atom in tasks_of(flow):
             if atom.name == name:
+                if when == "spent":
+                    atom.amphora.activate = _killing_after(atom.amphora.activate, marker)
+                    continue
                 wrap = _killing_after if when == "after" else _killing
                 atom.execute = wrap(atom.execute, marker)
         return flow
@@ -93,8 +97,8 @@ def _killing(execute: Any, marker: Path) -> Any:
 
 
 def _killing_after(execute: Any, marker: Path) -> Any:
-    def run(**kwargs: Any) -> Any:
-        result = execute(**kwargs)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        result = execute(*args, **kwargs)
         _kill_once(marker)
         return result
 

@@ -50,6 +50,7 @@ def _run_helper(state: Path, kill_at: str, mode: str, action: str) -> subprocess
         ("csr", "boot_amphora:after"),
         ("csr", "sign_amphora_csr:after"),
         ("csr", "activate_amphora:after"),
+        ("controller", "activate_amphora:spent"),
         ("controller", "check_amphora_image:after"),
         ("controller", "ignore:2"),
     ],
