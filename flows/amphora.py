@@ -9,7 +9,7 @@ import dataclasses
 
 from oslo_config import cfg
 from taskflow import flow, task
-from taskflow.patterns import graph_flow, linear_flow
+from taskflow.patterns import linear_flow
 
 from keramos.flows.images import VerifyImage
 from keramos.flows.loadbalancer import LOAD_BALANCER
@@ -24,18 +24,14 @@ GROUP = "amphora"
 #: What the creation tasks read under ``amphora_id`` is ``replacement_id`` during a failover.
 _REPLACEMENT = {"amphora_id": "replacement_id"}
 
-#: A decision skips the atoms of the subflow it leads to, not the tasks after the subflow.
-_SKIP_SUBFLOW = "FLOW"
-
-
-def initial_config_subflow(drivers: Drivers) -> graph_flow.Flow:
+def initial_config_subflow(drivers: Drivers) -> linear_flow.Flow:
     """Push the payload's load balancer configuration to the new amphora, as ``push_config``
     does, and record the amphora among the load balancer's members; nothing without ``lb``.
 
     Render, remember the load balancer's record, hand out a version, push it to this amphora,
     record the running version and the membership. On revert the record is put back as it was
     (the version handed out stays used: versions only grow) and the configuration is removed
-    from the amphora.
+    from the amphora. Without ``lb`` every task runs and does nothing (``lb_id`` is ``None``).
     """
     plan = lifecycle.PlanInitialConfig()
     push = linear_flow.Flow("push_initial_config").add(
@@ -46,11 +42,7 @@ def initial_config_subflow(drivers: Drivers) -> graph_flow.Flow:
         lb_tasks.RecordRunningVersion(drivers.state_store),
         lifecycle.JoinLoadBalancer(drivers.state_store),
     )
-    subflow = graph_flow.Flow("initial_config").add(plan, push)
-    subflow.link(
-        plan, push, decider=lifecycle.has_initial_config, decider_depth=_SKIP_SUBFLOW
-    )
-    return subflow
+    return linear_flow.Flow("initial_config").add(plan, push)
 
 
 class _AmphoraFlowFactory(FlowFactory):
@@ -65,27 +57,18 @@ class _AmphoraFlowFactory(FlowFactory):
             conf.health.heartbeat_key,
         )
 
-    def _image_subflow(self) -> graph_flow.Flow:
+    def _image_subflow(self) -> linear_flow.Flow:
         """Verify a signed image with ``verify_image``'s tasks, or boot an unsigned one unverified
         when ``[amphora] require_signed_images`` is False; provides ``amphora_image``.
 
-        The verification tasks need only ``image_id``, the same in both flows that boot.
+        The verification tasks need only ``image_id``, the same in both flows that boot, and
+        ``image_signed``: they do nothing for an unsigned image.
         """
         check = lifecycle.CheckAmphoraImage(
             self.drivers.image_store, require_signed=self.conf[GROUP].require_signed_images
         )
-        verified = self._verify_image.subflow("verify_amphora_image").add(
-            lifecycle.UseVerifiedImage()
-        )
-        unverified = lifecycle.UseUnverifiedImage()
-        subflow = graph_flow.Flow("amphora_image").add(check, verified, unverified)
-        subflow.link(
-            check, verified, decider=lifecycle.image_is_signed, decider_depth=_SKIP_SUBFLOW
-        )
-        subflow.link(
-            check, unverified, decider=lifecycle.image_is_unsigned, decider_depth=_SKIP_SUBFLOW
-        )
-        return subflow
+        verified = self._verify_image.subflow("verify_amphora_image")
+        return linear_flow.Flow("amphora_image").add(check, verified, lifecycle.UseAmphoraImage())
 
     def _boot_tasks(
         self, rebind: dict[str, str] | None, *, checks: tuple[task.Task, ...] = ()

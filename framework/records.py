@@ -101,6 +101,9 @@ class AmphoraRecord(Record):
     config_version: int = 0
     error: str | None = None
     activation_token_hash: str | None = None
+    activated_at: dt.datetime | None = None
+    activation_requested_at: dt.datetime | None = None
+    request_id: str | None = None
     last_heartbeat_at: dt.datetime | None = None
     created_at: dt.datetime = dataclasses.field(default_factory=utcnow)
     updated_at: dt.datetime = dataclasses.field(default_factory=utcnow)

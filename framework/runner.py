@@ -23,6 +23,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 from taskflow import engines, states
 from taskflow import exceptions as tf_exceptions
+from taskflow import storage as tf_storage
 from taskflow.persistence import models
 from taskflow.types import notifier as tf_notifier
 
@@ -99,6 +100,19 @@ class Accepted:
     job: Job
     book: models.LogBook
     flow_detail: models.FlowDetail
+
+
+def _forget_half_saved_store(flow_detail: models.FlowDetail) -> None:
+    """Give an empty, saved value to the flow's store if a worker died as taskflow saved it.
+
+    Taskflow saves the detail holding the injected store without values first, then the values:
+    killed in between, the flow would fail on every resume (``NoneType`` has no ``keys``). The
+    engine injects the whole store again as it loads.
+    """
+    for atom_detail in flow_detail:
+        if atom_detail.name == tf_storage.Storage.injector_name and atom_detail.results is None:
+            atom_detail.results = {}
+            atom_detail.state = states.SUCCESS
 
 
 class FlowRunner:
@@ -460,6 +474,7 @@ class FlowRunner:
             LOG.exception("could not discard flow detail %s; the next start discards it", book.uuid)
 
     def _load_engine(self, job: Job, book: models.LogBook, flow_detail: models.FlowDetail):
+        _forget_half_saved_store(flow_detail)
         flow = self.flows[job.event].flow()
         options: dict[str, Any] = {"engine": self.conf.worker.engine}
         if self._executor is not None:
@@ -582,6 +597,11 @@ class FlowRunner:
 
     def unfinished(self, owner: str) -> list[tuple[Job, Any, Any]]:
         """The persisted flows ``owner`` started and did not finish, oldest first."""
+        return self._persisted(owner, finished=False)
+
+    def _persisted(self, owner: str, *, finished: bool) -> list[tuple[Job, Any, Any]]:
+        """The persisted flows ``owner`` started that ended (``finished``) or did not, oldest
+        first."""
         if not self.durable:
             return []
         found = []
@@ -589,7 +609,7 @@ class FlowRunner:
             for book in connection.get_logbooks():
                 for flow_detail in book:
                     meta = flow_detail.meta or {}
-                    if meta.get("owner") != owner or flow_detail.state in _FINISHED:
+                    if meta.get("owner") != owner or (flow_detail.state in _FINISHED) != finished:
                         continue
                     if meta.get("event") not in self.flows:
                         LOG.warning(
@@ -639,8 +659,10 @@ class FlowRunner:
         record now and runs, unless its request id was taken meanwhile (by a redelivery): it is
         then discarded, as is any flow detail its record does not name. A ``pending`` or
         ``processing`` record of ``owner`` whose flow detail is gone is marked ``failure``
-        (:class:`Abandoned`). Flows this runner accepted itself are left alone. Returns how many
-        flows were resumed; a resumed flow that fails is reported like any other.
+        (:class:`Abandoned`), and the record of a flow that ended before its end was recorded (the
+        worker stopped in between) gets that end (:meth:`_record_end`). Flows this runner
+        accepted itself are left alone. Returns how many flows were resumed; a resumed flow that
+        fails is reported like any other.
         """
         resumed = 0
         for job, book, flow_detail in self.unfinished(owner):
@@ -658,9 +680,36 @@ class FlowRunner:
             with contextlib.suppress(FlowFailed):
                 self.run(job, book, flow_detail)
             resumed += 1
+        for job, book, flow_detail in self._persisted(owner, finished=True):
+            if (flow_detail.meta or {}).get("incarnation") != self.incarnation:
+                self._record_end(job, book, flow_detail)
         if self.durable:
             self._fail_abandoned(owner)
         return resumed
+
+    def _record_end(self, job: Job, book: models.LogBook, flow_detail: models.FlowDetail) -> None:
+        """Record how a flow ended whose record still says it runs: a successful one is run
+        again (nothing is left to run: the engine only reads its results back); a reverted one
+        fails its record with the first failure its atoms kept."""
+        store = self.drivers.state_store
+        record = store.get(TaskRecord, job.request_id)
+        if record is None or record.flow_uuid != flow_detail.uuid or record.state in TaskState.TERMINAL:
+            self._forget(book)
+            return
+        LOG.info("recording the end of flow %s (%s): %s", job.event, job.request_id, flow_detail.state)
+        if flow_detail.state == states.SUCCESS:
+            with contextlib.suppress(FlowFailed):
+                self.run(job, book, flow_detail)
+            return
+        failed = next((atom.failure for atom in flow_detail if atom.failure is not None), None)
+        message, error_type = f"the flow ended {flow_detail.state}", "FlowFailed"
+        if failed is not None:
+            message = failed.exception_str
+            error_type = failed.to_dict()["exc_type_names"][0].rpartition(".")[2]
+        store.update(
+            TaskRecord, job.request_id, state=TaskState.FAILURE, message=message, error_type=error_type
+        )
+        self._forget(book)
 
     def _fail_abandoned(self, owner: str) -> None:
         store = self.drivers.state_store

@@ -307,6 +307,15 @@ class ProcessCompute(ComputeDriver):
         if os.path.isdir(directory) and os.path.dirname(directory) == self.instances_dir:
             shutil.rmtree(directory, ignore_errors=True)
 
+    def find(self, amphora_id: str) -> list[str]:
+        """The instances this driver started for ``amphora_id`` and has not deleted."""
+        with self._lock:
+            return [
+                compute_id
+                for compute_id, process in self._processes.items()
+                if process.amphora_id == amphora_id
+            ]
+
     def _stop(self, process: _Process) -> None:
         popen = process.popen
         if popen.poll() is None:

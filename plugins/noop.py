@@ -174,6 +174,10 @@ class NoopCompute(_Delayed, ComputeDriver):
     def delete(self, compute_id: str) -> None:
         self.ledger.remove(COMPUTE, compute_id, action="delete")
 
+    @_driver_call
+    def find(self, amphora_id: str) -> list[str]:
+        return list(self.ledger.live(COMPUTE, subject=amphora_id))
+
     def close(self) -> None:
         self.ledger.close()
 

@@ -15,6 +15,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from oslo_log import log as logging
 from taskflow import task
 from taskflow.types import failure
 
@@ -34,8 +35,10 @@ from keramos.framework.contracts import (
 )
 from keramos.framework.contracts.compute import ACTIVATION_TOKEN_FILE
 from keramos.framework.errors import ConfigError, DriverError, KeramosError, NotFound, Timeout
-from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord
+from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord, utcnow
 from keramos.framework.runner import jsonable
+
+LOG = logging.getLogger(__name__)
 
 #: Amphora states from which a new creation under the same id may start.
 _RECREATABLE = (AmphoraStatus.DELETED, AmphoraStatus.ERROR)
@@ -75,7 +78,7 @@ def redeem_activation_token(state_store: StateStore, amphora_id: str, token: str
     :func:`check_activation_token`'s; after a successful call the token is useless.
     """
     check_activation_token(state_store, amphora_id, token)
-    state_store.update(AmphoraRecord, amphora_id, activation_token_hash=None)
+    state_store.update(AmphoraRecord, amphora_id, activation_token_hash=None, activated_at=utcnow())
 
 
 def _endpoint(amphora_id: str, amphora_instance: Mapping[str, Any]) -> AmphoraEndpoint:
@@ -104,6 +107,20 @@ def _store_server_certificate(
         cert_manager.delete(ref)
         raise
     return {"serial": issued.serial, "cert_ref": ref, "not_after": issued.not_after.isoformat()}
+
+
+def _delete_earlier_server_certificates(
+    cert_manager: CertManager, state_store: StateStore, amphora_id: str
+) -> None:
+    """Delete the server certificates recorded for an amphora being created: an earlier attempt
+    of the same task made them before its worker died, and the flow never learnt of them."""
+    for certificate in state_store.find(CertificateRecord, amphora_id=amphora_id):
+        if certificate.kind != CertKind.SERVER:
+            continue
+        LOG.info("deleting server certificate %s of an earlier attempt", certificate.serial)
+        if certificate.cert_ref:
+            cert_manager.delete(certificate.cert_ref)
+        state_store.delete(CertificateRecord, certificate.serial)
 
 
 def _delete_server_certificate(
@@ -162,17 +179,31 @@ def failure_reason(flow_failures: dict[str, failure.Failure] | None) -> str:
 
 
 class RecordAmphora(task.Task):
-    """Record the new amphora as PENDING_CREATE; on revert, mark it ERROR with the reason."""
+    """Record the new amphora as PENDING_CREATE; on revert, mark it ERROR with the reason.
+
+    The record keeps the ``request_id`` of the cast that created it: a record in PENDING_CREATE
+    of the same request is this task's own, saved before a worker died, and is accepted.
+    """
 
     def __init__(self, state_store: StateStore, *, rebind: Rebind = None) -> None:
         super().__init__(name="record_amphora", rebind=rebind)
         self.state_store = state_store
 
-    def execute(self, amphora_id: str, image_id: str) -> None:
+    def execute(self, amphora_id: str, image_id: str, request_id: str | None = None) -> None:
         existing = self.state_store.get(AmphoraRecord, amphora_id)
         if existing is not None and existing.status not in _RECREATABLE:
+            ours = (
+                request_id is not None
+                and existing.request_id == request_id
+                and existing.status == AmphoraStatus.PENDING_CREATE
+                and existing.image_id == image_id
+            )
+            if ours:
+                return
             raise KeramosError(f"amphora {amphora_id} already exists ({existing.status})")
-        self.state_store.save(AmphoraRecord(amphora_id=amphora_id, image_id=image_id))
+        self.state_store.save(
+            AmphoraRecord(amphora_id=amphora_id, image_id=image_id, request_id=request_id)
+        )
 
     def revert(self, amphora_id: str, result: Any, flow_failures=None, **kwargs: Any) -> None:
         if isinstance(result, failure.Failure):
@@ -189,7 +220,8 @@ class IssueAmphoraServerCert(task.Task):
     """Issue the amphora's server certificate (server CA), keep it in the certificate manager.
 
     Provides ``{"serial", "cert_ref", "not_after"}``: the private key goes straight to the
-    certificate manager and never into flow storage.
+    certificate manager and never into flow storage. Server certificates already recorded for
+    the amphora (an earlier attempt's, run again after a worker died) are deleted first.
     """
 
     def __init__(
@@ -208,6 +240,7 @@ class IssueAmphoraServerCert(task.Task):
         self.state_store = state_store
 
     def execute(self, amphora_id: str) -> dict[str, str]:
+        _delete_earlier_server_certificates(self.cert_manager, self.state_store, amphora_id)
         issued = self.cert_generator.issue(amphora_id, CertKind.SERVER)
         return _store_server_certificate(self.cert_manager, self.state_store, amphora_id, issued)
 
@@ -226,7 +259,8 @@ class SignAmphoraCSR(task.Task):
     (``activate_amphora`` spends it), and (b) its CSR is for the key its TLS connection proved.
     The certificate is signed by the server CA for the amphora id, kept in the certificate
     manager without a key (the key never leaves the amphora) and recorded as
-    ``issue_amphora_server_cert`` does. Provides the same ``amphora_server_cert``.
+    ``issue_amphora_server_cert`` does, after deleting an earlier attempt's. Provides the same
+    ``amphora_server_cert``.
     """
 
     def __init__(
@@ -254,6 +288,7 @@ class SignAmphoraCSR(task.Task):
             raise KeramosError(
                 f"the CSR of amphora {amphora_id} is not for the key its agent proved over TLS"
             )
+        _delete_earlier_server_certificates(self.cert_manager, self.state_store, amphora_id)
         issued = self.cert_generator.sign_csr(
             request.csr_pem, CertKind.SERVER, expected_common_name=amphora_id
         )
@@ -284,6 +319,9 @@ class BootAmphora(task.Task):
     The token exists only in the config drive (which the amphora driver is told of, for agents it
     simulates: :meth:`AmphoraDriver.instance_booted`); the record keeps its SHA-256 hash until
     ``activate_amphora`` clears it. On revert the instance is deleted and the hash cleared.
+
+    Run again after a worker died inside it, it first deletes the instances an earlier attempt
+    built (:meth:`ComputeDriver.find`): their tokens are lost, so they could never activate.
     """
 
     def __init__(
@@ -323,10 +361,15 @@ class BootAmphora(task.Task):
             config_drive["amphora_server_key.pem"] = bundle.private_key or b""
         if self.agent_config is not None:
             config_drive[AGENT_CONFIG_FILE] = self.agent_config
+        for earlier in self.compute.find(amphora_id):
+            LOG.info("deleting instance %s of amphora %s of an earlier attempt", earlier, amphora_id)
+            self.compute.delete(earlier)
         self.state_store.update(
             AmphoraRecord,
             amphora_id,
             activation_token_hash=hash_activation_token(activation_token),
+            activated_at=None,
+            activation_requested_at=None,
         )
         compute_id = self.compute.build(amphora_id, image_id, config_drive)
         try:
@@ -410,6 +453,13 @@ class ActivateAmphora(task.Task):
     token is checked in constant time against the stored hash, which is cleared
     (:func:`redeem_activation_token`): the token is useless afterwards and a second activation
     is refused by both sides. A wrong token fails the flow, which deletes the amphora.
+
+    Run again after a worker died once the token was redeemed, it finds the record activated
+    (``activated_at``) for the same instance and has nothing left to do. The record notes when
+    activation was asked of the instance (``activation_requested_at``): run again after a worker
+    died between the agent's answer and the redemption, a refusal by the agent that already
+    handed its token to this controller (a non-retryable :class:`DriverError`, as the contract
+    says of a second activation) is taken as that earlier activation, and the hash is cleared.
     """
 
     def __init__(self, amphora: AmphoraDriver, state_store: StateStore, *, rebind: Rebind = None) -> None:
@@ -418,15 +468,45 @@ class ActivateAmphora(task.Task):
         self.state_store = state_store
 
     def execute(
-        self, amphora_id: str, amphora_instance: dict[str, Any], amphora_agent_info: dict[str, Any]
+        self,
+        amphora_id: str,
+        amphora_instance: dict[str, Any],
+        amphora_agent_info: dict[str, Any],
+        compute_id: str | None = None,
     ) -> None:
         answered_as = amphora_agent_info.get("amphora_id")
         if answered_as not in (None, amphora_id):
             raise KeramosError(f"agent of amphora {amphora_id} answered as {answered_as}")
         record = self.state_store.get(AmphoraRecord, amphora_id)
+        already_activated = (
+            record is not None
+            and record.activation_token_hash is None
+            and record.activated_at is not None
+            and compute_id is not None
+            and record.compute_id == compute_id
+        )
+        if already_activated:
+            return
         if record is None or record.activation_token_hash is None:
             raise KeramosError(f"amphora {amphora_id} has no unused activation token")
-        token = self.amphora.activate(_endpoint(amphora_id, amphora_instance))
+        asked_before = (
+            record.activation_requested_at is not None
+            and compute_id is not None
+            and record.compute_id == compute_id
+        )
+        self.state_store.update(AmphoraRecord, amphora_id, activation_requested_at=utcnow())
+        try:
+            token = self.amphora.activate(_endpoint(amphora_id, amphora_instance))
+        except DriverError as error:
+            if not asked_before or error.retryable:
+                raise
+            LOG.warning(
+                "amphora %s was activated by an earlier attempt, its token lost: %s", amphora_id, error
+            )
+            self.state_store.update(
+                AmphoraRecord, amphora_id, activation_token_hash=None, activated_at=utcnow()
+            )
+            return
         redeem_activation_token(self.state_store, amphora_id, token)
 
 

@@ -2,6 +2,11 @@
 amphora's image and booting it unverified, the steps of its initial load balancer configuration
 that ``push_config`` does not have, and what a failover moves to the replacement.
 
+Choices are data, not taskflow deciders: a decider's skipped branch is saved one atom at a time,
+and a worker killed in between resumes a half-skipped branch. Here a check task provides the
+choice (``image_signed``; ``lb_id``, ``None`` without a load balancer) and every task of both
+branches runs, doing nothing when the choice is not its.
+
 Load balancer membership is kept in ``LoadBalancerRecord.description["amphora_ids"]``, written
 here when a configuration is pushed at creation and moved on failover.
 """
@@ -84,7 +89,7 @@ class CheckAmphoraImage(task.Task):
     """Decide whether the amphora's image is verified: provides ``image_signed``.
 
     An image whose properties carry no signature at all boots unverified only when
-    ``require_signed`` is False (the verification tasks are then skipped); otherwise it fails
+    ``require_signed`` is False (the verification tasks then do nothing); otherwise it fails
     the flow with :class:`SignatureVerificationError` before anything boots. An image carrying
     any signature property is verified, and refused if its signature is incomplete.
     """
@@ -107,37 +112,22 @@ class CheckAmphoraImage(task.Task):
         return False
 
 
-def image_is_signed(history: dict[str, Any]) -> bool:
-    """Decider: run the verification tasks (``check_amphora_image`` said the image is signed)."""
-    return all(bool(result) for result in history.values())
-
-
-def image_is_unsigned(history: dict[str, Any]) -> bool:
-    """Decider: boot the image unverified (``check_amphora_image`` allowed an unsigned image)."""
-    return not image_is_signed(history)
-
-
-class UseVerifiedImage(task.Task):
-    """Provide ``amphora_image``: the verified ``image`` marked ``verified``.
+class UseAmphoraImage(task.Task):
+    """Provide ``amphora_image``: the verified ``image`` marked ``verified``, or, for an unsigned
+    image allowed to boot unverified (``image_signed`` False), the image id marked unverified.
 
     Nothing to undo: a verified image stays in the cache when a later task fails.
     """
 
     def __init__(self) -> None:
-        super().__init__(name="use_verified_image", provides="amphora_image")
+        super().__init__(name="use_amphora_image", provides="amphora_image")
 
-    def execute(self, image: dict[str, Any]) -> dict[str, Any]:
+    def execute(
+        self, image_id: str, image_signed: bool, image: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        if not image_signed or image is None:
+            return {"image_id": image_id, "verified": False}
         return {**image, "verified": True}
-
-
-class UseUnverifiedImage(task.Task):
-    """Provide ``amphora_image`` for an unsigned image allowed to boot unverified."""
-
-    def __init__(self) -> None:
-        super().__init__(name="use_unverified_image", provides="amphora_image")
-
-    def execute(self, image_id: str) -> dict[str, Any]:
-        return {"image_id": image_id, "verified": False}
 
 
 class CheckInitialConfig(task.Task):
@@ -166,7 +156,7 @@ class PlanInitialConfig(task.Task):
     agent) and ``amphora_endpoints`` (that one endpoint, as ``push_config``'s tasks take them).
 
     Without a load balancer (``lb_id`` ``None``) the endpoint is ``None`` and the list empty:
-    :func:`has_initial_config` then skips the push.
+    the push's tasks then do nothing.
     """
 
     default_provides = ("amphora_endpoint", "amphora_endpoints")
@@ -183,24 +173,21 @@ class PlanInitialConfig(task.Task):
         return endpoint, [endpoint]
 
 
-def has_initial_config(history: dict[str, Any]) -> bool:
-    """Decider: push the initial configuration (``plan_initial_config`` found a load balancer)."""
-    return all(result[0] is not None for result in history.values())
-
-
 class SnapshotLoadBalancer(task.Task):
     """Remember the load balancer's record before the initial push; put it back on revert.
 
     Provides ``previous_loadbalancer``: ``config``, ``running_version`` and ``description`` (the
-    members among them). The version handed out after it stays used on revert: versions only
-    grow.
+    members among them), or ``None`` without a load balancer (``lb_id`` ``None``). The version
+    handed out after it stays used on revert: versions only grow.
     """
 
     def __init__(self, state_store: StateStore) -> None:
         super().__init__(name="snapshot_loadbalancer", provides="previous_loadbalancer")
         self.state_store = state_store
 
-    def execute(self, lb_id: str) -> dict[str, Any]:
+    def execute(self, lb_id: str | None) -> dict[str, Any] | None:
+        if lb_id is None:
+            return None
         previous = self.state_store.get(LoadBalancerRecord, lb_id)
         if previous is None:
             return {"config": None, "running_version": 0, "description": None}
@@ -212,7 +199,9 @@ class SnapshotLoadBalancer(task.Task):
             }
         )
 
-    def revert(self, lb_id: str, result: Any, **kwargs: Any) -> None:
+    def revert(self, lb_id: str | None, result: Any, **kwargs: Any) -> None:
+        if lb_id is None:
+            return
         if isinstance(result, dict) and self.state_store.get(LoadBalancerRecord, lb_id) is not None:
             self.state_store.update(LoadBalancerRecord, lb_id, **result)
 
@@ -222,18 +211,23 @@ class JoinLoadBalancer(task.Task):
 
     ``record_running_version`` rewrote the members to the endpoints it was given (this amphora
     alone): the others come from ``previous_loadbalancer``. On revert the amphora leaves.
+    Nothing happens without a load balancer (``lb_id`` ``None``).
     """
 
     def __init__(self, state_store: StateStore) -> None:
         super().__init__(name="join_loadbalancer")
         self.state_store = state_store
 
-    def execute(self, amphora_id: str, lb_id: str, previous_loadbalancer: dict[str, Any]) -> None:
+    def execute(
+        self, amphora_id: str, lb_id: str | None, previous_loadbalancer: dict[str, Any] | None
+    ) -> None:
+        if lb_id is None or previous_loadbalancer is None:
+            return
         members = list((previous_loadbalancer["description"] or {}).get("amphora_ids", []))
         swap_member(self.state_store, lb_id, leaving=None, joining=amphora_id, members=members)
 
-    def revert(self, amphora_id: str, lb_id: str, result: Any, **kwargs: Any) -> None:
-        if not isinstance(result, failure.Failure):
+    def revert(self, amphora_id: str, lb_id: str | None, result: Any, **kwargs: Any) -> None:
+        if lb_id is not None and not isinstance(result, failure.Failure):
             swap_member(self.state_store, lb_id, leaving=amphora_id, joining=None)
 
 

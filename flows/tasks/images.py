@@ -8,7 +8,11 @@ The same tasks verify an amphora's image inside ``create_amphora`` and ``failove
 There a task after the verification may fail too: the image is then not at fault and stays
 ``active`` and cached (the cache holds verified images for every boot, not resources of one
 amphora), so the reverts below act only when a verification task (:data:`VERIFICATION_TASKS`)
-failed.
+failed. There too the image may be unsigned and allowed to boot unverified: every verification
+task takes ``image_signed`` (``check_amphora_image`` provides it; True by default, so that
+``verify_image`` always verifies) and does nothing when it is False. The decision is data saved
+with the first task's result, not a branch taskflow skips atom by atom: it survives a crash at
+any point.
 """
 
 from __future__ import annotations
@@ -77,7 +81,9 @@ class MarkImageVerifying(task.Task):
         super().__init__(name="mark_image_verifying")
         self.state_store = state_store
 
-    def execute(self, image_id: str) -> None:
+    def execute(self, image_id: str, image_signed: bool = True) -> None:
+        if not image_signed:
+            return
         if self.state_store.get(ImageRecord, image_id) is None:
             self.state_store.save(ImageRecord(image_id=image_id, status=VERIFYING))
         else:
@@ -100,7 +106,11 @@ class GetImageSignature(task.Task):
         super().__init__(name="get_image_signature")
         self.image_store = image_store
 
-    def execute(self, image_id: str) -> tuple[dict[str, str], dict[str, str]]:
+    def execute(
+        self, image_id: str, image_signed: bool = True
+    ) -> tuple[dict[str, str] | None, dict[str, str] | None]:
+        if not image_signed:
+            return None, None
         properties = dict(self.image_store.properties(image_id))
         spec = signature.parse_signature_properties(properties)
         return properties, spec.to_properties()
@@ -131,7 +141,11 @@ class ValidateSigningCertificate(task.Task):
             return self._validator
         return self._validator()
 
-    def execute(self, image_signature: dict[str, str]) -> dict[str, str]:
+    def execute(
+        self, image_signature: dict[str, str], image_signed: bool = True
+    ) -> dict[str, str] | None:
+        if not image_signed:
+            return None
         spec = signature.parse_signature_properties(image_signature)
         validator = self.validator
         try:
@@ -223,7 +237,10 @@ class DownloadAndVerifyImage(task.Task):
         image_properties: dict[str, str],
         image_signature: dict[str, str],
         signing_certificate: dict[str, str],
-    ) -> dict[str, Any]:
+        image_signed: bool = True,
+    ) -> dict[str, Any] | None:
+        if not image_signed:
+            return None
         spec = signature.parse_signature_properties(image_signature)
         public_key = load_certificates(signing_certificate["pem"].encode())[0].public_key()
         size = image_properties.get("size")
@@ -347,7 +364,10 @@ class MarkImageActive(task.Task):
         image_properties: dict[str, str],
         signing_certificate: dict[str, str],
         verified_image: dict[str, Any],
-    ) -> dict[str, Any]:
+        image_signed: bool = True,
+    ) -> dict[str, Any] | None:
+        if not image_signed:
+            return None
         LOG.info(
             "image %s signature verified; signing certificate %s (%s), chain %s",
             image_id,

@@ -28,12 +28,15 @@ def _endpoint(amphora: dict[str, Any]) -> AmphoraEndpoint:
 
 
 class RenderHaproxyConfig(task.Task):
-    """Render the load balancer's HAProxy configuration (refuses a bad description)."""
+    """Render the load balancer's HAProxy configuration (refuses a bad description); nothing
+    without a load balancer (``lb_id`` ``None``: ``create_amphora`` without ``lb``)."""
 
     def __init__(self) -> None:
         super().__init__(name="render_haproxy_config", provides="haproxy_config")
 
-    def execute(self, lb_id: str, listeners: list[Any], pools: list[Any]) -> str:
+    def execute(self, lb_id: str | None, listeners: list[Any], pools: list[Any]) -> str | None:
+        if lb_id is None:
+            return None
         return render_haproxy_config(lb_id, listeners, pools)
 
 
@@ -73,7 +76,8 @@ class AllocateConfigVersion(task.Task):
     """Hand out the next configuration version and remember what ran before.
 
     The allocation is not undone on revert on purpose: a version number may already have reached
-    an amphora, and using it again for another configuration would be refused there.
+    an amphora, and using it again for another configuration would be refused there. Without a
+    load balancer (``lb_id`` ``None``) nothing is handed out: version 0.
     """
 
     def __init__(self, state_store: StateStore) -> None:
@@ -83,7 +87,9 @@ class AllocateConfigVersion(task.Task):
         )
         self.state_store = state_store
 
-    def execute(self, lb_id: str) -> tuple[int, str | None, int]:
+    def execute(self, lb_id: str | None) -> tuple[int, str | None, int]:
+        if lb_id is None:
+            return 0, None, 0
         previous = self.state_store.get(LoadBalancerRecord, lb_id)
         version = _allocate_version(self.state_store, lb_id)
         if previous is None:
@@ -97,6 +103,7 @@ class PushConfigToAmphora(task.Task):
 
     On revert the load balancer is removed from the amphora again; an amphora that cannot be
     reached keeps it until it is deleted (the creation's revert deletes it next), which is logged.
+    Nothing happens without a load balancer (``lb_id`` ``None``).
     """
 
     def __init__(self, amphora: AmphoraDriver) -> None:
@@ -105,16 +112,22 @@ class PushConfigToAmphora(task.Task):
 
     def execute(
         self,
-        lb_id: str,
-        amphora_endpoint: dict[str, Any],
-        haproxy_config: str,
+        lb_id: str | None,
+        amphora_endpoint: dict[str, Any] | None,
+        haproxy_config: str | None,
         config_version: int,
     ) -> None:
+        if lb_id is None or amphora_endpoint is None or haproxy_config is None:
+            return
         self.amphora.upload_config(
             _endpoint(amphora_endpoint), lb_id, haproxy_config, config_version
         )
 
-    def revert(self, lb_id: str, amphora_endpoint: dict[str, Any], **kwargs: Any) -> None:
+    def revert(
+        self, lb_id: str | None, amphora_endpoint: dict[str, Any] | None, **kwargs: Any
+    ) -> None:
+        if lb_id is None or amphora_endpoint is None:
+            return
         try:
             self.amphora.delete_config(_endpoint(amphora_endpoint), lb_id)
         except KeramosError as error:
@@ -229,6 +242,7 @@ class RecordRunningVersion(task.Task):
     """Record the version every amphora now runs, on the load balancer and on each amphora.
 
     Nothing to undo of its own: the push's revert records what the amphorae run afterwards.
+    Without a load balancer (``lb_id`` ``None``) nothing is recorded: version 0.
     """
 
     def __init__(self, state_store: StateStore) -> None:
@@ -237,13 +251,15 @@ class RecordRunningVersion(task.Task):
 
     def execute(
         self,
-        lb_id: str,
+        lb_id: str | None,
         amphora_endpoints: list[dict[str, Any]],
-        haproxy_config: str,
+        haproxy_config: str | None,
         config_version: int,
         listeners: list[Any],
         pools: list[Any],
     ) -> int:
+        if lb_id is None:
+            return 0
         for endpoint in amphora_endpoints:
             self.state_store.update(
                 AmphoraRecord, endpoint["amphora_id"], config_version=config_version

@@ -77,3 +77,12 @@ class ComputeDriver(Driver):
 
         Idempotent: deleting an instance that does not exist (any more) is not an error.
         """
+
+    def find(self, amphora_id: str) -> list[str]:
+        """Return the compute ids of the live instances built for ``amphora_id``.
+
+        Optional: a resumed ``boot_amphora`` asks it for the instances an earlier attempt built
+        before the worker died, and deletes them before it builds again. The default finds
+        nothing, so a driver that cannot look instances up may leave such an instance behind.
+        """
+        return []

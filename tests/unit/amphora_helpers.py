@@ -29,8 +29,8 @@ def certificate_mode(mode: str) -> dict[str, dict[str, Any]]:
     return {"amphora": {"certificate_mode": mode}}
 
 
-#: The image subflow: the verification tasks run for a signed image only, the last one for an
-#: unsigned image only (allowed when ``[amphora] require_signed_images`` is False).
+#: The image subflow: every task runs; the verification tasks do something for a signed image
+#: only (an unsigned one boots unverified when ``[amphora] require_signed_images`` is False).
 IMAGE_TASKS = [
     "check_amphora_image",
     "mark_image_verifying",
@@ -38,14 +38,13 @@ IMAGE_TASKS = [
     "validate_signing_certificate",
     "download_and_verify_image",
     "mark_image_active",
-    "use_verified_image",
-    "use_unverified_image",
+    "use_amphora_image",
 ]
 
 #: The tasks that run only when the image is signed (a fault there needs a signed image).
 SIGNED_IMAGE_TASKS = frozenset(IMAGE_TASKS[1:-1])
 
-#: The initial configuration subflow (its tasks after the first run only with an ``lb``).
+#: The initial configuration subflow (its tasks after the first do something only with an ``lb``).
 INITIAL_CONFIG_TASKS = [
     "plan_initial_config",
     "render_haproxy_config",

@@ -7,6 +7,11 @@ and flow persistence are SQLite files under STATE_PATH, the host is :data:`HOST`
 ``[amphora] certificate_mode`` is MODE. ``start`` runs ``create_amphora_crash`` (create_amphora
 whose task KILL_AT, the first time it runs, writes ``STATE_PATH/killed`` and kills its own process
 with SIGKILL); ``resume`` resumes the unfinished flows of the same host, as a restarted worker does.
+
+KILL_AT is a task name (killed before the task runs), ``TASK:after`` (killed once the task did its
+work, before its result is saved), ``activate_amphora:spent`` (killed once the agent handed over
+its token, before the controller redeemed it) or ``ignore:N`` (killed when taskflow saves the Nth IGNORE
+state of an atom, as a decider skipping a branch does).
 """
 
 from __future__ import annotations
@@ -57,24 +62,64 @@ def crashing_flow(state_path: str, kill_at: str) -> type[CreateAmphora]:
     """create_amphora served as :data:`EVENT`, killed by SIGKILL the first time ``kill_at`` runs."""
     from tests.unit.amphora_helpers import tasks_of
 
+    name, _, when = kill_at.partition(":")
+    marker = Path(state_path, "killed")
+
     def build(self: CreateAmphora) -> Any:
         flow = CreateAmphora.build(self)
         for atom in tasks_of(flow):
-            if atom.name == kill_at:
-                atom.execute = _killing(atom.execute, Path(state_path, "killed"))
+            if atom.name == name:
+                if when == "spent":
+                    atom.amphora.activate = _killing_after(atom.amphora.activate, marker)
+                    continue
+                wrap = _killing_after if when == "after" else _killing
+                atom.execute = wrap(atom.execute, marker)
         return flow
+
+    if name == "ignore":
+        _kill_at_ignore(int(when), marker)
 
     return type("CrashingCreateAmphora", (CreateAmphora,), {"name": EVENT, "build": build})
 
 
+def _kill_once(marker: Path) -> None:
+    if not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _killing(execute: Any, marker: Path) -> Any:
     def run(**kwargs: Any) -> Any:
-        if not marker.exists():
-            marker.write_text(str(os.getpid()))
-            os.kill(os.getpid(), signal.SIGKILL)
+        _kill_once(marker)
         return execute(**kwargs)
 
     return run
+
+
+def _killing_after(execute: Any, marker: Path) -> Any:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        result = execute(*args, **kwargs)
+        _kill_once(marker)
+        return result
+
+    return run
+
+
+def _kill_at_ignore(count: int, marker: Path) -> None:
+    """Kill the process when taskflow saves the ``count``th IGNORE state of an atom."""
+    from taskflow import states, storage
+
+    save = storage.Storage.set_atom_state
+    seen = []
+
+    def set_atom_state(self: storage.Storage, atom_name: str, state: str) -> None:
+        save(self, atom_name, state)
+        if state == states.IGNORE:
+            seen.append(atom_name)
+            if len(seen) == count:
+                _kill_once(marker)
+
+    storage.Storage.set_atom_state = set_atom_state
 
 
 def main(state_path: str, kill_at: str, mode: str, action: str) -> None:

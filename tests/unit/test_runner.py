@@ -242,3 +242,77 @@ def test_a_reusable_flow_is_built_once_and_serves_runs_at_once_each_with_its_own
     finally:
         runner.close()
         drivers.close()
+
+
+def _dies_before_recording(store, ending: str):
+    """The state store's ``update``, dying (``_Killed``) as it would record a flow's ``ending``."""
+    update = store.update
+
+    def dying(record_type, key, **changes):
+        if record_type is TaskRecord and changes.get("state") == ending:
+            raise _Killed(f"worker died before recording {ending}")
+        return update(record_type, key, **changes)
+
+    return dying
+
+
+class _Killed(BaseException):
+    """Stands for a kill -9: nothing after it runs."""
+
+
+@pytest.mark.parametrize(
+    ("fail", "ending"), [(False, TaskState.SUCCESS), (True, TaskState.FAILURE)], ids=["success", "failure"]
+)
+def test_a_flow_that_ended_before_its_record_did_is_recorded_on_resume(tmp_path, monkeypatch, fail, ending):
+    state, markers = tmp_path / "state", tmp_path / "markers"
+    markers.mkdir()
+    dying = make_runner(str(state))
+    store = dying.drivers.state_store
+    monkeypatch.setattr(store, "update", _dies_before_recording(store, ending))
+    with pytest.raises(_Killed):
+        dying.submit(envelope("counting", {"marker_dir": str(markers), "fail": fail}, "req-e"))
+    dying.close()
+
+    runner = make_runner(str(state))
+    try:
+        assert runner.drivers.state_store.get(TaskRecord, "req-e").state == TaskState.PROCESSING
+        runner.resume_unfinished("crash-host")
+        record = runner.drivers.state_store.get(TaskRecord, "req-e")
+        assert record.state == ending
+        if fail:
+            assert (record.error_type, record.message) == ("RuntimeError", "the sixth step exploded")
+        else:
+            assert record.result == {"step_5": "step_5"}
+        assert runner.unfinished("crash-host") == []
+    finally:
+        runner.close()
+    assert lines(markers / "runs") == [f"step_{n}" for n in range(1, 6)]
+
+
+def test_a_flow_killed_while_its_store_was_saved_resumes(tmp_path, monkeypatch):
+    from taskflow import storage
+
+    state, markers = tmp_path / "state", tmp_path / "markers"
+    markers.mkdir()
+    save = storage.Storage._save_atom_detail
+
+    def dies_saving_the_store(self, connection, original, atom_detail):
+        if atom_detail.name == storage.Storage.injector_name:
+            raise _Killed("worker died after saving the store's detail, before its values")
+        return save(self, connection, original, atom_detail)
+
+    dying = make_runner(str(state))
+    with monkeypatch.context() as patch:
+        patch.setattr(storage.Storage, "_save_atom_detail", dies_saving_the_store)
+        with pytest.raises(_Killed):
+            dying.submit(envelope("counting", {"marker_dir": str(markers)}, "req-s"))
+    dying.close()
+
+    runner = make_runner(str(state))
+    try:
+        assert runner.resume_unfinished("crash-host") == 1
+        record = runner.drivers.state_store.get(TaskRecord, "req-s")
+        assert (record.state, record.message, record.result) == (TaskState.SUCCESS, None, {"step_5": "step_5"})
+    finally:
+        runner.close()
+    assert lines(markers / "runs") == [f"step_{n}" for n in range(1, 6)]
