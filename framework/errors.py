@@ -125,6 +125,11 @@ class DriverError(KeramosError):
         super().__init__(message)
 
 
+class AlreadyActivated(DriverError):
+    """The agent refused an activation because it was activated already (it handed its token
+    over once, and a token is handed over only once)."""
+
+
 class NotFound(KeramosError):
     """A resource asked for by id does not exist."""
 

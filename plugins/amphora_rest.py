@@ -33,7 +33,7 @@ from requests.adapters import HTTPAdapter
 
 from keramos.framework.agent_protocol import rest as protocol
 from keramos.framework.contracts import AmphoraCSR, AmphoraDriver, AmphoraEndpoint
-from keramos.framework.errors import ConfigError, DriverError, Timeout
+from keramos.framework.errors import AlreadyActivated, ConfigError, DriverError, Timeout
 
 GROUP = "amphora_rest"
 _T = TypeVar("_T")
@@ -104,6 +104,10 @@ class AgentError(DriverError):
         where = f"amphora {amphora_id}: {operation}"
         what = f"{status} {message}" if status is not None else message
         super().__init__(f"{where}: {what}" + (f": {details}" if details else ""), retryable=retryable)
+
+
+class AgentAlreadyActivated(AgentError, AlreadyActivated):
+    """The agent answered 410 to ``POST /activate``: it handed its token over already."""
 
 
 def _agent_error(
@@ -287,7 +291,15 @@ class RestAmphoraDriver(AmphoraDriver):
     def activate(self, endpoint: AmphoraEndpoint) -> str:
         """``POST /activate``: the agent hands over its activation token and deletes it."""
         activate = protocol.path(protocol.ACTIVATE)
-        body = self.request(endpoint, "POST", activate).json()
+        try:
+            body = self.request(endpoint, "POST", activate).json()
+        except AgentError as error:
+            if error.status == 410:
+                raise AgentAlreadyActivated(
+                    error.amphora_id, error.operation, error.agent_message,
+                    status=error.status, details=error.details,
+                ) from None
+            raise
         return _token_of(endpoint, f"POST {activate}", body)
 
     def fetch_csr(self, endpoint: AmphoraEndpoint, timeout: float) -> AmphoraCSR:

@@ -72,7 +72,7 @@ from keramos.framework.contracts import (
     Port,
 )
 from keramos.framework.contracts.compute import ACTIVATION_TOKEN_FILE
-from keramos.framework.errors import DriverError, NotFound
+from keramos.framework.errors import AlreadyActivated, DriverError, NotFound
 from keramos.framework.records import utcnow
 from keramos.plugins.noop_ledger import GROUP, Ledger, open_ledger, register_opts
 
@@ -413,6 +413,8 @@ class NoopAmphora(_Delayed, AmphoraDriver):
             value = self.ledger.remove(AMPHORA_TOKEN, amphora_id, action="activate")
         else:
             value = self.ledger.get(AMPHORA_TOKEN, amphora_id)
+        if value is None and spend and self.ledger.count(AMPHORA_TOKEN, "activate", subject=amphora_id):
+            raise AlreadyActivated(f"amphora {amphora_id}: already activated")
         if value is None:
             raise DriverError(f"amphora {amphora_id}: no activation token (already activated, or never booted)")
         return base64.b64decode(value["token"]).decode("ascii")

@@ -34,7 +34,14 @@ from keramos.framework.contracts import (
     StateStore,
 )
 from keramos.framework.contracts.compute import ACTIVATION_TOKEN_FILE
-from keramos.framework.errors import ConfigError, DriverError, KeramosError, NotFound, Timeout
+from keramos.framework.errors import (
+    AlreadyActivated,
+    ConfigError,
+    DriverError,
+    KeramosError,
+    NotFound,
+    Timeout,
+)
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord, utcnow
 from keramos.framework.runner import jsonable
 
@@ -458,8 +465,9 @@ class ActivateAmphora(task.Task):
     (``activated_at``) for the same instance and has nothing left to do. The record notes when
     activation was asked of the instance (``activation_requested_at``): run again after a worker
     died between the agent's answer and the redemption, a refusal by the agent that already
-    handed its token to this controller (a non-retryable :class:`DriverError`, as the contract
-    says of a second activation) is taken as that earlier activation, and the hash is cleared.
+    handed its token to this controller (:class:`AlreadyActivated`, as the contract says of a
+    second activation, and no other error) is taken as that earlier activation, and the hash
+    is cleared.
     """
 
     def __init__(self, amphora: AmphoraDriver, state_store: StateStore, *, rebind: Rebind = None) -> None:
@@ -497,8 +505,8 @@ class ActivateAmphora(task.Task):
         self.state_store.update(AmphoraRecord, amphora_id, activation_requested_at=utcnow())
         try:
             token = self.amphora.activate(_endpoint(amphora_id, amphora_instance))
-        except DriverError as error:
-            if not asked_before or error.retryable:
+        except AlreadyActivated as error:
+            if not asked_before:
                 raise
             LOG.warning(
                 "amphora %s was activated by an earlier attempt, its token lost: %s", amphora_id, error

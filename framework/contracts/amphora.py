@@ -67,8 +67,11 @@ class AmphoraDriver(Driver):
         """Activate the agent and return the one-time activation token it presents.
 
         The agent deletes its token and accepts configuration changes from then on; a second
-        activation raises :class:`~keramos.framework.errors.DriverError`. The caller checks the
-        token against the one on record.
+        activation raises :class:`~keramos.framework.errors.AlreadyActivated` (a
+        ``DriverError``), and only that: ``activate_amphora`` run again after its worker died
+        between the agent's answer and the redemption takes it as the earlier activation of
+        the instance it asked, and any other error as a failure. The caller checks the token
+        against the one on record.
         """
 
     @abc.abstractmethod

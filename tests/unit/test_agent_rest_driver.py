@@ -13,7 +13,7 @@ from urllib3 import HTTPResponse
 
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import AmphoraEndpoint
-from keramos.framework.errors import ConfigError, DriverError, Timeout
+from keramos.framework.errors import AlreadyActivated, ConfigError, DriverError, Timeout
 from keramos.plugins.amphora_rest import AgentError, AmphoraIdAdapter, RestAmphoraDriver, list_opts
 
 ENDPOINT = AmphoraEndpoint("amp-1", "127.0.0.1", 9443)
@@ -166,6 +166,7 @@ def test_a_second_activation_is_a_410_not_retried_and_an_answer_without_token_is
     with pytest.raises(AgentError) as caught:
         driver.activate(ENDPOINT)
     assert caught.value.status == 410 and not caught.value.retryable
+    assert isinstance(caught.value, AlreadyActivated)
     assert len(adapter.requests) == 1
     script(driver, (200, {"amphora_id": "amp-1"}))
     with pytest.raises(AgentError, match="answer without an activation token"):

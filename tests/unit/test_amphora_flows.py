@@ -19,8 +19,14 @@ from keramos.flows.tasks.amphora import (
 )
 from keramos.flows.templates import render_haproxy_config
 from keramos.framework.contracts import AmphoraEndpoint
-from keramos.framework.errors import DriverError, KeramosError, NotFound, PayloadError
-from keramos.framework.records import AmphoraRecord, AmphoraStatus, CertificateRecord, LoadBalancerRecord
+from keramos.framework.errors import AlreadyActivated, DriverError, KeramosError, NotFound, PayloadError
+from keramos.framework.records import (
+    AmphoraRecord,
+    AmphoraStatus,
+    CertificateRecord,
+    LoadBalancerRecord,
+    utcnow,
+)
 from keramos.framework.testing import InProcessWorker
 from keramos.plugins import noop
 from tests.unit.amphora_helpers import (
@@ -297,11 +303,51 @@ def test_activation_is_refused_twice_and_for_an_agent_answering_as_another_ampho
             activate.execute("amp-1", instance, {"amphora_id": "amp-1"})
 
 
+class TlsBrokenAmphora(noop.NoopAmphora):
+    """An agent whose mutual TLS fails: a refusal that is not "already activated"."""
+
+    def activate(self, endpoint):
+        raise DriverError(f"amphora {endpoint.amphora_id}: TLS failure: certificate verify failed")
+
+
+@pytest.mark.parametrize(
+    "amphora, outcome",
+    [(TlsBrokenAmphora, "TLS failure"), (noop.NoopAmphora, None)],
+)
+def test_a_resumed_activation_takes_only_already_activated_as_the_earlier_activation(amphora, outcome):
+    """Run again after its worker died between the agent's answer and the redemption, the task
+    asked this same instance before: only the contract's ``AlreadyActivated`` means it was."""
+    with InProcessWorker(amphora=amphora) as worker:
+        store = worker.state_store
+        store.save(
+            AmphoraRecord(
+                amphora_id="amp-1",
+                compute_id="c-1",
+                activation_token_hash=hash_activation_token("t"),
+                activation_requested_at=utcnow(),
+            )
+        )
+        worker.drivers.amphora.instance_booted("amp-1", {ACTIVATION_TOKEN_FILE: b"t"})
+        if outcome is None:
+            worker.drivers.amphora.activate(AmphoraEndpoint("amp-1", "127.0.0.1"))
+        activate = ActivateAmphora(worker.drivers.amphora, store)
+        instance = {"address": "127.0.0.1", "port": None}
+        if outcome is None:
+            activate.execute("amp-1", instance, {"amphora_id": "amp-1"}, compute_id="c-1")
+            record = store.get(AmphoraRecord, "amp-1")
+            assert record.activation_token_hash is None and record.activated_at is not None
+        else:
+            with pytest.raises(DriverError, match=outcome):
+                activate.execute("amp-1", instance, {"amphora_id": "amp-1"}, compute_id="c-1")
+            record = store.get(AmphoraRecord, "amp-1")
+            assert record.activation_token_hash is not None and record.activated_at is None
+
+
 def test_the_agent_hands_its_token_over_once_and_the_flow_spends_it():
     with InProcessWorker(compute=RecordingCompute) as worker:
         worker.run("create_amphora", PAYLOAD)
         endpoint = AmphoraEndpoint("amp-1", "127.0.0.1")
-        with pytest.raises(DriverError, match="no activation token"):
+        with pytest.raises(AlreadyActivated, match="already activated"):
             worker.drivers.amphora.activate(endpoint)
 
 

@@ -25,7 +25,7 @@ from keramos.framework import loader
 from keramos.framework.config import make_conf
 from keramos.framework.contracts import AmphoraEndpoint, CertificateBundle
 from keramos.framework.contracts.compute import ACTIVATION_TOKEN_FILE
-from keramos.framework.errors import DriverError, NotFound
+from keramos.framework.errors import AlreadyActivated, DriverError, NotFound
 from keramos.framework.records import AmphoraRecord, AmphoraStatus, TaskRecord, TaskState
 from keramos.framework.testing import InProcessWorker
 from keramos.plugins import noop
@@ -212,7 +212,7 @@ def test_two_driver_instances_on_one_state_path_see_each_others_writes(tmp_path)
             amphora_a.fetch_csr(endpoint, 1).server_public_key_pem
         )
         assert amphora_b.activate(endpoint) == "t0k"
-        with pytest.raises(DriverError, match="no activation token"):
+        with pytest.raises(AlreadyActivated, match="already activated"):
             amphora_a.activate(endpoint)
         amphora_b.upload_config(endpoint, "lb-1", "cfg", 3)
         assert amphora_a.get_info(endpoint)["loadbalancers"]["lb-1"]["config_version"] == 3
