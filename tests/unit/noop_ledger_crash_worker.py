@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,17 @@ def _kill_at_ignore(count: int, marker: Path) -> None:
                 _kill_once(marker)
 
     storage.Storage.set_atom_state = set_atom_state
+
+
+def run_in_subprocess(state: Path, kill_at: str, mode: str, action: str) -> subprocess.CompletedProcess:
+    """Run :func:`main` in a new interpreter (the tests' way to be killed and resume)."""
+    return subprocess.run(
+        [sys.executable, __file__, str(state), kill_at, mode, action],
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def main(state_path: str, kill_at: str, mode: str, action: str) -> None:

@@ -39,7 +39,6 @@ from keramos.plugins.noop_ledger import (
 from tests.unit import noop_ledger_crash_worker as helper
 from tests.unit.amphora_helpers import LB, InjectedFault, certificate_mode, failing_at, nothing_left
 
-HELPER = Path(helper.__file__)
 ROOT = Path(__file__).parents[2]
 
 
@@ -296,16 +295,6 @@ def test_the_in_memory_attributes_read_the_ledger(tmp_path):
         nothing_left(worker)
 
 
-def _run_helper(state: Path, kill_at: str, mode: str, action: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(HELPER), str(state), kill_at, mode, action],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 @pytest.mark.parametrize(
     ("mode", "kill_at"),
     [
@@ -316,7 +305,7 @@ def _run_helper(state: Path, kill_at: str, mode: str, action: str) -> subprocess
 )
 def test_a_worker_killed_mid_flow_resumes_on_the_noop_drivers_with_one_boot(tmp_path, mode, kill_at):
     state = tmp_path / "state"
-    started = _run_helper(state, kill_at, mode, "start")
+    started = helper.run_in_subprocess(state, kill_at, mode, "start")
     assert started.returncode == -9, started.stderr
     killed_pid = int((state / "killed").read_text())
     ledger = NoopLedger(state / LEDGER_FILE)
@@ -326,7 +315,7 @@ def test_a_worker_killed_mid_flow_resumes_on_the_noop_drivers_with_one_boot(tmp_
         if not activated_before:
             assert ledger.live("amphora.token", subject=helper.AMPHORA_ID), "the agent's token was lost"
 
-        resumed = _run_helper(state, kill_at, mode, "resume")
+        resumed = helper.run_in_subprocess(state, kill_at, mode, "resume")
         assert resumed.returncode == 0, resumed.stderr
 
         conf = helper.make_worker_conf(str(state), mode)

@@ -9,8 +9,6 @@ instance, one live server certificate and one spent activation token (issue #11)
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,19 +23,6 @@ from keramos.framework.records import (
 )
 from keramos.plugins.noop_ledger import LEDGER_FILE, NoopLedger
 from tests.unit import noop_ledger_crash_worker as helper
-
-HELPER = Path(helper.__file__)
-ROOT = Path(__file__).parents[2]
-
-
-def _run_helper(state: Path, kill_at: str, mode: str, action: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(HELPER), str(state), kill_at, mode, action],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.mark.parametrize(
@@ -59,12 +44,12 @@ def test_a_flow_killed_inside_a_task_resumes_to_ready_with_one_of_everything(
     tmp_path: Path, mode: str, kill_at: str
 ) -> None:
     state = tmp_path / "state"
-    started = _run_helper(state, kill_at, mode, "start")
+    started = helper.run_in_subprocess(state, kill_at, mode, "start")
     if started.returncode == 0:
         assert not (state / "killed").exists()
     else:
         assert started.returncode == -9, started.stderr
-        resumed = _run_helper(state, kill_at, mode, "resume")
+        resumed = helper.run_in_subprocess(state, kill_at, mode, "resume")
         assert resumed.returncode == 0, resumed.stderr
 
     conf = helper.make_worker_conf(str(state), mode)
