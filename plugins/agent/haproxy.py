@@ -152,6 +152,28 @@ def accept_push(stored: dict[str, Any], version: int | None, etag: str, present:
     return version != stored_version
 
 
+def run_program(
+    arguments: list[str], *, timeout: float, program: str
+) -> subprocess.CompletedProcess[str]:
+    """Run one of the agent's programs (HAProxy, keepalived) with a bounded wait and no input.
+
+    :raises HaproxyFailed: the program is not installed or did not answer within ``timeout``.
+    """
+    try:
+        return subprocess.run(
+            arguments,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except FileNotFoundError as error:
+        raise HaproxyFailed(f"{program} is not installed", str(error)) from error
+    except subprocess.TimeoutExpired as error:
+        raise HaproxyFailed(f"{program} did not answer", f"{arguments[1]} timed out") from error
+
+
 def process_alive(pid: int, marker: str) -> bool:
     """Whether ``pid`` is a live (non-zombie) process whose command line contains ``marker``."""
     try:
@@ -205,19 +227,7 @@ class HaproxyManager:
         self._dirs.write_state(lb_id, state)
 
     def _run(self, arguments: list[str]) -> subprocess.CompletedProcess[str]:
-        try:
-            return subprocess.run(
-                arguments,
-                capture_output=True,
-                text=True,
-                timeout=self.timeout,
-                check=False,
-                stdin=subprocess.DEVNULL,
-            )
-        except FileNotFoundError as error:
-            raise HaproxyFailed("HAProxy is not installed", str(error)) from error
-        except subprocess.TimeoutExpired as error:
-            raise HaproxyFailed("HAProxy did not answer", f"{arguments[1]} timed out") from error
+        return run_program(arguments, timeout=self.timeout, program="HAProxy")
 
     def version(self) -> str | None:
         """HAProxy's version string (``2.6.12-1``), or ``None`` when it cannot be run.

@@ -34,6 +34,7 @@ from keramos.plugins.agent.haproxy import (
     accept_push,
     config_etag,
     process_alive,
+    run_program,
 )
 
 _STOP_GRACE_SECONDS = 5.0
@@ -78,19 +79,7 @@ class LvsManager:
         self._dirs.write_state(listener_id, state)
 
     def _run(self, arguments: list[str]) -> subprocess.CompletedProcess[str]:
-        try:
-            return subprocess.run(
-                arguments,
-                capture_output=True,
-                text=True,
-                timeout=self.timeout,
-                check=False,
-                stdin=subprocess.DEVNULL,
-            )
-        except FileNotFoundError as error:
-            raise HaproxyFailed("keepalived is not installed", str(error)) from error
-        except subprocess.TimeoutExpired as error:
-            raise HaproxyFailed("keepalived did not answer", "timed out") from error
+        return run_program(arguments, timeout=self.timeout, program="keepalived")
 
     def version(self) -> str | None:
         """keepalived's version (``2.2.7``), or ``None`` when it cannot be run."""

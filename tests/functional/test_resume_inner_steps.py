@@ -17,13 +17,10 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from taskflow import states
 
 from keramos.framework import loader
@@ -41,38 +38,6 @@ from tests.unit.amphora_helpers import CREATE_TASKS
 
 HELPER = Path(helper.__file__)
 ROOT = Path(__file__).parents[2]
-SERVER_URL = os.environ.get("KERAMOS_TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test")
-IN_CI = os.environ.get("CI") == "true"
-
-
-def _admin_engine() -> sa.engine.Engine:
-    url = sa.engine.make_url(SERVER_URL)
-    if url.drivername == "postgresql":
-        url = url.set(drivername="postgresql+psycopg2")
-    return sa.create_engine(
-        url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 5}
-    )
-
-
-@pytest.fixture(scope="module")
-def postgresql_url() -> Iterator[str]:
-    """A database of its own on the PostgreSQL server, dropped after the module."""
-    admin = _admin_engine()
-    name = f"keramos_resume_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as db:
-            db.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as error:
-        reason = f"PostgreSQL server {SERVER_URL} is unreachable: {str(error).splitlines()[0]}"
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    try:
-        yield SERVER_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as db:
-            db.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -80,7 +45,7 @@ def db_url(request, tmp_path) -> str:
     """The persistence database: a SQLite file, or a PostgreSQL database."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'flows.sqlite'}"
-    return request.getfixturevalue("postgresql_url")
+    return request.getfixturevalue("pg_url")
 
 
 def _helper(state: Path, db_url: str, block_at: str, mode: str) -> subprocess.Popen:
