@@ -210,6 +210,9 @@ class NoopNetwork(_Delayed, NetworkDriver):
     def unplug(self, port_id: str) -> None:
         self.ledger.remove(NETWORK, port_id, action="unplug")
 
+    def find(self, amphora_id: str) -> list[Port]:
+        return [Port(**value["port"]) for value in self.ledger.live(NETWORK, subject=amphora_id).values()]
+
     def close(self) -> None:
         self.ledger.close()
 
@@ -323,6 +326,9 @@ class NoopCertManager(_Delayed, CertManager):
     @_driver_call
     def delete(self, ref: str) -> None:
         self.ledger.remove(CERT_MANAGER, ref, action="delete")
+
+    def find(self, name: str) -> list[str]:
+        return list(self.ledger.live(CERT_MANAGER, subject=name))
 
     def close(self) -> None:
         self.ledger.close()

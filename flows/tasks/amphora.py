@@ -92,13 +92,17 @@ def _endpoint(amphora_id: str, amphora_instance: Mapping[str, Any]) -> AmphoraEn
     return AmphoraEndpoint(amphora_id, amphora_instance["address"] or "", amphora_instance["port"])
 
 
+def _server_bundle_name(amphora_id: str) -> str:
+    return f"amphora-{amphora_id}-server"
+
+
 def _store_server_certificate(
     cert_manager: CertManager, state_store: StateStore, amphora_id: str, issued: IssuedCertificate
 ) -> dict[str, str]:
     """Keep an amphora's server certificate (and key, if the controller made it) in the
     certificate manager and record it; returns ``{"serial", "cert_ref", "not_after"}``."""
     bundle = CertificateBundle(certificate=issued.certificate_pem, private_key=issued.private_key_pem)
-    ref = cert_manager.store(bundle, name=f"amphora-{amphora_id}-server")
+    ref = cert_manager.store(bundle, name=_server_bundle_name(amphora_id))
     try:
         state_store.save(
             CertificateRecord(
@@ -119,8 +123,10 @@ def _store_server_certificate(
 def _delete_earlier_server_certificates(
     cert_manager: CertManager, state_store: StateStore, amphora_id: str
 ) -> None:
-    """Delete the server certificates recorded for an amphora being created: an earlier attempt
-    of the same task made them before its worker died, and the flow never learnt of them."""
+    """Delete the server certificates of an amphora being created that an earlier attempt of
+    the same task made before its worker died, so that the flow never learnt of them: those the
+    state store recorded, and those the certificate manager stored before they were recorded
+    (found by name, where the manager can look them up)."""
     for certificate in state_store.find(CertificateRecord, amphora_id=amphora_id):
         if certificate.kind != CertKind.SERVER:
             continue
@@ -128,6 +134,9 @@ def _delete_earlier_server_certificates(
         if certificate.cert_ref:
             cert_manager.delete(certificate.cert_ref)
         state_store.delete(CertificateRecord, certificate.serial)
+    for ref in cert_manager.find(_server_bundle_name(amphora_id)):
+        LOG.info("deleting certificate bundle %s of an earlier attempt, stored but not recorded", ref)
+        cert_manager.delete(ref)
 
 
 def _delete_server_certificate(
@@ -425,13 +434,21 @@ class WaitForAmphoraActive(task.Task):
 
 
 class PlugAmphoraNetwork(task.Task):
-    """Plug the amphora into its network; on revert, unplug it."""
+    """Plug the amphora into its network; on revert, unplug it.
+
+    Run again after a worker died once the port was plugged, it first unplugs the ports the
+    network driver finds for the amphora (:meth:`NetworkDriver.find`): the amphora being created
+    has no other.
+    """
 
     def __init__(self, network: NetworkDriver, *, rebind: Rebind = None) -> None:
         super().__init__(name="plug_amphora_network", provides="amphora_port", rebind=rebind)
         self.network = network
 
     def execute(self, amphora_id: str, compute_id: str, network_id: str | None) -> dict[str, Any]:
+        for earlier in self.network.find(amphora_id):
+            LOG.info("unplugging port %s of amphora %s of an earlier attempt", earlier.port_id, amphora_id)
+            self.network.unplug(earlier.port_id)
         return dataclasses.asdict(self.network.plug(amphora_id, compute_id, network_id))
 
     def revert(self, result: Any, **kwargs: Any) -> None:

@@ -39,3 +39,13 @@ class CertManager(Driver):
     @abc.abstractmethod
     def delete(self, ref: str) -> None:
         """Delete the bundle. Idempotent: an unknown reference is not an error."""
+
+    def find(self, name: str) -> list[str]:
+        """Return the references of the bundles stored under ``name``.
+
+        Optional: a resumed ``issue_amphora_server_cert`` asks it for the bundle an earlier
+        attempt stored before its worker died and before the state store recorded it, and deletes
+        it. The default finds nothing, so a manager that cannot look bundles up by name may keep
+        such a bundle.
+        """
+        return []

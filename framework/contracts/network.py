@@ -32,3 +32,12 @@ class NetworkDriver(Driver):
     @abc.abstractmethod
     def unplug(self, port_id: str) -> None:
         """Detach and delete the port. Idempotent: an unknown port is not an error."""
+
+    def find(self, amphora_id: str) -> list[Port]:
+        """Return the ports plugged for ``amphora_id``.
+
+        Optional: a resumed ``plug_amphora_network`` asks it for the port an earlier attempt
+        plugged before its worker died, and unplugs it before it plugs again. The default finds
+        nothing, so a driver that cannot look ports up may leave such a port behind.
+        """
+        return []

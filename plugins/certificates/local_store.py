@@ -165,6 +165,22 @@ class LocalCertManager(CertManager):
             private_key = private_key_pem(key)
         return CertificateBundle(certificate, private_key, intermediates)
 
+    def find(self, name: str) -> list[str]:
+        """The references stored under ``name``: the files ``<name>.<32 hex digits>.json``."""
+        if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
+            return []
+        pattern = re.compile(rf"{re.escape(name)}\.[0-9a-f]{{32}}")
+        self._check_reachable("list", name)
+        try:
+            entries = os.listdir(self.storage_path)
+        except OSError as error:
+            raise self._os_error(error, "list", name) from None
+        return sorted(
+            entry.removesuffix(".json")
+            for entry in entries
+            if entry.endswith(".json") and pattern.fullmatch(entry.removesuffix(".json"))
+        )
+
     def delete(self, ref: str) -> None:
         try:
             path = self._path(ref)

@@ -10,7 +10,8 @@ with SIGKILL); ``resume`` resumes the unfinished flows of the same host, as a re
 
 KILL_AT is a task name (killed before the task runs), ``TASK:after`` (killed once the task did its
 work, before its result is saved), ``activate_amphora:spent`` (killed once the agent handed over
-its token, before the controller redeemed it) or ``ignore:N`` (killed when taskflow saves the Nth IGNORE
+its token, before the controller redeemed it), ``TASK:stored`` (killed once the task's certificate
+manager stored a bundle, before the state store recorded it) or ``ignore:N`` (killed when taskflow saves the Nth IGNORE
 state of an atom, as a decider skipping a branch does).
 """
 
@@ -72,6 +73,9 @@ def crashing_flow(state_path: str, kill_at: str) -> type[CreateAmphora]:
             if atom.name == name:
                 if when == "spent":
                     atom.amphora.activate = _killing_after(atom.amphora.activate, marker)
+                    continue
+                if when == "stored":
+                    atom.cert_manager.store = _killing_after(atom.cert_manager.store, marker)
                     continue
                 wrap = _killing_after if when == "after" else _killing
                 atom.execute = wrap(atom.execute, marker)

@@ -80,6 +80,18 @@ def test_local_store_keeps_a_certificate_without_key(store, issued):
     assert store.get(ref).private_key is None
 
 
+def test_local_find_returns_the_references_stored_under_a_name_only(store, bundle):
+    first = store.store(bundle, name="amphora-a-server")
+    second = store.store(bundle, name="amphora-a-server")
+    store.store(bundle, name="amphora-a-server-old")
+    store.store(bundle, name="amphora-a")
+    assert store.find("amphora-a-server") == sorted([first, second])
+    store.delete(first)
+    assert store.find("amphora-a-server") == [second]
+    assert store.find("nothing-here") == []
+    assert store.find("../etc") == []
+
+
 def test_local_delete_is_idempotent(store, bundle):
     ref = store.store(bundle, name="amp-1")
     store.delete(ref)

@@ -4,7 +4,7 @@ A helper process (``noop_ledger_crash_worker.py``) runs create_amphora on the no
 kills itself inside a task, once the task's work is done but before taskflow saved its result
 (so that the task runs again on resume), or between two IGNORE states a decider would save; a
 second process resumes it on the same state_path and host. The flow must succeed with one live
-instance, one live server certificate and one spent activation token (issue #11).
+instance, one live server certificate, one port and one spent activation token (issue #11).
 """
 
 from __future__ import annotations
@@ -30,10 +30,13 @@ from tests.unit import noop_ledger_crash_worker as helper
     [
         ("controller", "record_amphora:after"),
         ("controller", "issue_amphora_server_cert:after"),
+        ("controller", "issue_amphora_server_cert:stored"),
         ("controller", "boot_amphora:after"),
+        ("controller", "plug_amphora_network:after"),
         ("controller", "activate_amphora:after"),
         ("csr", "boot_amphora:after"),
         ("csr", "sign_amphora_csr:after"),
+        ("csr", "sign_amphora_csr:stored"),
         ("csr", "activate_amphora:after"),
         ("controller", "activate_amphora:spent"),
         ("controller", "check_amphora_image:after"),
@@ -67,6 +70,7 @@ def test_a_flow_killed_inside_a_task_resumes_to_ready_with_one_of_everything(
     try:
         assert list(ledger.live("compute")) == [amphora.compute_id]
         assert len(ledger.live("cert_manager")) == 1
+        assert [port["compute_id"] for port in ledger.live("network").values()] == [amphora.compute_id]
         assert ledger.count("amphora.token", "activate", subject=helper.AMPHORA_ID) == 1
         assert ledger.live("amphora.token") == {}
     finally:
