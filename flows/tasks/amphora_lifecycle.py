@@ -14,6 +14,7 @@ here when a configuration is pushed at creation and moved on failover.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import uuid
 from typing import Any
@@ -234,9 +235,14 @@ class JoinLoadBalancer(task.Task):
 class LoadFailedAmphora(task.Task):
     """Claim the amphora to fail over and name its replacement.
 
-    The amphora turns PENDING_FAILOVER from READY or ERROR in one compare-and-set, so that of two
-    failovers cast for it (two health managers, an operator and a health manager) one runs and
-    the other is refused before it boots anything. On revert it gets its status back.
+    The amphora turns PENDING_FAILOVER from READY or ERROR in one compare-and-set that also
+    records the failover's request id, so that of two failovers cast for it (two health
+    managers, an operator and a health manager) one runs and the other is refused before it
+    boots anything. On revert it gets its status back.
+
+    Run again after its worker died once the claim was made, it finds the amphora claimed by its
+    own request id and goes on. The status the amphora had before is lost with the first run's
+    result: a revert then leaves it ERROR, from which it can be failed over again.
     """
 
     default_provides = ("failed_amphora", "replacement_id", "image_id", "network_id")
@@ -246,21 +252,34 @@ class LoadFailedAmphora(task.Task):
         super().__init__(name="load_failed_amphora")
         self.state_store = state_store
 
-    def execute(self, amphora_id: str) -> tuple[dict[str, Any], str, str, None]:
+    def execute(
+        self, amphora_id: str, request_id: str | None = None
+    ) -> tuple[dict[str, Any], str, str, None]:
         record = self.state_store.get(AmphoraRecord, amphora_id)
         if record is None or record.status in (AmphoraStatus.DELETED, AmphoraStatus.PENDING_DELETE):
             raise NotFound(f"no amphora {amphora_id} to fail over")
         if not record.image_id:
             raise KeramosError(f"amphora {amphora_id} has no image on record to boot again")
-        try:
-            self.state_store.update_if(
-                AmphoraRecord,
-                amphora_id,
-                {"status": self._FAILABLE},
-                status=AmphoraStatus.PENDING_FAILOVER,
-            )
-        except Conflict as error:
-            raise Conflict(f"amphora {amphora_id} is not failed over: {error}") from None
+        claimed_before = (
+            request_id is not None
+            and record.status == AmphoraStatus.PENDING_FAILOVER
+            and record.request_id == request_id
+        )
+        if claimed_before:
+            LOG.info("amphora %s was claimed for failover by %s before its worker died; going on",
+                     amphora_id, request_id)
+            record = dataclasses.replace(record, status=AmphoraStatus.ERROR)
+        else:
+            try:
+                self.state_store.update_if(
+                    AmphoraRecord,
+                    amphora_id,
+                    {"status": self._FAILABLE},
+                    status=AmphoraStatus.PENDING_FAILOVER,
+                    request_id=request_id,
+                )
+            except Conflict as error:
+                raise Conflict(f"amphora {amphora_id} is not failed over: {error}") from None
         return jsonable(record.to_dict()), replacement_id_for(amphora_id), record.image_id, None
 
     def revert(self, amphora_id: str, result: Any, **kwargs: Any) -> None:
@@ -310,11 +329,15 @@ class MoveLoadBalancerConfigs(task.Task):
         amphora_instance: dict[str, Any],
     ) -> list[str]:
         reported = self._reported_by_old_agent(failed_amphora)
+        # The replacement is a member already if this task ran before its worker died.
         records = [
             record
             for record in self.state_store.find(LoadBalancerRecord)
             if record.config is not None
-            and (amphora_id in _member_ids(record) or record.lb_id in reported)
+            and (
+                {amphora_id, replacement_id} & set(_member_ids(record))
+                or record.lb_id in reported
+            )
         ]
         endpoint = AmphoraEndpoint(
             replacement_id, amphora_instance["address"] or "", amphora_instance["port"]

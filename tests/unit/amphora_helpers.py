@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from taskflow import flow as tf_flow
@@ -12,6 +14,7 @@ from keramos.framework.errors import DriverError
 from keramos.framework.records import CertificateRecord, LoadBalancerRecord
 from keramos.framework.testing import InProcessWorker
 from keramos.plugins import noop
+from tests.unit.image_helpers import SIGNED_IMAGE_DRIVERS, add_signed_image
 
 LB = {
     "lb_id": "lb-1",
@@ -142,6 +145,28 @@ def failing_at(factory: type, task_name: str) -> type:
     return type(f"Faulty{factory.__name__}", (factory,), {"name": f"{factory.name}_faulty", "build": build})
 
 
+def run_twice_at(factory: type, task_name: str) -> type:
+    """A copy of ``factory`` served as ``<name>_again`` whose task ``task_name`` runs twice, as
+    when its worker died after the task did its work and before its result was saved: the
+    resumed flow runs it again, and only the second result counts."""
+
+    def build(self):
+        flow = factory.build(self)
+        atoms = {atom.name: atom for atom in tasks_of(flow)}
+        if task_name not in atoms:
+            raise AssertionError(f"{factory.name} has no task {task_name}")
+        execute = atoms[task_name].execute
+
+        def twice(**kwargs: Any) -> Any:
+            execute(**kwargs)
+            return execute(**kwargs)
+
+        atoms[task_name].execute = twice
+        return flow
+
+    return type(f"Again{factory.__name__}", (factory,), {"name": f"{factory.name}_again", "build": build})
+
+
 def task_names(worker: InProcessWorker, event: str) -> list[str]:
     """The names of the tasks of ``event``'s flow, in order."""
     return [atom.name for atom in tasks_of(worker.worker.runner.flows[event].build())]
@@ -168,3 +193,18 @@ def members(worker: InProcessWorker, lb_id: str = "lb-1") -> list[str]:
     record = worker.state_store.get(LoadBalancerRecord, lb_id)
     return list((record.description or {}).get("amphora_ids", [])) if record else []
 
+
+
+@contextlib.contextmanager
+def worker_running(
+    flow: type, mode: str, task_name: str, tmp_path: Path
+) -> Iterator[tuple[InProcessWorker, str]]:
+    """An in-process worker serving ``flow`` in certificate ``mode``, and an image id for which
+    ``task_name`` runs: the verification tasks run for a signed image only, the others for an
+    unsigned one."""
+    signed = task_name in SIGNED_IMAGE_TASKS
+    drivers = SIGNED_IMAGE_DRIVERS if signed else {}
+    with InProcessWorker(
+        flows=[flow], conf_overrides=certificate_mode(mode), state_path=tmp_path, **drivers
+    ) as worker:
+        yield worker, add_signed_image(worker, tmp_path) if signed else "img-1"

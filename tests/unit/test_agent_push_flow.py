@@ -14,6 +14,7 @@ from keramos.framework.errors import DriverError, NotFound, PayloadError
 from keramos.framework.records import AmphoraRecord, LoadBalancerRecord
 from keramos.framework.testing import InProcessWorker
 from keramos.plugins.noop import NoopAmphora
+from tests.unit.amphora_helpers import run_twice_at, task_names
 
 AMPHORAE = ["amp-1", "amp-2"]
 LB_ID = "lb-1"
@@ -68,14 +69,16 @@ class FailingAmphora(NoopAmphora):
         super().delete_config(endpoint, lb_id)
 
 
-def start_worker(amphora: FailingAmphora | None = None) -> tuple[InProcessWorker, FailingAmphora]:
+def start_worker(
+    amphora: FailingAmphora | None = None, flow: type = PushConfig
+) -> tuple[InProcessWorker, FailingAmphora]:
     holder: dict[str, FailingAmphora] = {}
 
     def factory(conf):
         holder["driver"] = amphora or FailingAmphora(conf)
         return holder["driver"]
 
-    worker = InProcessWorker(flows=[PushConfig], amphora=factory).start()
+    worker = InProcessWorker(flows=[flow], amphora=factory).start()
     for index, amphora_id in enumerate(AMPHORAE):
         worker.state_store.save(
             AmphoraRecord(amphora_id=amphora_id, address="127.0.0.1", agent_port=9443 + index)
@@ -206,3 +209,26 @@ def test_renderer_refuses_what_could_break_or_inject_into_the_config(change, mes
     change(bad)
     with pytest.raises(PayloadError, match=message):
         render_haproxy_config(LB_ID, bad["listeners"], bad["pools"])
+
+
+PUSH_TASKS = [
+    "render_haproxy_config",
+    "load_amphora_endpoints",
+    "allocate_config_version",
+    "push_config_to_amphorae",
+    "record_running_version",
+]
+
+
+@pytest.mark.parametrize("task_name", PUSH_TASKS)
+def test_every_push_task_run_again_after_its_worker_died_leaves_every_amphora_on_one_version(task_name):
+    again = run_twice_at(PushConfig, task_name)
+    worker, amphora = start_worker(flow=again)
+    try:
+        assert task_names(worker, "push_config") == PUSH_TASKS
+        running = worker.run(again.name, payload())["running_version"]
+        expected = render_haproxy_config(LB_ID, description()["listeners"], description()["pools"])
+        assert {amphora.configs[(amphora_id, LB_ID)] for amphora_id in AMPHORAE} == {(running, expected)}
+        assert worker.state_store.get(LoadBalancerRecord, LB_ID).running_version == running
+    finally:
+        worker.stop()

@@ -17,16 +17,16 @@ from keramos.plugins import noop
 from tests.unit.amphora_helpers import (
     IMAGE_TASKS,
     LB,
-    SIGNED_IMAGE_TASKS,
     InjectedFault,
     certificate_mode,
     failing,
     failing_at,
     members,
     resources,
+    run_twice_at,
     task_names,
+    worker_running,
 )
-from tests.unit.image_helpers import SIGNED_IMAGE_DRIVERS, add_signed_image
 
 FAILOVER_TASKS = [
     "load_failed_amphora",
@@ -144,13 +144,8 @@ def test_the_flow_runs_the_tasks_the_fault_tests_cover(mode):
 @pytest.mark.parametrize(("mode", "task_name"), EVERY_TASK)
 def test_a_failure_at_every_task_deletes_the_replacement_and_keeps_the_old(tmp_path, mode, task_name):
     faulty = failing_at(FailoverAmphora, task_name)
-    # The verification tasks run for a signed image only; the others run for an unsigned one.
-    signed = task_name in SIGNED_IMAGE_TASKS
-    drivers = SIGNED_IMAGE_DRIVERS if signed else {}
-    with InProcessWorker(
-        flows=[faulty], conf_overrides=certificate_mode(mode), state_path=tmp_path, **drivers
-    ) as worker:
-        old = create_with_lb(worker, add_signed_image(worker, tmp_path) if signed else "img-1")
+    with worker_running(faulty, mode, task_name, tmp_path) as (worker, image_id):
+        old = create_with_lb(worker, image_id)
         before = resources(worker)
         with pytest.raises(InjectedFault):
             worker.run(faulty.name, {"amphora_id": "amp-1"})
@@ -161,6 +156,34 @@ def test_a_failure_at_every_task_deletes_the_replacement_and_keeps_the_old(tmp_p
         if task_name not in ("load_failed_amphora", "record_amphora"):
             (replacement,) = replacements(worker)
             assert f"{task_name} failed on purpose" in replacement.error
+
+
+@pytest.mark.parametrize(("mode", "task_name"), EVERY_TASK)
+def test_every_task_run_again_after_its_worker_died_ends_in_one_replacement(tmp_path, mode, task_name):
+    again = run_twice_at(FailoverAmphora, task_name)
+    with worker_running(again, mode, task_name, tmp_path) as (worker, image_id):
+        create_with_lb(worker, image_id)
+        result = worker.run(again.name, {"amphora_id": "amp-1"})
+        new = result["amphora"]
+        assert new["status"] == AmphoraStatus.READY
+        assert result["moved_loadbalancers"] == ["lb-1"]
+        assert members(worker) == [new["amphora_id"]]
+        assert resources(worker)["instances"] == [new["compute_id"]]
+        assert resources(worker)["ports"] == [new["port_id"]]
+        assert resources(worker)["certificates"] == [new["cert_serial"]]
+        assert len(resources(worker)["bundles"]) == 1
+        assert worker.state_store.get(AmphoraRecord, "amp-1").status == AmphoraStatus.DELETED
+
+
+def test_a_failover_claimed_by_another_request_is_refused_even_when_run_again():
+    with InProcessWorker() as worker:
+        create_with_lb(worker)
+        worker.state_store.update(
+            AmphoraRecord, "amp-1", status=AmphoraStatus.PENDING_FAILOVER, request_id="req-other"
+        )
+        with pytest.raises(Conflict, match="amp-1 is not failed over"):
+            worker.run("failover_amphora", {"amphora_id": "amp-1"})
+        assert replacements(worker) == []
 
 
 FAULTS = [

@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from keramos.flows.amphora import CreateAmphora
+from keramos.flows.amphora import CreateAmphora, DeleteAmphora
 from keramos.flows.tasks.amphora import (
     ACTIVATION_TOKEN_FILE,
     ActivateAmphora,
@@ -33,7 +33,6 @@ from tests.unit.amphora_helpers import (
     CREATE_MODE_TASKS,
     CREATE_TASKS_IN_EVERY_MODE,
     LB,
-    SIGNED_IMAGE_TASKS,
     InjectedFault,
     RecordingCompute,
     certificate_mode,
@@ -41,9 +40,10 @@ from tests.unit.amphora_helpers import (
     failing_at,
     members,
     nothing_left,
+    run_twice_at,
     task_names,
+    worker_running,
 )
-from tests.unit.image_helpers import SIGNED_IMAGE_DRIVERS, add_signed_image
 
 PAYLOAD = {"amphora_id": "amp-1", "image_id": "img-1"}
 
@@ -107,13 +107,7 @@ def test_the_flow_runs_the_tasks_the_fault_tests_cover(mode):
 @pytest.mark.parametrize(("mode", "task_name"), CREATE_TASKS_IN_EVERY_MODE)
 def test_a_failure_at_every_task_reverts_everything_before_it(tmp_path, mode, task_name):
     faulty = failing_at(CreateAmphora, task_name)
-    # The verification tasks run for a signed image only; the others run for an unsigned one.
-    signed = task_name in SIGNED_IMAGE_TASKS
-    drivers = SIGNED_IMAGE_DRIVERS if signed else {}
-    with InProcessWorker(
-        flows=[faulty], conf_overrides=certificate_mode(mode), state_path=tmp_path, **drivers
-    ) as worker:
-        image_id = add_signed_image(worker, tmp_path) if signed else "img-1"
+    with worker_running(faulty, mode, task_name, tmp_path) as (worker, image_id):
         # An earlier run of the load balancer must come back as it was.
         worker.run("create_amphora", {"amphora_id": "amp-0", "image_id": image_id, "lb": LB})
         before = worker.state_store.get(LoadBalancerRecord, "lb-1")
@@ -209,6 +203,23 @@ def test_create_then_delete_leaves_nothing_and_marks_deleted():
         with pytest.raises(NotFound):
             worker.cast_and_wait("delete_amphora", {"amphora_id": "amp-1"})
         worker.cast_and_wait("create_amphora", PAYLOAD)
+
+
+@pytest.mark.parametrize(
+    "task_name",
+    ["load_amphora", "leave_loadbalancers", "delete_amphora_resources", "mark_amphora_deleted"],
+)
+def test_every_delete_task_run_again_after_its_worker_died_deletes_once(task_name):
+    again = run_twice_at(DeleteAmphora, task_name)
+    with InProcessWorker(flows=[again]) as worker:
+        worker.run("create_amphora", {**PAYLOAD, "lb": LB})
+        assert task_names(worker, "delete_amphora") == [
+            "load_amphora", "leave_loadbalancers", "delete_amphora_resources", "mark_amphora_deleted"
+        ]
+        worker.run(again.name, {"amphora_id": "amp-1"})
+        nothing_left(worker)
+        assert members(worker) == []
+        assert worker.state_store.get(AmphoraRecord, "amp-1").status == AmphoraStatus.DELETED
 
 
 class FailingDelete(noop.NoopCompute):
