@@ -484,4 +484,33 @@ def make_conf(
     for group, values in (overrides or {}).items():
         for name, value in values.items():
             conf.set_override(name, value, group=None if group == "DEFAULT" else group)
+    check_values(conf)
     return conf
+
+
+def check_values(conf: cfg.ConfigOpts) -> None:
+    """Read every registered option once, so that a bad value stops a process as it starts.
+
+    oslo.config checks a value (its type, choices, bounds) only when it is read, which may be
+    when a flow first needs it, long after start-up. Raises
+    :class:`oslo_config.cfg.ConfigFileValueError` naming the group, the option and what is
+    wrong, on one line. Options a plugin registers when it loads are checked by calling this
+    again after loading (the worker does).
+    """
+    for name in list(conf):
+        try:
+            value = conf[name]
+        except ValueError as error:
+            raise _invalid("DEFAULT", name, error) from None
+        if not isinstance(value, cfg.ConfigOpts.GroupAttr):
+            continue
+        for option in list(value):
+            try:
+                value[option]
+            except ValueError as error:
+                raise _invalid(name, option, error) from None
+
+
+def _invalid(group: str, name: str, error: ValueError) -> cfg.ConfigFileValueError:
+    reason = str(error).rsplit(" is not valid: ", 1)[-1]
+    return cfg.ConfigFileValueError(f"[{group}] {name}: {reason}")

@@ -77,9 +77,17 @@ def test_files_then_overrides(tmp_path):
 def test_a_bad_value_in_a_file_is_refused_naming_the_option(tmp_path):
     conf_file = tmp_path / "keramos.conf"
     conf_file.write_text("[worker]\nengine = turbo\n")
+    with pytest.raises(cfg.ConfigFileValueError, match=r"^\[worker\] engine: .*'turbo'$"):
+        config.make_conf(["--config-file", str(conf_file)])
+
+
+def test_a_bad_value_of_an_option_a_plugin_registers_is_found_by_check_values(tmp_path):
+    conf_file = tmp_path / "keramos.conf"
+    conf_file.write_text("[example_plugin]\nmode = bogus\n")
     conf = config.make_conf(["--config-file", str(conf_file)])
-    with pytest.raises(cfg.ConfigFileValueError, match="turbo"):
-        _ = conf.worker.engine
+    conf.register_opts([cfg.StrOpt("mode", choices=["a", "b"])], group="example_plugin")
+    with pytest.raises(cfg.ConfigFileValueError, match=r"^\[example_plugin\] mode: .*'bogus'$"):
+        config.check_values(conf)
 
 
 def test_state_paths_follow_state_path(tmp_path):
