@@ -135,12 +135,12 @@ class Worker:
         self.control.start()
         self.intake.start()
         LOG.info(
-            "worker %s consuming topic %s with the %s intake (events: %s)",
+            "worker %s consuming topic %s with the %s intake",
             self.conf.host,
             self.conf.worker.topic,
             type(self.intake).__name__,
-            ", ".join(sorted(self.runner.flows)),
         )
+        LOG.info("worker %s serves events: %s", self.conf.host, ", ".join(sorted(self.runner.flows)))
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop consuming and wait up to ``timeout`` seconds for accepted flows.
