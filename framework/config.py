@@ -409,6 +409,33 @@ def list_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
     return [(group, list(opts)) for group, opts in GROUPS.items()]
 
 
+#: The defaults Keramos gives options oslo.messaging registers, group -> option -> value:
+#: set on every configuration :func:`make_conf` builds and shown in the sample config
+#: (:func:`list_messaging_opts`), so that the sample documents what a process really does.
+MESSAGING_DEFAULTS: dict[str | None, dict[str, Any]] = {
+    None: {"control_exchange": PROJECT},
+    # Casts outlive a RabbitMQ restart: durable, replicated queues, persistent messages.
+    "oslo_messaging_rabbit": {"rabbit_quorum_queue": True},
+    "oslo_messaging_notifications": {
+        "driver": ["messagingv2"],
+        "topics": ["keramos_notifications"],
+    },
+}
+
+
+def list_messaging_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
+    """The ``keramos.messaging`` sample-config namespace: oslo.messaging's options with
+    :data:`MESSAGING_DEFAULTS` (oslo.messaging's own namespace would show its defaults, such
+    as ``rabbit_quorum_queue = false``, which no Keramos process uses).
+
+    oslo.messaging hands out copies of its options, so setting their defaults here changes
+    nothing a running process sees."""
+    listed = messaging_opts.list_opts()
+    for group, opts in listed:
+        cfg.set_defaults(opts, **MESSAGING_DEFAULTS.get(group, {}))
+    return listed
+
+
 #: Options oslo.messaging reads on every call but registers on the global CONF only, and leaves
 #: out of its list_opts(): (module, attribute, group), as its own ConfFixture registers them.
 _GLOBAL_ONLY_MESSAGING_OPTS = (
@@ -466,11 +493,9 @@ def make_conf(
         conf.register_opts(opts, group=group)
     _register_messaging_opts(conf)
     logging.register_options(conf)
-    conf.set_default("control_exchange", PROJECT)
-    # Casts outlive a RabbitMQ restart: durable, replicated queues, persistent messages.
-    conf.set_default("rabbit_quorum_queue", True, group="oslo_messaging_rabbit")
-    conf.set_default("driver", ["messagingv2"], group="oslo_messaging_notifications")
-    conf.set_default("topics", ["keramos_notifications"], group="oslo_messaging_notifications")
+    for group, defaults in MESSAGING_DEFAULTS.items():
+        for name, value in defaults.items():
+            conf.set_default(name, value, group=group)
     default_files = (
         list(config_files) if config_files is not None else cfg.find_config_files(project=PROJECT)
     )
