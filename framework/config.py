@@ -423,6 +423,10 @@ MESSAGING_DEFAULTS: dict[str | None, dict[str, Any]] = {
 }
 
 
+#: The sample-config namespace of :func:`list_messaging_opts` (an ``oslo.config.opts`` entry point).
+MESSAGING_NAMESPACE = f"{PROJECT}.messaging"
+
+
 def list_messaging_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
     """The ``keramos.messaging`` sample-config namespace: oslo.messaging's options with
     :data:`MESSAGING_DEFAULTS` (oslo.messaging's own namespace would show its defaults, such
@@ -461,9 +465,10 @@ def _register_plugin_opts(conf: cfg.ConfigOpts) -> None:
 
     Only done when an override names a group not yet registered: values from files need no
     registration up front (oslo.config reads them when the driver registers its options), and
-    importing every plugin costs a worker memory it may not need."""
+    importing every plugin costs a worker memory it may not need. The oslo.messaging options
+    of :data:`MESSAGING_NAMESPACE` are registered already, by :func:`make_conf` itself."""
     for entry_point in metadata.entry_points(group="oslo.config.opts"):
-        if not entry_point.name.startswith(f"{PROJECT}."):
+        if not entry_point.name.startswith(f"{PROJECT}.") or entry_point.name == MESSAGING_NAMESPACE:
             continue
         for group, opts in entry_point.load()():
             conf.register_opts(opts, group=group)
