@@ -6,3 +6,7 @@ oslo.messaging is confined to :mod:`keramos.framework.rpc`, :mod:`.messaging`, :
 """
 
 __version__ = "0.1.0"
+
+from keramos.framework.warnings_filter import import_dependencies_quietly  # noqa: E402
+
+import_dependencies_quietly()

@@ -12,12 +12,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import kombu.exceptions
 import oslo_messaging
 from oslo_config import cfg
 
 from keramos.framework import messaging
 from keramos.framework.envelope import new_request_id
-from keramos.framework.errors import FlowFailed, Timeout
+from keramos.framework.errors import BrokerUnreachable, FlowFailed, Timeout
 from keramos.framework.records import TaskState
 
 
@@ -29,12 +30,23 @@ class KeramosClient:
 
     ``transport`` defaults to one built from the configuration; pass the worker's own transport
     to talk to an in-process worker on ``fake://``.
+
+    ``broker_timeout``: seconds the first cast or call waits for RabbitMQ to accept a
+    connection before raising :class:`~keramos.framework.errors.BrokerUnreachable`; casts and
+    calls then fail at once when the broker is lost instead of retrying. ``None`` (the default,
+    for long-running services) leaves oslo.messaging to retry for as long as it takes.
     """
 
     def __init__(
-        self, conf: cfg.ConfigOpts, *, transport: oslo_messaging.Transport | None = None
+        self,
+        conf: cfg.ConfigOpts,
+        *,
+        transport: oslo_messaging.Transport | None = None,
+        broker_timeout: float | None = None,
     ) -> None:
         self.conf = conf
+        self.broker_timeout = broker_timeout
+        self._broker_answered = False
         self._own_transport = transport is None
         self.transport = transport or messaging.rpc_transport(conf)
         self._client = oslo_messaging.get_rpc_client(
@@ -55,6 +67,26 @@ class KeramosClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _bounded(self, client: Any, timeout: float | None) -> Any:
+        """``client`` prepared to give up on an unreachable broker, when ``broker_timeout`` is set.
+
+        Checks the broker once per client (oslo.messaging's first connection would retry
+        forever), then prepares no retries: a lost broker fails the next cast or call at once.
+        """
+        if self.broker_timeout is None:
+            return client.prepare(timeout=timeout) if timeout else client
+        if not self._broker_answered:
+            messaging.wait_for_broker(self.conf, min(self.broker_timeout, timeout or self.broker_timeout))
+            self._broker_answered = True
+        return client.prepare(timeout=timeout, retry=0) if timeout else client.prepare(retry=0)
+
+    def _sent(self, send: Any) -> Any:
+        """Run ``send``, turning a connection lost to the broker into :class:`BrokerUnreachable`."""
+        try:
+            return send()
+        except (kombu.exceptions.OperationalError, oslo_messaging.MessageDeliveryFailure) as error:
+            raise BrokerUnreachable(f"lost the message broker: {type(error).__name__}: {error}") from error
+
     def cast(
         self,
         event: str,
@@ -69,17 +101,24 @@ class KeramosClient:
         """
         request_id = request_id or new_request_id()
         envelope = {"event": event, "version": version, "request_id": request_id, "payload": payload}
-        self._client.cast({"request_id": request_id}, "handle_event", envelope=envelope)
+        client = self._bounded(self._client, None)
+        self._sent(lambda: client.cast({"request_id": request_id}, "handle_event", envelope=envelope))
         return request_id
 
     def status(self, request_id: str, *, timeout: float | None = None) -> dict[str, Any] | None:
         """Ask a worker for the task record of ``request_id`` (``None`` if none is known)."""
-        client = self._control.prepare(timeout=timeout) if timeout else self._control
-        return client.call({"request_id": request_id}, "get_status", request_id=request_id)
+        started = time.monotonic()
+        client = self._bounded(self._control, timeout)
+        if timeout and self.broker_timeout is not None:
+            client = client.prepare(timeout=max(0.1, timeout - (time.monotonic() - started)))
+        return self._sent(
+            lambda: client.call({"request_id": request_id}, "get_status", request_id=request_id)
+        )
 
     def ping(self, *, timeout: float = 5.0) -> dict[str, Any]:
         """Ask any worker on the topic what it serves; raises MessagingTimeout if none answers."""
-        return self._control.prepare(timeout=timeout).call({}, "ping")
+        client = self._bounded(self._control, timeout)
+        return self._sent(lambda: client.call({}, "ping"))
 
     def wait(
         self, request_id: str, *, timeout: float = 300.0, interval: float = 0.02

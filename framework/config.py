@@ -409,6 +409,37 @@ def list_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
     return [(group, list(opts)) for group, opts in GROUPS.items()]
 
 
+#: The defaults Keramos gives options oslo.messaging registers, group -> option -> value:
+#: set on every configuration :func:`make_conf` builds and shown in the sample config
+#: (:func:`list_messaging_opts`), so that the sample documents what a process really does.
+MESSAGING_DEFAULTS: dict[str | None, dict[str, Any]] = {
+    None: {"control_exchange": PROJECT},
+    # Casts outlive a RabbitMQ restart: durable, replicated queues, persistent messages.
+    "oslo_messaging_rabbit": {"rabbit_quorum_queue": True},
+    "oslo_messaging_notifications": {
+        "driver": ["messagingv2"],
+        "topics": ["keramos_notifications"],
+    },
+}
+
+
+#: The sample-config namespace of :func:`list_messaging_opts` (an ``oslo.config.opts`` entry point).
+MESSAGING_NAMESPACE = f"{PROJECT}.messaging"
+
+
+def list_messaging_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
+    """The ``keramos.messaging`` sample-config namespace: oslo.messaging's options with
+    :data:`MESSAGING_DEFAULTS` (oslo.messaging's own namespace would show its defaults, such
+    as ``rabbit_quorum_queue = false``, which no Keramos process uses).
+
+    oslo.messaging hands out copies of its options, so setting their defaults here changes
+    nothing a running process sees."""
+    listed = messaging_opts.list_opts()
+    for group, opts in listed:
+        cfg.set_defaults(opts, **MESSAGING_DEFAULTS.get(group, {}))
+    return listed
+
+
 #: Options oslo.messaging reads on every call but registers on the global CONF only, and leaves
 #: out of its list_opts(): (module, attribute, group), as its own ConfFixture registers them.
 _GLOBAL_ONLY_MESSAGING_OPTS = (
@@ -434,9 +465,10 @@ def _register_plugin_opts(conf: cfg.ConfigOpts) -> None:
 
     Only done when an override names a group not yet registered: values from files need no
     registration up front (oslo.config reads them when the driver registers its options), and
-    importing every plugin costs a worker memory it may not need."""
+    importing every plugin costs a worker memory it may not need. The oslo.messaging options
+    of :data:`MESSAGING_NAMESPACE` are registered already, by :func:`make_conf` itself."""
     for entry_point in metadata.entry_points(group="oslo.config.opts"):
-        if not entry_point.name.startswith(f"{PROJECT}."):
+        if not entry_point.name.startswith(f"{PROJECT}.") or entry_point.name == MESSAGING_NAMESPACE:
             continue
         for group, opts in entry_point.load()():
             conf.register_opts(opts, group=group)
@@ -466,11 +498,9 @@ def make_conf(
         conf.register_opts(opts, group=group)
     _register_messaging_opts(conf)
     logging.register_options(conf)
-    conf.set_default("control_exchange", PROJECT)
-    # Casts outlive a RabbitMQ restart: durable, replicated queues, persistent messages.
-    conf.set_default("rabbit_quorum_queue", True, group="oslo_messaging_rabbit")
-    conf.set_default("driver", ["messagingv2"], group="oslo_messaging_notifications")
-    conf.set_default("topics", ["keramos_notifications"], group="oslo_messaging_notifications")
+    for group, defaults in MESSAGING_DEFAULTS.items():
+        for name, value in defaults.items():
+            conf.set_default(name, value, group=group)
     default_files = (
         list(config_files) if config_files is not None else cfg.find_config_files(project=PROJECT)
     )
@@ -484,4 +514,33 @@ def make_conf(
     for group, values in (overrides or {}).items():
         for name, value in values.items():
             conf.set_override(name, value, group=None if group == "DEFAULT" else group)
+    check_values(conf)
     return conf
+
+
+def check_values(conf: cfg.ConfigOpts) -> None:
+    """Read every registered option once, so that a bad value stops a process as it starts.
+
+    oslo.config checks a value (its type, choices, bounds) only when it is read, which may be
+    when a flow first needs it, long after start-up. Raises
+    :class:`oslo_config.cfg.ConfigFileValueError` naming the group, the option and what is
+    wrong, on one line. Options a plugin registers when it loads are checked by calling this
+    again after loading (the worker does).
+    """
+    for name in list(conf):
+        try:
+            value = conf[name]
+        except ValueError as error:
+            raise _invalid("DEFAULT", name, error) from None
+        if not isinstance(value, cfg.ConfigOpts.GroupAttr):
+            continue
+        for option in list(value):
+            try:
+                value[option]
+            except ValueError as error:
+                raise _invalid(name, option, error) from None
+
+
+def _invalid(group: str, name: str, error: ValueError) -> cfg.ConfigFileValueError:
+    reason = str(error).rsplit(" is not valid: ", 1)[-1]
+    return cfg.ConfigFileValueError(f"[{group}] {name}: {reason}")

@@ -147,6 +147,10 @@ class Timeout(KeramosError):
     """Something did not happen within the time it was given."""
 
 
+class BrokerUnreachable(Timeout):
+    """No host of the message broker accepted a connection within the time given."""
+
+
 class FlowFailed(KeramosError):
     """A flow ended in failure and was reverted.
 

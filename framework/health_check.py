@@ -15,7 +15,7 @@ from collections.abc import Callable
 import kombu
 from oslo_config import cfg
 
-from keramos.framework import intake, loader
+from keramos.framework import intake, loader, messaging
 from keramos.framework.jobboard import jobboard_health
 from keramos.framework.records import TaskRecord
 
@@ -40,7 +40,7 @@ def _broker(conf: cfg.ConfigOpts) -> tuple[bool, str]:
     if intake.choose(conf) != "kombu":
         return True, f"{conf.transport_url or 'default transport'}: checked by the transport itself"
     failures = []
-    for options in intake.brokers(conf):
+    for options in messaging.brokers(conf):
         where = f"{options['hostname']}:{options['port']}"
         try:
             with kombu.Connection(**{**options, "connect_timeout": CHECK_TIMEOUT}) as connection:

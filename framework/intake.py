@@ -25,7 +25,6 @@ import dataclasses
 import itertools
 import json
 import queue
-import ssl
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -51,15 +50,13 @@ RECONNECT_BACKOFF = (0.5, 30.0)
 #: Seconds before the first and the longest wait before a cast that could not be recorded goes
 #: back to the queue: a dead database does not spin the CPU.
 REQUEUE_BACKOFF = (0.2, 10.0)
-#: Seconds a connection attempt may take.
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = messaging.CONNECT_TIMEOUT
 #: Seconds :meth:`KombuIntake.stop` waits for the casts being taken to be acknowledged.
 STOP_TIMEOUT = 10.0
 
 _IDLE_POLL = 1.0
 _BUSY_POLL = 0.002
 _BACKOFF_POLL = 0.1
-_RABBIT_TRANSPORTS = ("rabbit", "kombu")
 
 
 class Intake(Protocol):
@@ -166,46 +163,13 @@ def queue_arguments(conf: cfg.ConfigOpts) -> dict[str, Any]:
     return arguments
 
 
-def brokers(conf: cfg.ConfigOpts) -> list[dict[str, Any]]:
-    """kombu connection arguments for each host of ``[DEFAULT] transport_url``, in order."""
-    url = oslo_messaging.TransportURL.parse(conf, conf.transport_url)
-    rabbit = conf.oslo_messaging_rabbit
-    common: dict[str, Any] = {
-        "transport": "pyamqp",
-        "virtual_host": url.virtual_host or "/",
-        "heartbeat": rabbit.heartbeat_timeout_threshold,
-        "login_method": rabbit.rabbit_login_method,
-        "connect_timeout": CONNECT_TIMEOUT,
-    }
-    if rabbit.ssl:
-        options: dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED}
-        if rabbit.ssl_ca_file:
-            options["ca_certs"] = rabbit.ssl_ca_file
-        if rabbit.ssl_cert_file:
-            options["certfile"] = rabbit.ssl_cert_file
-        if rabbit.ssl_key_file:
-            options["keyfile"] = rabbit.ssl_key_file
-        common["ssl"] = options
-    hosts = url.hosts or [oslo_messaging.TransportHost(hostname="localhost")]
-    return [
-        {
-            **common,
-            "hostname": host.hostname or "localhost",
-            "port": host.port or (5671 if rabbit.ssl else 5672),
-            "userid": host.username or "guest",
-            "password": host.password or "guest",
-        }
-        for host in hosts
-    ]
-
-
 def choose(conf: cfg.ConfigOpts) -> str:
     """The intake ``[worker] intake`` names: ``kombu`` or ``rpc`` (``auto`` decided)."""
     transport = oslo_messaging.TransportURL.parse(conf, conf.transport_url).transport
     wanted = conf.worker.intake
     if wanted == "auto":
-        return "kombu" if transport in _RABBIT_TRANSPORTS else "rpc"
-    if wanted == "kombu" and transport not in _RABBIT_TRANSPORTS:
+        return "kombu" if transport in messaging.RABBIT_TRANSPORTS else "rpc"
+    if wanted == "kombu" and transport not in messaging.RABBIT_TRANSPORTS:
         raise ConfigError(f"[worker] intake = kombu needs a rabbit:// transport, not {transport}")
     return wanted
 
@@ -313,7 +277,7 @@ class KombuIntake:
         self.topic = conf.worker.topic
         self.control_topic = messaging.control_topic(conf)
         self.prefetch = 2 * conf.worker.accept_threads
-        self._brokers = [dict(options) for options in broker_options or brokers(conf)]
+        self._brokers = [dict(options) for options in broker_options or messaging.brokers(conf)]
         self._exchange_name = conf.control_exchange
         self._durable = durable(conf)
         self._auto_delete = bool(conf.oslo_messaging_rabbit.amqp_auto_delete)

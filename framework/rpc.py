@@ -179,7 +179,6 @@ def rpc_server(
         transport,
         worker_target(conf, server=conf.host),
         [endpoint],
-        executor="threading",
         access_policy=oslo_messaging.DefaultRPCAccessPolicy,
     )
 
@@ -196,6 +195,5 @@ def control_server(
         transport,
         control_target(conf, server=conf.host),
         [endpoint],
-        executor="threading",
         access_policy=oslo_messaging.DefaultRPCAccessPolicy,
     )

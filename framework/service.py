@@ -23,7 +23,7 @@ from taskflow import exceptions as tf_exceptions
 
 from keramos.framework import __version__, intake, loader, messaging, rpc
 from keramos.framework.client import KeramosClient
-from keramos.framework.config import make_conf
+from keramos.framework.config import check_values, make_conf
 from keramos.framework.contracts import Driver, FlowFactory, PeriodicTask
 from keramos.framework.errors import KeramosError
 from keramos.framework.health_check import check_health
@@ -135,12 +135,12 @@ class Worker:
         self.control.start()
         self.intake.start()
         LOG.info(
-            "worker %s consuming topic %s with the %s intake (events: %s)",
+            "worker %s consuming topic %s with the %s intake",
             self.conf.host,
             self.conf.worker.topic,
             type(self.intake).__name__,
-            ", ".join(sorted(self.runner.flows)),
         )
+        LOG.info("worker %s serves events: %s", self.conf.host, ", ".join(sorted(self.runner.flows)))
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop consuming and wait up to ``timeout`` seconds for accepted flows.
@@ -245,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if all(check.ok for check in checks) else 1
     try:
         check_plugins(conf)
+        check_values(conf)
     except (KeramosError, tf_exceptions.StorageFailure, ValueError) as error:
         LOG.error("cannot start: %s", error)
         print(f"keramos-worker: cannot start: {error}", file=sys.stderr)

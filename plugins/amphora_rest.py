@@ -129,6 +129,29 @@ def _agent_error(
     )
 
 
+def connection_failure(error: BaseException) -> str:
+    """What stopped a connection, in the operating system's words (``Connection refused``).
+
+    requests and urllib3 wrap the socket's error three times over, each layer repeating the
+    URL, which makes a 300-character message with "Max retries exceeded" in it although the
+    driver tried once; the operator needs the cause at the bottom.
+    """
+    pending: list[BaseException] = [error]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror
+        if isinstance(current, TimeoutError):
+            return "timed out"
+        nested = (*current.args, getattr(current, "reason", None), current.__cause__, current.__context__)
+        pending += [cause for cause in nested if isinstance(cause, BaseException)]
+    return "timed out" if isinstance(error, requests.Timeout) else type(error).__name__
+
+
 def _token_of(endpoint: AmphoraEndpoint, operation: str, body: Any) -> str:
     token = body.get("activation_token") if isinstance(body, dict) else None
     if not isinstance(token, str) or not token:
@@ -211,10 +234,14 @@ class RestAmphoraDriver(AmphoraDriver):
                 self._sessions[key] = session
             return session
 
+    def address(self, endpoint: AmphoraEndpoint) -> str:
+        """``host:port`` of the endpoint's agent (an IPv6 host in brackets)."""
+        host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
+        return f"{host}:{endpoint.port or self.agent_port}"
+
     def url(self, endpoint: AmphoraEndpoint, path: str) -> str:
         """The URL of ``path`` (from :func:`protocol.path`) on the endpoint's agent."""
-        host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
-        return f"https://{host}:{endpoint.port or self.agent_port}{path}"
+        return f"https://{self.address(endpoint)}{path}"
 
     def request(
         self,
@@ -242,7 +269,10 @@ class RestAmphoraDriver(AmphoraDriver):
                 raise AgentError(endpoint.amphora_id, operation, f"TLS failure: {ssl_error}") from None
             except (requests.ConnectionError, requests.Timeout) as connection_error:
                 error = AgentError(
-                    endpoint.amphora_id, operation, f"unreachable: {connection_error}", retryable=True
+                    endpoint.amphora_id,
+                    operation,
+                    f"unreachable at {self.address(endpoint)}: {connection_failure(connection_error)}",
+                    retryable=True,
                 )
                 continue
             if response.status_code < 400:
@@ -404,7 +434,10 @@ class RestAmphoraDriver(AmphoraDriver):
                 raise AgentError(endpoint.amphora_id, operation, f"TLS failure: {ssl_error}") from None
             except (OSError, http.client.HTTPException) as connection_error:
                 raise AgentError(
-                    endpoint.amphora_id, operation, f"unreachable: {connection_error}", retryable=True
+                    endpoint.amphora_id,
+                    operation,
+                    f"unreachable at {self.address(endpoint)}: {connection_failure(connection_error)}",
+                    retryable=True,
                 ) from None
         finally:
             connection.close()

@@ -31,6 +31,13 @@ def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+def unused_port() -> int:
+    """A TCP port of 127.0.0.1 nothing listens on (bound once by the kernel, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture
 def plugin_distribution(tmp_path, monkeypatch):
     """Install, for one test, a fake distribution with the given modules and entry points.

@@ -369,9 +369,14 @@ class MarkImageActive(task.Task):
         if not image_signed:
             return None
         LOG.info(
-            "image %s signature verified; signing certificate %s (%s), chain %s",
+            "image %s signature verified: signed by %s (certificate %s)",
             image_id,
+            signing_certificate["subject"],
             signing_certificate["certificate_uuid"],
+        )
+        LOG.debug(
+            "image %s signing certificate %s, chain %s",
+            image_id,
             signing_certificate["description"],
             signing_certificate["chain"],
         )

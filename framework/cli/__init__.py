@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from oslo_config import cfg
+
 from keramos.framework import __version__
 from keramos.framework.errors import KeramosError
 from keramos.framework.warnings_filter import silence_dependency_warnings
@@ -80,7 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args.conf = _conf_factory(args)
     try:
+        if args.config_file or args.config_dir:
+            args.conf()
         return int(args.func(args) or 0)
+    except cfg.Error as error:
+        print(f"keramos {args.command}: configuration error: {error}", file=sys.stderr)
+        return 2
     except KeramosError as error:
         print(f"keramos {args.command}: error: {error}", file=sys.stderr)
         return 1

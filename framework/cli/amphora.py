@@ -12,9 +12,13 @@ import sys
 from typing import TYPE_CHECKING
 
 from keramos.framework.cli.progress import print_json, print_table
+from keramos.framework.records import AmphoraStatus
 
 if TYPE_CHECKING:
     from keramos.framework.records import AmphoraRecord
+
+#: The statuses ``list --status`` accepts, in lifecycle order.
+STATUSES = tuple(value for name, value in vars(AmphoraStatus).items() if name.isupper())
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,13 +36,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "certificate serial, seconds since its last heartbeat ('-' if none arrived) and, for an "
         "amphora in ERROR, why.",
     )
-    listing.add_argument("--status", metavar="STATUS", help="only amphorae in this status (READY, ERROR, ...)")
+    listing.add_argument(
+        "--status",
+        type=str.upper,
+        choices=STATUSES,
+        metavar="STATUS",
+        help=f"only amphorae in this status, one of {', '.join(STATUSES)} (any case)",
+    )
     listing.add_argument(
         "--all", action="store_true", help="include DELETED amphorae (left out by default)"
     )
     listing.set_defaults(func=_list)
-    show = commands.add_parser("show", help="one amphora's record, as JSON")
-    show.add_argument("amphora_id", metavar="AMPHORA_ID")
+    show = commands.add_parser(
+        "show",
+        help="one amphora's record, as JSON",
+        description="Print the state store's record of AMPHORA_ID as JSON; exit 1 if there is "
+        "none. The activation token itself is never shown, only whether it is still unused.",
+    )
+    show.add_argument("amphora_id", metavar="AMPHORA_ID", help="the amphora's id")
     show.set_defaults(func=_show)
 
 
@@ -52,11 +67,11 @@ def _heartbeat_age(record: AmphoraRecord) -> str:
 
 def _list(args: argparse.Namespace) -> int:
     from keramos.framework.loader import load_state_store
-    from keramos.framework.records import AmphoraRecord, AmphoraStatus
+    from keramos.framework.records import AmphoraRecord
 
     state_store = load_state_store(args.conf())
     try:
-        filters = {"status": args.status.upper()} if args.status else {}
+        filters = {"status": args.status} if args.status else {}
         records = state_store.find(AmphoraRecord, **filters)
     finally:
         state_store.close()

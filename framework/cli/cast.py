@@ -28,13 +28,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--timeout", type=float, default=300.0, help="seconds --wait waits (default 300)"
     )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds to wait for the message broker to accept a connection before giving up "
+        "(default 10)",
+    )
     parser.set_defaults(func=cast)
 
 
 def cast(args: argparse.Namespace) -> int:
     payload = load_json_argument(args.payload, "--payload")
     conf = args.conf()
-    with KeramosClient(conf) as client:
+    with KeramosClient(conf, broker_timeout=args.connect_timeout) as client:
         if args.wait:
             try:
                 client.ping(timeout=5)

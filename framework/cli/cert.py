@@ -34,13 +34,18 @@ LOCAL_GENERATOR = "local"
 
 
 def _generator(args: argparse.Namespace) -> tuple[cfg.ConfigOpts, CertGenerator]:
+    from keramos.framework.contracts import CertKind
     from keramos.framework.loader import load_driver_class
 
     conf = certificates_conf(args)
     if getattr(args, "key_type", None):
         conf.set_override("key_type", args.key_type, group="certificates")
     generator_class = load_driver_class("cert_generator", LOCAL_GENERATOR)
-    return conf, generator_class(conf, passphrase=resolve_passphrase(args, conf))
+    return conf, generator_class(
+        conf,
+        passphrase=resolve_passphrase(args, conf),
+        first_kind=getattr(args, "kind", None) or CertKind.SERVER,
+    )
 
 
 def _issue(args: argparse.Namespace) -> int:

@@ -272,13 +272,15 @@ def run(state_path: str, step: Step, progress: RunObserver) -> None:
         try:
             print(f"    health manager listening for signed heartbeats on udp 127.0.0.1:{heartbeat_port}, "
                   f"failing over amphorae silent for {HEARTBEAT_TIMEOUT:g}s")
-            _lifecycle(worker, step, backend_port)
+            _lifecycle(worker, step, backend_port, manager.stop)
         finally:
             manager.stop()
             worker.drivers.compute.close()
 
 
-def _lifecycle(worker: InProcessWorker, step: Step, backend_port: int) -> None:
+def _lifecycle(
+    worker: InProcessWorker, step: Step, backend_port: int, stop_health_manager: Callable[[], None]
+) -> None:
     step("create_amphora amp-a, then amp-b: image verified, certificate issued, agent booted, activated")
     first = _create(worker, "amp-a")
     second = _create(worker, "amp-b")
@@ -312,6 +314,9 @@ def _lifecycle(worker: InProcessWorker, step: Step, backend_port: int) -> None:
     _show_traffic(listener_port)
 
     step("delete_amphora for both: instances, certificates and files go")
+    # With the demo's 3-second heartbeat timeout, a busy machine can delay one amphora's
+    # heartbeats while the other is deleted: a failover must not race the deletions.
+    stop_health_manager()
     for amphora_id in (second.amphora_id, replacement.amphora_id):
         worker.wait(worker.cast("delete_amphora", {"amphora_id": amphora_id}), timeout=60)
     left = worker.state_store.find(AmphoraRecord, status=AmphoraStatus.READY)

@@ -17,7 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="List every entry point in the keramos.* groups with the distribution that "
         "provides it. --check also imports each one and checks it against its contract.",
     )
-    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="table: one line per entry point under its group (default); json: a list of "
+        "objects with group, name, target, distribution, version (and check)",
+    )
     parser.add_argument(
         "--check", action="store_true", help="import each plugin and check its contract"
     )

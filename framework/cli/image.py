@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import uuid
 from collections.abc import Iterator
 
 from cryptography.hazmat.primitives import serialization
@@ -37,8 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sign.add_argument(
         "--cert-uuid",
         required=True,
+        type=_certificate_uuid,
         metavar="UUID",
-        help="uuid of the signing certificate in the key manager",
+        help="uuid of the signing certificate in the key manager "
+        "(e.g. 3d3e1a4c-6a1f-4f0b-9d53-2f8e2b7c9a10)",
     )
     sign.add_argument(
         "--hash", default="SHA-256", choices=tuple(signature.HASH_METHODS), help="hash method"
@@ -70,6 +73,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("image_id", metavar="IMAGE_ID", help="the image to verify")
     verify.add_argument("--quiet", action="store_true", help="print only the result")
     verify.set_defaults(func=verify_image)
+
+
+def _certificate_uuid(text: str) -> str:
+    """The canonical form of a certificate uuid: key managers keep certificates by uuid, so an
+    image signed with anything else could never be verified."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a uuid (8-4-4-4-12 hexadecimal digits): give the uuid the key "
+            "manager keeps the signing certificate under"
+        ) from None
 
 
 def _read_chunks(path: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
@@ -123,5 +138,6 @@ def verify_image(args: argparse.Namespace) -> int:
     from keramos.framework.cli.run import run
 
     args.flow = "verify_image"
-    args.store = json.dumps({"image_id": args.image_id})
+    args.payload = json.dumps({"image_id": args.image_id})
+    args.store = None
     return run(args)

@@ -44,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="one job in full: claim, attempts, every task's state, why it was parked",
         description="Show the job whose job uuid or request id is JOB_OR_REQUEST_ID.",
     )
-    showing.add_argument("key", metavar="JOB_OR_REQUEST_ID")
+    showing.add_argument(
+        "key", metavar="JOB_OR_REQUEST_ID", help="the job's uuid, or the request id of its cast"
+    )
     showing.add_argument("--json", action="store_true", help="print JSON")
     for sub in (listing, showing):
         sub.add_argument(

@@ -1,4 +1,9 @@
-"""``keramos run FLOW --store JSON``: run a flow in this process, no broker, no worker."""
+"""``keramos run FLOW --payload JSON``: run a flow in this process, no broker, no worker.
+
+The payload option has the name ``keramos cast`` gives it. ``--store`` (its first name, after
+taskflow's store) is still accepted, hidden from the help, with a one-line notice on stderr, so
+that scripts written against it keep working while they are updated.
+"""
 
 from __future__ import annotations
 
@@ -25,18 +30,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "exactly as a worker would run a cast of it, printing each task as it runs.",
     )
     parser.add_argument("flow", metavar="FLOW", help="flow (event) name, e.g. create_amphora")
-    parser.add_argument(
-        "--store",
-        default="{}",
+    payload = parser.add_mutually_exclusive_group()
+    payload.add_argument(
+        "--payload",
         metavar="JSON",
-        help="the flow's payload as a JSON object, or @FILE to read it from a file",
+        help="the flow's payload as a JSON object, or @FILE to read it from a file (default {})",
     )
+    payload.add_argument("--store", metavar="JSON", help=argparse.SUPPRESS)
     parser.add_argument("--quiet", action="store_true", help="print only the result")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    payload = load_json_argument(args.store, "--store")
+    if args.store is not None:
+        print("keramos run: --store is deprecated, use --payload", file=sys.stderr)
+        payload = load_json_argument(args.store, "--store")
+    else:
+        payload = load_json_argument(args.payload or "{}", "--payload")
     result = run_here(args.conf(), args.flow, payload, quiet=args.quiet)
     if result is None:
         return 1

@@ -17,15 +17,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="show the state of a cast (pending, processing, success, failure)",
         description="Ask a worker (RPC call) for the task record of REQUEST_ID.",
     )
-    parser.add_argument("request_id", metavar="REQUEST_ID")
+    parser.add_argument("request_id", metavar="REQUEST_ID", help="the request id a cast printed")
     parser.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds to wait for a worker (default 10)"
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the message broker and a worker to answer (default 10)",
     )
     parser.set_defaults(func=status)
 
 
 def status(args: argparse.Namespace) -> int:
-    with KeramosClient(args.conf()) as client:
+    with KeramosClient(args.conf(), broker_timeout=args.timeout) as client:
         try:
             record = client.status(args.request_id, timeout=args.timeout)
         except oslo_messaging.MessagingTimeout:

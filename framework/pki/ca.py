@@ -454,11 +454,21 @@ def create_dual_ca(
 
 
 def load_dual_ca(
-    directory: str, passphrase: bytes, *, now: dt.datetime | None = None
+    directory: str,
+    passphrase: bytes,
+    *,
+    now: dt.datetime | None = None,
+    first: str = CertKind.SERVER,
 ) -> dict[str, CertificateAuthority]:
-    """Load both CAs from ``directory`` and check that they are really two different CAs."""
+    """Load both CAs from ``directory`` and check that they are really two different CAs.
+
+    ``first`` is the kind of CA loaded first: the one the caller is about to sign with, so
+    that a wrong passphrase is reported against the key the operator asked to use (issuing a
+    client certificate names the client CA key), not against the other one.
+    """
     check_passphrase(passphrase)
-    authorities = {kind: CertificateAuthority.load(directory, kind, passphrase, now=now) for kind in CertKind.ALL}
+    order = [first, *(kind for kind in CertKind.ALL if kind != first)]
+    authorities = {kind: CertificateAuthority.load(directory, kind, passphrase, now=now) for kind in order}
     server, client = authorities[CertKind.SERVER], authorities[CertKind.CLIENT]
     if server.certificate.public_key() == client.certificate.public_key():
         raise errors.CAUnusable(f"the server CA and the client CA in {directory} share one key; they must differ")

@@ -29,9 +29,17 @@ class LocalCertGenerator(CertGenerator):
     """Issues certificates from the server CA and the client CA in ``[certificates] ca_dir``.
 
     ``passphrase`` overrides the configured one (the CLI passes what the operator gave it).
+    ``first_kind`` is the CA the caller is about to use (``keramos cert issue --kind client``):
+    it is loaded first, so that a wrong passphrase names that CA's key.
     """
 
-    def __init__(self, conf: cfg.ConfigOpts, *, passphrase: bytes | None = None) -> None:
+    def __init__(
+        self,
+        conf: cfg.ConfigOpts,
+        *,
+        passphrase: bytes | None = None,
+        first_kind: str = CertKind.SERVER,
+    ) -> None:
         super().__init__(conf)
         register_opts(conf)
         group = conf.certificates
@@ -42,7 +50,9 @@ class LocalCertGenerator(CertGenerator):
         self.key_type: str = group.key_type
         self.validity = dt.timedelta(days=group.validity_days)
         self.crl_validity = dt.timedelta(days=group.crl_validity_days)
-        self.authorities: dict[str, CertificateAuthority] = load_dual_ca(self.ca_dir, passphrase)
+        self.authorities: dict[str, CertificateAuthority] = load_dual_ca(
+            self.ca_dir, passphrase, first=first_kind
+        )
         self._crl_lock = threading.Lock()
 
     def _authority(self, kind: str) -> CertificateAuthority:

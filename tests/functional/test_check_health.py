@@ -3,19 +3,14 @@ nothing listens: one line per engine and an exit code an orchestrator's probe ca
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from tests.conftest import unused_port
+
 WORKER = Path(sys.executable).parent / "keramos-worker"
-
-
-def unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def check(tmp_path: Path, rabbit_port: int, redis_port: int) -> tuple[int, list[str], float]:

@@ -15,6 +15,7 @@ from keramos.framework.config import make_conf
 from keramos.framework.contracts import AmphoraEndpoint
 from keramos.framework.errors import AlreadyActivated, ConfigError, DriverError, Timeout
 from keramos.plugins.amphora_rest import AgentError, AmphoraIdAdapter, RestAmphoraDriver, list_opts
+from tests.conftest import unused_port
 
 ENDPOINT = AmphoraEndpoint("amp-1", "127.0.0.1", 9443)
 
@@ -171,3 +172,14 @@ def test_a_second_activation_is_a_410_not_retried_and_an_answer_without_token_is
     script(driver, (200, {"amphora_id": "amp-1"}))
     with pytest.raises(AgentError, match="answer without an activation token"):
         driver.activate(ENDPOINT)
+
+
+def test_an_agent_nobody_listens_for_is_one_short_line_with_the_cause(driver):
+    port = unused_port()
+    endpoint = AmphoraEndpoint("amp-gone", "127.0.0.1", port)
+    with pytest.raises(AgentError) as caught:
+        driver.get_info(endpoint)
+    message = str(caught.value)
+    assert message.endswith(f"unreachable at 127.0.0.1:{port}: Connection refused"), message
+    assert caught.value.retryable
+    assert "Max retries" not in message and "urllib3" not in message and len(message) < 120

@@ -129,6 +129,19 @@ def test_passphrase_file_wins_over_environment_which_wins_over_config(
         keramos(*issue)
 
 
+@pytest.mark.parametrize("kind", ["client", "server"])
+def test_a_wrong_passphrase_names_the_key_of_the_ca_asked_for(tmp_path, keramos, ca_dir, kind):
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the passphrase\n")
+    issue = ("cert", "issue", "--dir", ca_dir, "--kind", kind, "--cn", "peer")
+    with pytest.raises(errors.CAWrongPassphrase) as refused:
+        keramos(*issue, "--out", str(tmp_path / "out"), "--passphrase-file", str(wrong))
+    message = str(refused.value)
+    other = "server" if kind == "client" else "client"
+    assert f"{kind}_ca_key.pem" in message and f"{other}_ca" not in message
+    assert message.startswith(f"{kind} CA key:")
+
+
 def test_cert_issue_writes_cert_and_private_key(tmp_path, keramos, ca_dir, passphrase_file):
     out = tmp_path / "controller"
     assert (

@@ -53,7 +53,7 @@ def test_drivers_lists_groups_entry_points_and_distributions_as_json(capsys):
 
 def test_run_prints_each_task_and_the_result(capsys, tmp_path):
     payload = json.dumps({"amphora_id": "cli-1", "image_id": "img"})
-    code, out, _ = run_cli(capsys, "run", "create_amphora", "--store", payload, state_path=tmp_path)
+    code, out, _ = run_cli(capsys, "run", "create_amphora", "--payload", payload, state_path=tmp_path)
     assert code == 0
     assert "boot_amphora" in out and "done" in out
     result = json.loads(out[out.index("{") :])
@@ -64,7 +64,7 @@ def test_run_reads_the_store_from_a_file(capsys, tmp_path):
     store = tmp_path / "store.json"
     store.write_text(json.dumps({"amphora_id": "cli-2", "image_id": "img"}))
     code, out, _ = run_cli(
-        capsys, "run", "create_amphora", "--store", f"@{store}", "--quiet", state_path=tmp_path
+        capsys, "run", "create_amphora", "--payload", f"@{store}", "--quiet", state_path=tmp_path
     )
     assert code == 0
     assert json.loads(out)["amphora"]["amphora_id"] == "cli-2"
@@ -73,9 +73,9 @@ def test_run_reads_the_store_from_a_file(capsys, tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["run", "create_amphora", "--store", "{not json"], "--store is not valid JSON"),
-        (["run", "create_amphora", "--store", "@/nonexistent.json"], "cannot read --store"),
-        (["run", "create_amphora", "--store", '{"amphora_id": "x"}'], "missing field(s): image_id"),
+        (["run", "create_amphora", "--payload", "{not json"], "--payload is not valid JSON"),
+        (["run", "create_amphora", "--payload", "@/nonexistent.json"], "cannot read --payload"),
+        (["run", "create_amphora", "--payload", '{"amphora_id": "x"}'], "missing field(s): image_id"),
         (["run", "no_such_flow"], "unknown event 'no_such_flow'"),
     ],
 )
@@ -87,8 +87,8 @@ def test_bad_input_exits_non_zero_with_a_clear_message(capsys, tmp_path, argv, m
 
 def test_a_flow_failure_exits_one_and_says_it_was_reverted(capsys, tmp_path):
     payload = json.dumps({"amphora_id": "dup", "image_id": "img"})
-    assert run_cli(capsys, "run", "create_amphora", "--store", payload, state_path=tmp_path)[0] == 0
-    code, _, err = run_cli(capsys, "run", "create_amphora", "--store", payload, state_path=tmp_path)
+    assert run_cli(capsys, "run", "create_amphora", "--payload", payload, state_path=tmp_path)[0] == 0
+    code, _, err = run_cli(capsys, "run", "create_amphora", "--payload", payload, state_path=tmp_path)
     assert code == 1
     assert "create_amphora failed and was reverted: KeramosError: amphora dup already exists" in err
 

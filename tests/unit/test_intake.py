@@ -10,7 +10,7 @@ import uuid
 import kombu
 import pytest
 
-from keramos.framework import intake
+from keramos.framework import intake, messaging
 from keramos.framework.config import make_conf
 from keramos.framework.errors import ConfigError
 
@@ -73,9 +73,9 @@ def test_brokers_come_from_the_transport_url():
     conf = make_conf(
         config_files=[], overrides={"DEFAULT": {"transport_url": "rabbit://u:p%40ss@h1:5673,h2/vh"}}
     )
-    found = [(b["hostname"], b["port"], b["userid"], b["password"]) for b in intake.brokers(conf)]
+    found = [(b["hostname"], b["port"], b["userid"], b["password"]) for b in messaging.brokers(conf)]
     assert found == [("h1", 5673, "u", "p@ss"), ("h2", 5672, "guest", "guest")]
-    assert {b["virtual_host"] for b in intake.brokers(conf)} == {"vh"}
+    assert {b["virtual_host"] for b in messaging.brokers(conf)} == {"vh"}
 
 
 def test_the_backoff_doubles_up_to_its_bound_and_starts_over_after_a_success():
