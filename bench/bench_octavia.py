@@ -19,11 +19,12 @@ burst of load on a shared machine weighs on both alike; each row keeps each side
    amphora; Keramos's local generator, its default key type). Goal >= 10x.
 2. Configuration pushes to ``agents`` real ``keramos-agent`` processes (mutual TLS, loopback),
    round-robin: Octavia's ``AmphoraAPIClient1_0.upload_config`` (API 1.0, unversioned, one
-   ``requests`` session for every amphora as Octavia's driver keeps it) against Keramos's rest
-   amphora driver (a kept-alive session per amphora, versioned), each on its own load balancer
-   id of the same agents with the same configuration. Re-push of what is stored (the agent
-   answers without ``haproxy -c``: the transport) with p50/p99, and a new configuration every
-   push (``haproxy -c`` on the agent).
+   ``requests`` session for every amphora as Octavia's driver keeps it; that session keeps
+   connection pools for 10 hosts, so with more agents than that each push opens a new TLS
+   connection) against Keramos's rest amphora driver (a kept-alive session per amphora,
+   versioned). Each client pushes to its own load balancer id on the same agents, with the same
+   configuration. Re-push of what is stored (the agent answers without ``haproxy -c``: the
+   transport) with p50/p99, and a new configuration every push (``haproxy -c`` on the agent).
 
 ``python bench/bench_octavia.py [CREATIONS] [AGENTS]``; progress goes to stderr, the table to
 stdout.
