@@ -79,7 +79,8 @@ def _paired_rates(
     return rates
 
 
-def _generator(state_path: str, key_type: str) -> LocalCertGenerator:
+def local_generator(state_path: str, key_type: str) -> LocalCertGenerator:
+    """The ``local`` generator on a new dual CA of ``key_type`` under ``state_path``."""
     ca_dir = os.path.join(state_path, f"ca-{key_type}")
     create_dual_ca(ca_dir, PASSPHRASE.encode(), key_type=key_type)
     conf = make_conf(config_files=[], overrides={"DEFAULT": {"state_path": state_path}})
@@ -132,7 +133,7 @@ def rows(duration: float = 3.0) -> list[dict[str, Any]]:
     """The benchmark table: Keramos issuance rates against raw ``cryptography`` loops."""
     table = []
     with tempfile.TemporaryDirectory(prefix="keramos-bench-certs-") as state_path:
-        ec_generator = _generator(state_path, "ec-p256")
+        ec_generator = local_generator(state_path, "ec-p256")
         ec_ca = ec_generator.authorities[CertKind.SERVER]
 
         def raw_ec() -> bytes:
@@ -153,7 +154,7 @@ def rows(duration: float = 3.0) -> list[dict[str, Any]]:
         name = "EC P-256 local generator driver"
         table.append(row(name, *_paired_rates(name, ec_driver, raw_ec, duration), UNIT, GOAL))
 
-        rsa_generator = _generator(state_path, "rsa-2048")
+        rsa_generator = local_generator(state_path, "rsa-2048")
         rsa_ca = rsa_generator.authorities[CertKind.SERVER]
 
         def rsa_driver() -> object:

@@ -13,6 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 
+class BenchUnavailable(RuntimeError):
+    """A benchmark cannot run here (a baseline is not installed); the message says what to do."""
+
+
 def row(name: str, keramos: float, raw: float, unit: str, goal: str) -> dict[str, Any]:
     """One table row; ``ratio`` is keramos / raw."""
     return {

@@ -64,6 +64,21 @@ class CA:
         """The CA certificate as PEM."""
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
+    def write(self, directory: str, stem: str) -> tuple[str, str]:
+        """Write ``<stem>_cert.pem`` and ``<stem>_key.pem`` (unencrypted, 0600) into ``directory``,
+        for a program that signs with this CA from files; return their paths."""
+        key_pem = self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        paths = (os.path.join(directory, f"{stem}_cert.pem"), os.path.join(directory, f"{stem}_key.pem"))
+        for path, content in zip(paths, (self.cert_pem, key_pem), strict=True):
+            with open(path, "wb") as stream:
+                stream.write(content)
+            os.chmod(path, 0o600)
+        return paths
+
 
 def _key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
