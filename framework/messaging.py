@@ -10,7 +10,8 @@ import oslo_messaging
 from oslo_config import cfg
 
 #: Version of the RPC interface (the envelope and method names), not of the events it carries.
-RPC_API_VERSION = "1.0"
+#: 1.1 added ``get_progress``.
+RPC_API_VERSION = "1.1"
 
 
 def rpc_transport(conf: cfg.ConfigOpts) -> oslo_messaging.Transport:
