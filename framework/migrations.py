@@ -24,10 +24,11 @@ Alembic is imported only to upgrade.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import sqlalchemy as sa
 
@@ -112,7 +113,7 @@ class SchemaMigrations:
         """
         from alembic import command
 
-        with engine.begin() as connection:
+        with _one_writer(engine) as connection:
             before = self.current(connection)
             command.upgrade(self._config(connection), "head")
             after = self.current(connection)
@@ -166,6 +167,33 @@ class Database:
 
 #: One thread of a process creates a schema at a time (the worker's threads open stores too).
 _CREATING = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_writer(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A connection in a transaction that holds the database's write lock from its start.
+
+    PostgreSQL and MySQL run DDL in the migration's transaction; processes migrating at once
+    conflict and the loser rolls back. SQLite's driver would commit each ``CREATE`` on its own:
+    a file database gets ``BEGIN IMMEDIATE`` instead, so that a second process waits for the
+    first and then finds the schema made (an in-memory database has no other process).
+    """
+    url = engine.url
+    if engine.dialect.name != "sqlite" or url.database in (None, "", ":memory:"):
+        with engine.begin() as connection:
+            yield connection
+        return
+    locking = sa.create_engine(url, connect_args={"isolation_level": None, "timeout": 60}, poolclass=sa.pool.NullPool)
+
+    @sa.event.listens_for(locking, "begin")
+    def _immediately(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    try:
+        with locking.begin() as connection:
+            yield connection
+    finally:
+        locking.dispose()
 
 
 def script_location(module_file: str, directory: str = "migrations") -> str:

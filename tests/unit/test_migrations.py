@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 import sqlalchemy as sa
@@ -89,3 +91,35 @@ def test_db_reports_an_unreachable_database_in_one_line(capsys, tmp_path):
     code, _, err = run_keramos(capsys, config, "db", "current")
     assert code == 1
     assert len(err.strip().splitlines()) == 1 and "keramos db: error:" in err
+
+
+OPEN_BOTH = """
+import sys
+import sqlalchemy as sa
+from keramos.framework.persistence import MIGRATIONS as flows
+from keramos.plugins.state_store.sqlalchemy import MIGRATIONS as store
+engine = sa.create_engine(sys.argv[1])
+store.ensure(engine, "racing")
+flows.ensure(engine, "racing")
+"""
+
+
+def test_processes_creating_one_new_sqlite_database_at_once_all_start_on_one_schema(tmp_path):
+    url = f"sqlite:///{tmp_path}/raced.sqlite"
+    racers = [
+        subprocess.Popen([sys.executable, "-c", OPEN_BOTH, url], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    for racer in racers:
+        _, err = racer.communicate(timeout=120)
+        assert racer.returncode == 0, err
+    engine = sa.create_engine(url)
+    with engine.connect() as db:
+        assert db.execute(sa.text("SELECT version_num FROM keramos_state_store_version")).all() == [
+            (state_sql.MIGRATIONS.head,)
+        ]
+        assert db.execute(sa.text("SELECT version_num FROM keramos_persistence_version")).all() == [
+            (persistence.MIGRATIONS.head,)
+        ]
+    engine.dispose()
+    assert schema_differences(url) == []
