@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 
 import pytest
 
@@ -52,13 +53,33 @@ def progress_lines(stdout: str) -> list[tuple[str, str]]:
     return shown
 
 
+REVERTED_THREE_STEPS = [
+    ("first", "started"),
+    ("first", "done"),
+    ("second", "started"),
+    ("second", "done"),
+    ("third", "started"),
+    ("third", "failed"),
+    ("third", "reverting"),
+    ("third", "reverted"),
+    ("second", "reverting"),
+    ("second", "reverted"),
+    ("first", "reverting"),
+    ("first", "reverted"),
+]
+
+
 @pytest.fixture
-def plugin_worker(plugin_distribution, monkeypatch, worker_process):
+def failing_flow_installed(plugin_distribution, monkeypatch):
     site = plugin_distribution(
         {"keramos.flows": {"three_steps": "progress_flows:ThreeSteps"}}, {"progress_flows": FAILING_FLOW}
     )
-    # The worker is another process: it finds the flow's distribution on its PYTHONPATH.
+    # Workers are other processes: they find the flow's distribution on their PYTHONPATH.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+
+
+@pytest.fixture
+def plugin_worker(failing_flow_installed, worker_process):
     return worker_process()
 
 
@@ -81,20 +102,26 @@ def test_cast_wait_piped_prints_the_failure_and_each_revert(plugin_worker):
     failed = plugin_worker.cli("cast", "three_steps", "--wait")
     assert failed.returncode == 1, failed.stderr + plugin_worker.log()
     assert "the third step fails" in failed.stderr
-    assert progress_lines(failed.stdout) == [
-        ("first", "started"),
-        ("first", "done"),
-        ("second", "started"),
-        ("second", "done"),
-        ("third", "started"),
-        ("third", "failed"),
-        ("third", "reverting"),
-        ("third", "reverted"),
-        ("second", "reverting"),
-        ("second", "reverted"),
-        ("first", "reverting"),
-        ("first", "reverted"),
-    ]
+    assert progress_lines(failed.stdout) == REVERTED_THREE_STEPS
+
+
+def test_in_jobboard_mode_the_caller_sees_every_step_whichever_worker_runs_the_flow(
+    failing_flow_installed, worker_process, pg_url, redis_server
+):
+    """Two workers on one jobboard, each with its own cast topic: the flow runs in whichever
+    conductor claims it, and the caller's worker answers from the shared databases."""
+    settings = {
+        "jobboard": {"enabled": True, "url": redis_server.url, "name": f"kt-{uuid.uuid4().hex[:8]}",
+                     "poll_interval": 0.1},
+        "state_store": {"connection": pg_url},
+        "persistence": {"connection": pg_url},
+    }
+    caller_side = worker_process(settings)
+    worker_process(settings)
+    for _ in range(2):
+        failed = caller_side.cli("cast", "three_steps", "--wait")
+        assert failed.returncode == 1, failed.stderr + caller_side.log()
+        assert progress_lines(failed.stdout) == REVERTED_THREE_STEPS
 
 
 def test_cast_wait_quiet_prints_only_the_outcome(plugin_worker):
