@@ -80,11 +80,14 @@ class SchemaMigrations:
     def state(self, engine: sa.Engine) -> tuple[str, str | None]:
         """``(SchemaState.*, revision or None)`` of the database behind ``engine``."""
         with engine.connect() as connection:
-            revision = self.current(connection)
-            if revision is None:
-                existing = set(sa.inspect(connection).get_table_names())
+            # One read of the table names: two reads may straddle another process's commit.
+            existing = set(sa.inspect(connection).get_table_names())
+            if self.version_table not in existing:
                 found = SchemaState.UNVERSIONED if existing & set(self.tables) else SchemaState.EMPTY
                 return found, None
+            revision = self.current(connection)
+        if revision is None:
+            return SchemaState.UNVERSIONED, None
         if revision == self.head:
             return SchemaState.CURRENT, revision
         if revision in self.revisions:
