@@ -20,6 +20,13 @@ from keramos.framework import messaging
 from keramos.framework.envelope import new_request_id
 from keramos.framework.errors import BrokerUnreachable, FlowFailed, Timeout
 from keramos.framework.records import TaskState
+from keramos.framework.steps import StepCallback, StepTracker
+
+#: The RPC version that serves ``get_progress``.
+PROGRESS_RPC_VERSION = "1.1"
+
+#: What a worker older than ``get_progress`` answers when asked for it.
+_NOT_SERVED = (oslo_messaging.RemoteError, oslo_messaging.UnsupportedVersion, oslo_messaging.NoSuchMethod)
 
 
 class KeramosClient:
@@ -115,28 +122,55 @@ class KeramosClient:
             lambda: client.call({"request_id": request_id}, "get_status", request_id=request_id)
         )
 
+    def progress(self, request_id: str, *, timeout: float | None = None) -> dict[str, Any] | None:
+        """The task record of ``request_id`` with the ``steps`` of its run so far (see
+        :mod:`keramos.framework.steps`), or ``None`` if unknown. A worker older than this call
+        answers with :meth:`status` instead (a record without steps while the flow runs)."""
+        options: dict[str, Any] = {"version": PROGRESS_RPC_VERSION}
+        if timeout:
+            options["timeout"] = timeout
+        try:
+            return self._control.prepare(**options).call(
+                {"request_id": request_id}, "get_progress", request_id=request_id
+            )
+        except _NOT_SERVED:
+            return self.status(request_id, timeout=timeout)
+
     def ping(self, *, timeout: float = 5.0) -> dict[str, Any]:
         """Ask any worker on the topic what it serves; raises MessagingTimeout if none answers."""
         client = self._bounded(self._control, timeout)
         return self._sent(lambda: client.call({}, "ping"))
 
     def wait(
-        self, request_id: str, *, timeout: float = 300.0, interval: float = 0.02
+        self,
+        request_id: str,
+        *,
+        timeout: float = 300.0,
+        interval: float = 0.02,
+        on_step: StepCallback | None = None,
     ) -> dict[str, Any]:
         """Wait until the request's flow ends and return its task record.
+
+        ``on_step(task_name, event)`` is called as tasks start, end and revert (``started``,
+        ``done``, ``failed``, ``reverting``, ``reverted``, ``revert failed``), in order, each
+        once, including those of the last moments of the flow.
 
         Raises :class:`FlowFailed` (with the flow's error) if it failed and
         :class:`~keramos.framework.errors.Timeout` if it has not ended after ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
+        tracker = StepTracker(on_step) if on_step is not None else None
+        look = self.status if tracker is None else self.progress
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Timeout(f"{request_id} has not ended after {timeout:g}s")
             try:
-                record = self.status(request_id, timeout=max(1.0, min(remaining, 30.0)))
+                record = look(request_id, timeout=max(1.0, min(remaining, 30.0)))
             except oslo_messaging.MessagingTimeout:
                 record = None
+            if record is not None and tracker is not None:
+                tracker.update(record.get("steps"))
             if record is not None and record["state"] == TaskState.FAILURE:
                 raise FlowFailed(
                     record["event"],

@@ -17,7 +17,8 @@ from oslo_config import cfg
 from keramos.framework.errors import BrokerUnreachable
 
 #: Version of the RPC interface (the envelope and method names), not of the events it carries.
-RPC_API_VERSION = "1.0"
+#: 1.1 added ``get_progress``.
+RPC_API_VERSION = "1.1"
 #: Transports of ``[DEFAULT] transport_url`` that are RabbitMQ.
 RABBIT_TRANSPORTS = ("rabbit", "kombu")
 #: Seconds a connection attempt to RabbitMQ may take.

@@ -42,8 +42,10 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from taskflow import exceptions as exc
 from taskflow.persistence import base, models
 
+from keramos.framework.migrations import SchemaMigrations, script_location
+
 __all__ = [
-    "ATOMDETAILS", "Connection", "FLOWDETAILS", "LOGBOOKS", "LeanSQLBackend", "METADATA",
+    "ATOMDETAILS", "Connection", "FLOWDETAILS", "LOGBOOKS", "LeanSQLBackend", "METADATA", "MIGRATIONS",
     "SYNCHRONOUS_MODES", "get_backend",
 ]
 
@@ -52,7 +54,7 @@ SYNCHRONOUS_MODES: tuple[str, ...] = ("normal", "full")
 
 _UUID = sa.String(64)
 
-#: Schema of the backend; created by :meth:`Connection.upgrade`.
+#: Schema of the backend; created by its migrations (:data:`MIGRATIONS`).
 METADATA = sa.MetaData()
 
 
@@ -86,6 +88,17 @@ ATOMDETAILS = sa.Table(
     _parent("keramos_flowdetails"),
     sa.Column("atom_type", sa.String(32), nullable=False),
     sa.Column("data", sa.JSON, nullable=False),
+)
+
+#: The flow persistence's migrations (``framework/persistence_migrations``), run by
+#: ``keramos db upgrade``; an empty database is created by :meth:`LeanSQLBackend.upgrade`.
+MIGRATIONS = SchemaMigrations(
+    title="flow persistence",
+    location=script_location(__file__, "persistence_migrations"),
+    version_table="keramos_persistence_version",
+    head="persistence_0001",
+    tables=tuple(table.name for table in METADATA.sorted_tables),
+    revisions=("persistence_0001",),
 )
 
 _KEY = sa.bindparam("key")
@@ -348,20 +361,18 @@ class LeanSQLBackend(base.Backend):
                 cursor.execute(insert.sql, insert.params(row))
 
     def upgrade(self) -> None:
-        """Create the tables that do not exist yet (idempotent).
+        """Create the schema on an empty database; refuse one of another revision.
 
-        Processes starting together on a new database race to create them: the loser's
-        ``CREATE`` fails because the winner's committed meanwhile, so a failed attempt is
-        checked once more before it counts as a failure.
+        :raises keramos.framework.migrations.SchemaOutdated: the database was made by an older
+            (or newer) Keramos: ``keramos db upgrade`` upgrades it.
+        :raises taskflow.exceptions.StorageFailure: the database cannot be read or written.
         """
-        for attempt in range(2):
-            try:
-                with self._upgrade_lock, self._guard, self._engine.begin() as conn:
-                    METADATA.create_all(conn, checkfirst=True)
-                return
-            except self._errors:
-                if attempt:
-                    exc.raise_with_cause(exc.StorageFailure, "Failed creating the tables")
+        where = self._engine.url.render_as_string(hide_password=True)
+        try:
+            with self._upgrade_lock, self._guard:
+                MIGRATIONS.ensure(self._engine, where)
+        except self._errors:
+            exc.raise_with_cause(exc.StorageFailure, "Failed creating the tables")
 
     def get_connection(self) -> Connection:
         """Return a cheap connection object over the shared engine."""
@@ -396,7 +407,7 @@ class Connection(base.Connection):
             conn.execute(sa.select(sa.literal(1)))
 
     def upgrade(self) -> None:
-        """Create the backend's tables if they do not exist yet."""
+        """Create the backend's schema on an empty database (see :meth:`LeanSQLBackend.upgrade`)."""
         self._backend.upgrade()
 
     def clear_all(self) -> None:
@@ -557,6 +568,7 @@ def get_backend(connection: str, synchronous: str = "normal") -> LeanSQLBackend:
 
     :raises ValueError: ``connection`` or ``synchronous`` is invalid.
     :raises taskflow.exceptions.StorageFailure: the tables cannot be created.
+    :raises keramos.framework.migrations.SchemaOutdated: the database needs ``keramos db upgrade``.
     """
     backend = LeanSQLBackend({"connection": connection, "synchronous": synchronous})
     try:

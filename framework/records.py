@@ -63,7 +63,8 @@ class TaskRecord(Record):
     ``digest`` is the cast's :func:`~keramos.framework.envelope.envelope_digest` (another cast
     with the same request id and digest is a redelivery of this one); ``owner`` the host whose
     worker took it and ``flow_uuid`` the flow detail it runs from (``None`` for a refused cast,
-    and ``owner`` ``None`` for a run that no worker resumes: without persistence).
+    and ``owner`` ``None`` for a run that no worker resumes: without persistence). ``steps`` is
+    each task's final state once the flow ended (:mod:`keramos.framework.steps`).
     """
 
     key: ClassVar[str] = "request_id"
@@ -81,6 +82,7 @@ class TaskRecord(Record):
     digest: str | None = None
     owner: str | None = None
     flow_uuid: str | None = None
+    steps: list[dict[str, Any]] | None = None
 
 
 @dataclasses.dataclass

@@ -160,6 +160,11 @@ class WorkerEndpoint:
         record = self.runner.drivers.state_store.get(TaskRecord, request_id)
         return None if record is None else jsonable(record.to_dict())
 
+    def get_progress(self, ctxt: dict[str, Any], request_id: str) -> dict[str, Any] | None:
+        """The task record of ``request_id`` with the steps of its run so far (RPC 1.1), or
+        ``None`` if unknown (see :meth:`FlowRunner.progress`)."""
+        return self.runner.progress(request_id)
+
     def ping(self, ctxt: dict[str, Any]) -> dict[str, Any]:
         """Liveness and what this worker serves."""
         return {"events": sorted(self.runner.flows), "active": self._active}

@@ -27,7 +27,7 @@ from taskflow import storage as tf_storage
 from taskflow.persistence import models
 from taskflow.types import notifier as tf_notifier
 
-from keramos.framework import schema
+from keramos.framework import flowgraph, schema
 from keramos.framework.contracts import Drivers, FlowFactory
 from keramos.framework.envelope import (
     REQUEST_ID_PATTERN,
@@ -54,6 +54,7 @@ from keramos.framework.errors import (
 from keramos.framework.observers import Hook, LogObserver, RunObserver, notify, overrides
 from keramos.framework.persistence import VolatileBackend
 from keramos.framework.records import TaskRecord, TaskState, utcnow
+from keramos.framework.steps import steps_in_order
 
 LOG = logging.getLogger(__name__)
 
@@ -115,6 +116,10 @@ def _forget_half_saved_store(flow_detail: models.FlowDetail) -> None:
             atom_detail.state = states.SUCCESS
 
 
+def _atom_names(flow: Any) -> list[str]:
+    return [atom.name for atom in flowgraph.describe(flow).atoms()]
+
+
 class FlowRunner:
     """Runs the flows of one worker (or one CLI or test process).
 
@@ -148,6 +153,7 @@ class FlowRunner:
         # Flow details saved whose record insert did not confirm: a redelivery hands them out.
         self._unconfirmed: dict[str, tuple[Job, models.LogBook, models.FlowDetail]] = {}
         self._unconfirmed_lock = threading.Lock()
+        self._task_orders: dict[str, list[str]] = {}
         self._executor: futurist.ThreadPoolExecutor | None = None
         if conf.worker.engine == "parallel":
             self._executor = futurist.ThreadPoolExecutor(max_workers=conf.worker.max_parallel_tasks)
@@ -476,6 +482,8 @@ class FlowRunner:
     def _load_engine(self, job: Job, book: models.LogBook, flow_detail: models.FlowDetail):
         _forget_half_saved_store(flow_detail)
         flow = self.flows[job.event].flow()
+        if job.event not in self._task_orders:
+            self._task_orders[job.event] = _atom_names(flow)
         options: dict[str, Any] = {"engine": self.conf.worker.engine}
         if self._executor is not None:
             options["executor"] = self._executor
@@ -517,6 +525,7 @@ class FlowRunner:
         notify(everyone, "started", job, request_id=job.request_id)
         LOG.info("flow %s started (%s, resource %s)", job.event, job.request_id, job.resource_id)
         watching = [observer for observer in everyone if overrides(observer, "task_state_changed")]
+        engine = None
         try:
             engine = self._load_engine(job, book, flow_detail)
             if watching:
@@ -548,6 +557,7 @@ class FlowRunner:
                 state=TaskState.FAILURE,
                 message=described["message"],
                 error_type=described["type"],
+                steps=self._final_steps(job.event, engine),
             )
             failure = FlowFailed(
                 job.event, job.request_id, described["type"], described["message"], cause=cause
@@ -564,11 +574,61 @@ class FlowRunner:
             self._forget(book)
             raise failure from cause
         duration = round(time.monotonic() - started, 6)
-        store.update(TaskRecord, job.request_id, state=TaskState.SUCCESS, result=result)
+        store.update(
+            TaskRecord,
+            job.request_id,
+            state=TaskState.SUCCESS,
+            result=result,
+            steps=self._final_steps(job.event, engine),
+        )
         notify(everyone, "succeeded", job, result, duration, request_id=job.request_id)
         LOG.info("flow %s succeeded (%s, %.3fs)", job.event, job.request_id, duration)
         self._forget(book)
         return result
+
+    def task_order(self, event: str) -> list[str]:
+        """The names of the atoms of ``event``'s flow, in flow order (built once per event)."""
+        order = self._task_orders.get(event)
+        if order is None:
+            order = self._task_orders[event] = _atom_names(self.flows[event].flow())
+        return order
+
+    def _final_steps(self, event: str, engine: Any) -> list[dict[str, Any]] | None:
+        """Each task's state once the run ended (``None`` if its engine never loaded)."""
+        if engine is None:
+            return None
+        try:
+            storage = engine.storage
+            order = self.task_order(event)
+            states_by_name = {name: state for name, (state, _intent) in storage.get_atoms_states(order).items()}
+            return steps_in_order(order, states_by_name, storage.get_execute_failures())
+        except Exception:
+            LOG.exception("could not collect the steps of a %s run; its record has none", event)
+            return None
+
+    def progress(self, request_id: str) -> dict[str, Any] | None:
+        """The task record of ``request_id`` with its ``steps`` so far, or ``None`` if unknown.
+
+        A run that ended has its final steps in its record; a running one's come from its flow
+        detail in the persistence backend (none without persistence, or before the flow started).
+        """
+        record = self.drivers.state_store.get(TaskRecord, request_id)
+        if record is None:
+            return None
+        progress = jsonable(record.to_dict())
+        if record.state in TaskState.TERMINAL or not self.durable or not record.flow_uuid:
+            return progress
+        if record.event not in self.flows:
+            return progress
+        try:
+            with contextlib.closing(self.backend.get_connection()) as connection:
+                flow_detail = connection.get_flow_details(record.flow_uuid)
+        except tf_exceptions.NotFound:
+            return progress
+        states_by_name = {atom.name: atom.state for atom in flow_detail}
+        failed = [atom.name for atom in flow_detail if atom.failure is not None]
+        progress["steps"] = steps_in_order(self.task_order(record.event), states_by_name, failed)
+        return progress
 
     def accepted_flow(self, record: TaskRecord) -> Accepted | None:
         """The accepted cast ``record`` names (its logbook and flow detail), read back from the

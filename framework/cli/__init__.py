@@ -22,7 +22,8 @@ from keramos.framework.warnings_filter import silence_dependency_warnings
 
 #: Command modules under keramos.framework.cli, in the order --help lists them.
 COMMAND_MODULES: tuple[str, ...] = (
-    "demo", "run", "cast", "status", "drivers", "ca", "cert", "image", "amphora", "jobs"
+    "demo", "run", "cast", "status", "drivers", "flows", "ca", "cert", "image", "amphora", "jobs",
+    "db",
 )
 
 

@@ -8,6 +8,7 @@ import sys
 import oslo_messaging
 
 from keramos.framework.cli.progress import load_json_argument, print_json
+from keramos.framework.cli.watch import StepPrinter
 from keramos.framework.client import KeramosClient
 from keramos.framework.errors import FlowFailed
 
@@ -24,7 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--payload", default="{}", metavar="JSON", help="JSON object, or @FILE to read one"
     )
     parser.add_argument("--version", default="1.0", help="event version to ask for (default 1.0)")
-    parser.add_argument("--wait", action="store_true", help="wait for the flow's outcome")
+    parser.add_argument(
+        "--wait", action="store_true", help="wait for the flow's outcome, showing each task"
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="with --wait, print only the outcome, not each task"
+    )
     parser.add_argument(
         "--timeout", type=float, default=300.0, help="seconds --wait waits (default 300)"
     )
@@ -56,13 +62,17 @@ def cast(args: argparse.Namespace) -> int:
         print(request_id, flush=True)
         if not args.wait:
             return 0
+        printer = None if args.quiet else StepPrinter()
         try:
-            record = client.wait(request_id, timeout=args.timeout)
+            record = client.wait(request_id, timeout=args.timeout, on_step=printer)
         except FlowFailed as failure:
             print(
                 f"{args.event} {request_id} failed: {failure.error_type}: {failure.error_message}",
                 file=sys.stderr,
             )
             return 1
+        finally:
+            if printer is not None:
+                printer.close()
         print_json(record)
         return 0

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Collection, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from keramos.framework.contracts.base import Driver
 from keramos.framework.records import Record
+
+if TYPE_CHECKING:
+    from oslo_config import cfg
+
+    from keramos.framework.migrations import Database
 
 R = TypeVar("R", bound=Record)
 
@@ -21,6 +26,17 @@ class StateStore(Driver):
     """
 
     kind = "state_store"
+
+    @classmethod
+    def database(cls, conf: cfg.ConfigOpts) -> Database | None:
+        """The database this store would keep its records in with ``conf``, with the migrations
+        of its schema (:mod:`keramos.framework.migrations`), for ``keramos db``; ``None`` (the
+        default) for a store that keeps no versioned schema, such as the in-memory one.
+
+        Called on the class: a store refuses to open a database of an older schema, which is
+        exactly when ``keramos db upgrade`` needs it.
+        """
+        return None
 
     @abc.abstractmethod
     def save(self, record: R) -> R:

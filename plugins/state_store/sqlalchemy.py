@@ -1,7 +1,8 @@
 """The ``sqlalchemy`` state store: one table per record type, on any SQLAlchemy database.
 
 SQLite (the default, a file under ``state_path``) runs in WAL mode with pooled connections;
-PostgreSQL and MySQL work with their usual drivers. Tables are created when missing.
+PostgreSQL and MySQL work with their usual drivers. The schema is versioned with Alembic
+(:data:`MIGRATIONS`): created on an empty database, upgraded by ``keramos db upgrade``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from keramos.framework.contracts import StateStore
 from keramos.framework.errors import ConfigError, Conflict, NotFound
+from keramos.framework.migrations import Database, SchemaMigrations, SchemaOutdated, script_location
 from keramos.framework.persistence import make_sqlite_directory
 from keramos.framework.records import RECORD_TYPES, Record, utcnow
 from keramos.plugins.state_store import check_changes, conflict_message, field_types
@@ -53,6 +55,18 @@ def _table(record_type: type[Record]) -> sa.Table:
 
 TABLES: dict[type[Record], sa.Table] = {record_type: _table(record_type) for record_type in RECORD_TYPES}
 
+#: The state store's migrations (``migrations/`` beside this module), run by ``keramos db
+#: upgrade``; an empty database is created when a store opens it. A field added to a record
+#: needs a migration adding its column (a test compares the tables with the migrated schema).
+MIGRATIONS = SchemaMigrations(
+    title="state store",
+    location=script_location(__file__),
+    version_table="keramos_state_store_version",
+    head="state_store_0002",
+    tables=tuple(table.name for table in TABLES.values()),
+    revisions=("state_store_0001", "state_store_0002"),
+)
+
 
 def _as_utc(value: Any) -> Any:
     # SQLite has no timezone type: datetimes come back naive, but were stored as UTC.
@@ -85,26 +99,6 @@ def make_engine(url: str) -> sa.engine.Engine:
         cursor.close()
 
     return engine
-
-
-def add_missing_columns(engine: sa.engine.Engine) -> list[str]:
-    """Add to existing tables the columns of record fields added since they were created.
-
-    Adding a field with a default to a record is a compatible change: its column is added here
-    (nullable; rows written before read it as ``None``). Returns ``table.column`` of each added.
-    """
-    inspector = sa.inspect(engine)
-    added = []
-    with engine.begin() as connection:
-        for table in TABLES.values():
-            existing = {column["name"] for column in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in existing:
-                    continue
-                ddl = sa.schema.CreateColumn(column).compile(dialect=engine.dialect)
-                connection.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
-                added.append(f"{table.name}.{column.name}")
-    return added
 
 
 _KEY_PARAMETER = "record_key"
@@ -166,11 +160,18 @@ class SQLAlchemyStateStore(StateStore):
         make_sqlite_directory(parse_url(self.url))
         self.engine = make_engine(self.url)
         try:
-            METADATA.create_all(self.engine)
-            add_missing_columns(self.engine)
+            MIGRATIONS.ensure(self.engine, self._safe_url())
+        except SchemaOutdated:
+            self.engine.dispose()
+            raise
         except sa.exc.SQLAlchemyError as error:
             self.engine.dispose()
             raise ConfigError(f"state store {self._safe_url()} is unusable: {error}") from error
+
+    @classmethod
+    def database(cls, conf: cfg.ConfigOpts) -> Database:
+        """The ``[state_store] connection`` database and this store's migrations."""
+        return Database(MIGRATIONS, make_engine(conf.state_store.connection))
 
     def _safe_url(self) -> str:
         return sa.engine.make_url(self.url).render_as_string(hide_password=True)

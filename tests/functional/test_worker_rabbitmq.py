@@ -19,8 +19,8 @@ def test_a_cast_reaches_the_worker_and_cast_wait_reports_success(worker_process)
     worker = worker_process()
     done = worker.cli("cast", "create_amphora", "--payload", json.dumps(AMPHORA), "--wait")
     assert done.returncode == 0, done.stderr + worker.log()
-    request_id, document = done.stdout.split("\n", 1)
-    record = json.loads(document)
+    request_id, _progress = done.stdout.split("\n", 1)
+    record = json.loads(done.stdout[done.stdout.index("\n{") :])
     assert record["request_id"] == request_id
     assert record["state"] == TaskState.SUCCESS
     assert record["result"]["amphora"]["status"] == "READY"
@@ -36,7 +36,7 @@ def test_a_failing_flow_reports_failure_with_its_error_and_the_state_store_shows
     failed = worker.cli("cast", "create_amphora", "--payload", payload, "--wait")
     assert failed.returncode == 1
     assert "KeramosError: amphora rabbit-amp-1 already exists (READY)" in failed.stderr
-    request_id = failed.stdout.strip()
+    request_id = failed.stdout.split("\n", 1)[0]
     record = json.loads(worker.cli("status", request_id).stdout)
     assert record["state"] == TaskState.FAILURE
     assert record["message"] == "amphora rabbit-amp-1 already exists (READY)"

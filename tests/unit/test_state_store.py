@@ -156,24 +156,3 @@ def test_an_unusable_database_url_is_a_configuration_error(tmp_path):
     conf = make_conf(config_files=[], overrides={"state_store": {"connection": "not a url"}})
     with pytest.raises(ConfigError, match="not a database URL"):
         SQLAlchemyStateStore(conf)
-
-
-def test_a_database_made_before_a_field_was_added_gets_its_column(tmp_path):
-    import sqlite3
-
-    database = tmp_path / "keramos.sqlite"
-    with sqlite3.connect(database) as old:
-        old.execute(
-            "CREATE TABLE keramos_amphorae (amphora_id VARCHAR(255) PRIMARY KEY, status TEXT,"
-            " created_at DATETIME, updated_at DATETIME)"
-        )
-        old.execute("INSERT INTO keramos_amphorae VALUES ('old-1', 'READY', NULL, NULL)")
-    store = make_store("sqlite", tmp_path)
-    try:
-        assert store.get(AmphoraRecord, "old-1").compute_id is None
-        store.update(AmphoraRecord, "old-1", compute_id="c-1")
-        store.save(AmphoraRecord(amphora_id="new-1", config_version=2))
-        assert store.get(AmphoraRecord, "old-1").compute_id == "c-1"
-        assert store.get(AmphoraRecord, "new-1").config_version == 2
-    finally:
-        store.close()

@@ -1,0 +1,5 @@
+"""Alembic environment of the flow persistence's migrations (see keramos.framework.migrations)."""
+
+from keramos.framework.migrations import run_environment
+
+run_environment()
