@@ -15,7 +15,7 @@ from typing import Any
 import oslo_messaging
 from oslo_config import cfg
 
-from keramos.framework import messaging
+from keramos.framework import messaging, tracing
 from keramos.framework.envelope import new_request_id
 from keramos.framework.errors import FlowFailed, Timeout
 from keramos.framework.records import TaskState
@@ -65,11 +65,16 @@ class KeramosClient:
     ) -> str:
         """Cast ``event`` with ``payload`` and return the request id it carries.
 
-        The worker validates the payload; a rejected cast shows as a ``failure`` status.
+        The worker validates the payload; a rejected cast shows as a ``failure`` status. With
+        OpenTelemetry set up in this process the cast is a span (``cast <event>``), whose trace
+        context the message carries to the flow's spans.
         """
         request_id = request_id or new_request_id()
         envelope = {"event": event, "version": version, "request_id": request_id, "payload": payload}
-        self._client.cast({"request_id": request_id}, "handle_event", envelope=envelope)
+        attributes = {"keramos.flow": event, "keramos.request_id": request_id}
+        with tracing.outgoing(f"cast {event}", kind="producer", attributes=attributes) as out:
+            context = {"request_id": request_id, **out.headers}
+            self._client.cast(context, "handle_event", envelope=envelope)
         return request_id
 
     def status(self, request_id: str, *, timeout: float | None = None) -> dict[str, Any] | None:

@@ -1,0 +1,76 @@
+"""OpenTelemetry for tests: this process's spans kept in memory, and span trees to check."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+_exporter: InMemorySpanExporter | None = None
+_lock = threading.Lock()
+
+
+def memory_exporter() -> InMemorySpanExporter:
+    """The exporter of the global tracer provider, set up on first use (it can be set once per
+    process), emptied: what the client and the drivers of this process trace lands there."""
+    global _exporter
+    with _lock:
+        if _exporter is None:
+            _exporter = InMemorySpanExporter()
+            provider = TracerProvider()
+            provider.add_span_processor(SimpleSpanProcessor(_exporter))
+            trace.set_tracer_provider(provider)
+        _exporter.clear()
+        return _exporter
+
+
+@dataclass(frozen=True)
+class Span:
+    """What a span tree check needs of a span, from the SDK or decoded from OTLP."""
+
+    name: str
+    trace_id: int
+    span_id: int
+    parent_id: int | None
+    failed: bool
+
+    @classmethod
+    def of(cls, span) -> Span:
+        """The :class:`Span` of an SDK ``ReadableSpan``."""
+        return cls(
+            span.name,
+            span.context.trace_id,
+            span.context.span_id,
+            span.parent.span_id if span.parent is not None else None,
+            span.status.status_code is trace.StatusCode.ERROR,
+        )
+
+
+def tree(spans: Iterable[Span], trace_id: int) -> dict[str, list[str]]:
+    """The spans of one trace as ``{parent name: [child names, sorted]}`` (root under ``""``).
+
+    Fails when a span's parent is not among them: the trace is not one connected tree.
+    """
+    members = [span for span in spans if span.trace_id == trace_id]
+    by_id = {span.span_id: span for span in members}
+    children: dict[str, list[str]] = {}
+    for span in members:
+        if span.parent_id is None:
+            parent = ""
+        else:
+            assert span.parent_id in by_id, f"{span.name}'s parent is not in the trace"
+            parent = by_id[span.parent_id].name
+        children.setdefault(parent, []).append(span.name)
+    return {parent: sorted(names) for parent, names in children.items()}
+
+
+def named(spans: Sequence[Span], name: str) -> Span:
+    """The one span called ``name``."""
+    found = [span for span in spans if span.name == name]
+    assert len(found) == 1, f"{len(found)} spans named {name}: {[s.name for s in spans]}"
+    return found[0]
