@@ -295,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     directory = None
     if metrics_socket is not None:
         directory = metrics.prepare_multiprocess()
+        LOG.info("worker processes write their metrics under %s", directory)
         manager.add(MetricsService, workers=1, args=(conf, metrics_socket, directory))
     manager.add(WorkerService, workers=conf.worker.workers, args=(conf,))
     try:

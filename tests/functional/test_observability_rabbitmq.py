@@ -1,0 +1,174 @@
+"""A keramos-worker of two processes with metrics and tracing on, over the real RabbitMQ: its
+/metrics endpoint scraped and parsed as Prometheus does, its spans received over OTLP."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import Status
+
+from keramos.framework.errors import FlowFailed
+from tests.unit.test_metrics import scrape
+from tests.unit.tracing_helpers import Span, memory_exporter, named, tree
+
+
+class OtlpCollector:
+    """The receiving end of OTLP/HTTP traces: keeps every span posted to /v1/traces."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        lock = threading.Lock()
+        spans = self.spans
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                request = ExportTraceServiceRequest.FromString(
+                    self.rfile.read(int(self.headers["Content-Length"]))
+                )
+                with lock:
+                    for resource in request.resource_spans:
+                        for scope in resource.scope_spans:
+                            spans.extend(OtlpCollector.span(span) for span in scope.spans)
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+
+    @staticmethod
+    def span(span) -> Span:
+        return Span(
+            span.name,
+            int.from_bytes(span.trace_id, "big"),
+            int.from_bytes(span.span_id, "big"),
+            int.from_bytes(span.parent_span_id, "big") if span.parent_span_id else None,
+            span.status.code == Status.STATUS_CODE_ERROR,
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def eventually(check, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except (AssertionError, KeyError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_a_worker_with_metrics_and_tracing_on_counts_times_and_traces_each_cast(
+    worker_process, monkeypatch
+):
+    exporter = memory_exporter()
+    collector = OtlpCollector()
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    address = ("127.0.0.1", free_port())
+    worker = worker_process(
+        {
+            "worker": {"workers": 2},
+            "metrics": {"bind": f"{address[0]}:{address[1]}"},
+            "tracing": {"enabled": True, "otlp_endpoint": collector.url},
+        }
+    )
+    with worker.client() as client:
+        succeeding = client.create_amphora("obs-amp-1", "img")
+        client.wait(succeeding, timeout=60)
+        failing = client.create_amphora("obs-amp-1", "img")
+        with pytest.raises(FlowFailed, match="already exists"):
+            client.wait(failing, timeout=60)
+
+    flow = (("flow", "create_amphora"),)
+
+    def counted():
+        samples = scrape(address)
+        assert samples["keramos_flows_started_total"][flow] == 2
+        assert samples["keramos_flows_succeeded_total"][flow] == 1
+        assert samples["keramos_flows_failed_total"][flow] == 1
+        assert samples["keramos_flows_reverted_total"][flow] == 1
+        assert samples["keramos_flows_in_flight"][flow] == 0
+        return samples
+
+    samples = eventually(counted)
+    durations = samples["keramos_flow_duration_seconds_count"]
+    assert durations == {(*flow, ("outcome", "success")): 1, (*flow, ("outcome", "failure")): 1}
+    assert samples["keramos_flow_duration_seconds_bucket"][(*flow, ("le", "+Inf"), ("outcome", "success"))] == 1
+    tasks_run = {
+        dict(labels)["task"]
+        for labels, count in samples["keramos_task_duration_seconds_count"].items()
+        if dict(labels)["outcome"] == "success" and count >= 1
+    }
+    assert len(tasks_run) >= 3
+
+    casts = {
+        span.attributes["keramos.request_id"]: Span.of(span)
+        for span in exporter.get_finished_spans()
+        if span.name == "cast create_amphora"
+    }
+
+    def traced(request_id: str) -> tuple[list[Span], int]:
+        trace_id = casts[request_id].trace_id
+        spans = [casts[request_id], *collector.spans]
+        named([span for span in spans if span.trace_id == trace_id], "flow create_amphora")
+        return spans, trace_id
+
+    spans, trace_id = eventually(lambda: traced(succeeding))
+    assert tree(spans, trace_id) == {
+        "": ["cast create_amphora"],
+        "cast create_amphora": ["flow create_amphora"],
+        "flow create_amphora": sorted(f"task {name}" for name in tasks_run),
+    }
+
+    spans, trace_id = eventually(lambda: traced(failing))
+    shape = tree(spans, trace_id)
+    assert shape["cast create_amphora"] == ["flow create_amphora"]
+    under_flow = shape["flow create_amphora"]
+    assert any(name.startswith("revert ") for name in under_flow)
+    in_trace = [span for span in spans if span.trace_id == trace_id]
+    assert named(in_trace, "flow create_amphora").failed
+    assert any(span.failed and span.name.startswith("task ") for span in in_trace)
+
+    directory = re.search(r"write their metrics under (\S+)", worker.log()).group(1)
+    assert Path(directory).is_dir()
+    assert worker.stop(signal.SIGTERM) == 0
+    assert not Path(directory).exists()
+    assert "Traceback" not in worker.log()
+
+
+def test_a_metrics_port_in_use_stops_the_worker_with_one_line(worker_process):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        bind = "127.0.0.1:%d" % taken.getsockname()[1]
+        worker = worker_process({"metrics": {"bind": bind}}, ready=False)
+        assert worker.process.wait(60) == 2
+    assert f"keramos-worker: cannot start: [metrics] bind: cannot listen on {bind}" in worker.log()
+    assert "Traceback" not in worker.log()
