@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, tuple[dict, dict]] = {
     "lifecycle": ({"creations": 300, "amphorae": 20}, {"creations": 50, "amphorae": 5}),
     "jobboard": ({"flows": 300, "backlog": 1000}, {"flows": 100, "backlog": 200}),
     "scaling": ({"creations": 300}, {"creations": 100, "rounds": 1}),
+    "observability": ({"duration": 6.0}, {"duration": 2.0}),
 }
 
 
