@@ -244,18 +244,26 @@ class MetricsObserver(RunObserver):
             multiprocess_mode="livesum",
         )
         self._lock = threading.Lock()
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._task_started: dict[tuple[str, str], float] = {}
         self._revert_failed: set[str] = set()
+
+    def _of(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, kept: labelling validates its values on every call."""
+        child = self._children.get((metric, values))
+        if child is None:
+            child = self._children[(metric, values)] = metric.labels(*values)
+        return child
 
     def rejected(self, request_id: str | None, event: str | None, error: Exception) -> None:
         """Count the refusal by its reason."""
         reason = type(error).__name__ if isinstance(error, InvalidEvent) else "not_recorded"
-        self.rejected_total.labels(reason).inc()
+        self._of(self.rejected_total, reason).inc()
 
     def started(self, job: Job) -> None:
         """Count the start; one more flow in flight."""
-        self.started_total.labels(job.event).inc()
-        self.in_flight.labels(job.event).inc()
+        self._of(self.started_total, job.event).inc()
+        self._of(self.in_flight, job.event).inc()
 
     def task_state_changed(
         self, job: Job, task_name: str, state: str, details: Mapping[str, Any]
@@ -274,14 +282,14 @@ class MetricsObserver(RunObserver):
             if state == states.REVERT_FAILURE:
                 self._revert_failed.add(job.request_id)
         if state == states.REVERT_FAILURE:
-            self.revert_failures_total.labels(job.event, task_name).inc()
+            self._of(self.revert_failures_total, job.event, task_name).inc()
         if began is not None:
-            self.task_seconds.labels(job.event, task_name, outcome).observe(self.clock() - began)
+            self._of(self.task_seconds, job.event, task_name, outcome).observe(self.clock() - began)
 
     def succeeded(self, job: Job, result: dict[str, Any], duration: float) -> None:
         """Count the success and its duration."""
         self._ended(job, "success", duration)
-        self.succeeded_total.labels(job.event).inc()
+        self._of(self.succeeded_total, job.event).inc()
 
     def failed(self, job: Job, failure: FlowFailed, duration: float) -> None:
         """Count the failure, whether its revert was clean, and its duration."""
@@ -289,13 +297,13 @@ class MetricsObserver(RunObserver):
             revert_failed = job.request_id in self._revert_failed
             self._revert_failed.discard(job.request_id)
         self._ended(job, "failure", duration)
-        self.failed_total.labels(job.event).inc()
+        self._of(self.failed_total, job.event).inc()
         if not revert_failed:
-            self.reverted_total.labels(job.event).inc()
+            self._of(self.reverted_total, job.event).inc()
 
     def _ended(self, job: Job, outcome: str, duration: float) -> None:
-        self.in_flight.labels(job.event).dec()
-        self.flow_seconds.labels(job.event, outcome).observe(duration)
+        self._of(self.in_flight, job.event).dec()
+        self._of(self.flow_seconds, job.event, outcome).observe(duration)
         with self._lock:
             for key in [key for key in self._task_started if key[0] == job.request_id]:
                 del self._task_started[key]

@@ -104,10 +104,11 @@ def _failed(span: Any, message: str) -> None:
 
 
 class _RunSpans:
-    """The spans of one run, and the context token to restore when it ends."""
+    """The spans of one run, its context, and the context token to restore when it ends."""
 
     def __init__(self, span: Any, token: Any) -> None:
         self.span = span
+        self.context = trace.set_span_in_context(span)
         self.token = token
         self.tasks: dict[str, Any] = {}
 
@@ -139,9 +140,10 @@ class TracingObserver(RunObserver):
                 "keramos.resource_id": job.resource_id or "",
             },
         )
-        token = otel_context.attach(trace.set_span_in_context(span))
+        run = _RunSpans(span, None)
+        run.token = otel_context.attach(run.context)
         with self._lock:
-            self._runs[job.request_id] = _RunSpans(span, token)
+            self._runs[job.request_id] = run
 
     def task_state_changed(
         self, job: Job, task_name: str, state: str, details: Mapping[str, Any]
@@ -154,13 +156,11 @@ class TracingObserver(RunObserver):
         if state in (_RUNNING, _REVERTING):
             verb = "task" if state == _RUNNING else "revert"
             span = self.tracer.start_span(
-                f"{verb} {task_name}",
-                context=trace.set_span_in_context(run.span),
-                attributes={"keramos.flow": job.event, "keramos.task": task_name},
+                f"{verb} {task_name}", context=run.context, attributes={"keramos.task": task_name}
             )
             run.tasks[task_name] = span
-            # Reset with the flow's token when the run ends; the engine submits the task next,
-            # and its executor carries this context to the thread that runs it.
+            # The engine runs the task next (its executor carries this context to the thread
+            # that runs it); the flow's token resets the context when the run ends.
             otel_context.attach(trace.set_span_in_context(span))
             return
         if state not in _ENDS:
@@ -172,7 +172,6 @@ class TracingObserver(RunObserver):
             failure = details.get("result")
             _failed(span, getattr(failure, "exception_str", None) or state)
         span.end()
-        otel_context.attach(trace.set_span_in_context(run.span))
 
     def succeeded(self, job: Job, result: dict[str, Any], duration: float) -> None:
         """Close the flow's span."""
