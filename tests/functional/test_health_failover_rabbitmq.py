@@ -39,6 +39,7 @@ from tests.functional.lifecycle_helpers import (
     wait_for_traffic,
 )
 from tests.unit.health_helpers import wait_for
+from tests.unit.observability_helpers import scrape
 
 AMPHORA_ID = "amp-health-failover"
 LB_ID = "lb-health-fo"
@@ -121,6 +122,7 @@ def test_the_health_manager_fails_over_a_killed_amphora_and_traffic_returns(
     }
     settings["health"] = {"heartbeat_key": HEARTBEAT_KEY}
     worker = worker_process(settings)
+    metrics_address = ("127.0.0.1", free_port())
     health = HealthProcess(
         tmp_path / "health",
         {
@@ -138,6 +140,7 @@ def test_the_health_manager_fails_over_a_killed_amphora_and_traffic_returns(
                 "check_interval": 0.5,
                 "failover_threshold": "1",
             },
+            "metrics": {"bind": "%s:%d" % metrics_address},
         },
     )
 
@@ -200,6 +203,12 @@ def test_the_health_manager_fails_over_a_killed_amphora_and_traffic_returns(
             )
             assert amphora(replacement_id).status == AmphoraStatus.READY
             assert state_store.find(TaskRecord, event="failover_amphora", resource_id=replacement_id) == []
+            samples = scrape(metrics_address)
+            assert samples["keramos_failovers_total"] == {(): 1.0}
+            assert samples["keramos_failovers_blocked_total"] == {(): 0.0}
+            ages = samples["keramos_amphora_heartbeat_age_seconds"]
+            assert list(ages) == [(("amphora_id", replacement_id),)]
+            assert 0 <= ages[(("amphora_id", replacement_id),)] < HEARTBEAT_TIMEOUT
 
             assert health.stop() == 0
             deleted = client.wait(client.cast("delete_amphora", {"amphora_id": replacement_id}), timeout=30)

@@ -19,8 +19,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 from keramos.framework.errors import FlowFailed
-from tests.unit.test_metrics import scrape
-from tests.unit.tracing_helpers import Span, memory_exporter, named, tree
+from keramos.framework.records import TaskState
+from tests.functional.agent_helpers import free_port, http_backend
+from tests.functional.lifecycle_helpers import BODY, LIFECYCLE_DRIVERS, description, lifecycle_settings
+from tests.unit.observability_helpers import Span, memory_exporter, named, scrape, tree
 
 
 class OtlpCollector:
@@ -66,12 +68,6 @@ class OtlpCollector:
             int.from_bytes(span.parent_span_id, "big") if span.parent_span_id else None,
             span.status.code == Status.STATUS_CODE_ERROR,
         )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def eventually(check, timeout: float = 30.0):
@@ -172,3 +168,39 @@ def test_a_metrics_port_in_use_stops_the_worker_with_one_line(worker_process):
         assert worker.process.wait(60) == 2
     assert f"keramos-worker: cannot start: [metrics] bind: cannot listen on {bind}" in worker.log()
     assert "Traceback" not in worker.log()
+
+
+def test_the_agent_requests_of_a_real_amphora_are_spans_of_the_tasks_that_made_them(
+    worker_process, tmp_path, monkeypatch
+):
+    exporter = memory_exporter()
+    collector = OtlpCollector()
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    settings = lifecycle_settings(str(tmp_path))
+    settings["drivers"] = dict(LIFECYCLE_DRIVERS)
+    settings["amphora"] = {"require_signed_images": False, "active_timeout": 60.0, "agent_timeout": 60.0}
+    settings["tracing"] = {"enabled": True, "otlp_endpoint": collector.url}
+    worker = worker_process(settings)
+    listener_port = free_port()
+    with http_backend(BODY) as backend_port, worker.client() as client:
+        lb = {"lb_id": "lb-traced", **description(listener_port, backend_port)}
+        request_id = client.cast("create_amphora", {"amphora_id": "traced-1", "image_id": "img", "lb": lb})
+        created = client.wait(request_id, timeout=120)
+        try:
+            assert created["state"] == TaskState.SUCCESS
+        finally:
+            client.wait(client.cast("delete_amphora", {"amphora_id": "traced-1"}), timeout=60)
+    cast = Span.of(next(span for span in exporter.get_finished_spans()
+                        if span.attributes["keramos.request_id"] == request_id))
+
+    def traced() -> dict[str, list[str]]:
+        shape = tree([cast, *collector.spans], cast.trace_id)
+        assert "flow create_amphora" in shape
+        return shape
+
+    shape = eventually(traced)
+    assert shape["cast create_amphora"] == ["flow create_amphora"]
+    asking = {parent for parent, children in shape.items() if any(c.startswith("agent ") for c in children)}
+    assert asking, shape
+    assert all(parent.startswith("task ") for parent in asking), shape
+    assert asking <= set(shape["flow create_amphora"])

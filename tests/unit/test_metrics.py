@@ -8,12 +8,10 @@ import os
 import socket
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 from taskflow import task
 from taskflow.patterns import linear_flow
 
@@ -25,6 +23,7 @@ from keramos.framework.testing import InProcessWorker
 from keramos.plugins.health.checks import CheckOutcome
 from keramos.plugins.health.metrics import HealthMetrics
 from keramos.plugins.state_store.memory import MemoryStateStore
+from tests.unit.observability_helpers import scrape
 from tests.unit.sample_flows import Counting
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,18 +51,6 @@ class BadRevert(FlowFactory):
 
     def build(self):
         return linear_flow.Flow(self.name).add(Breaks(name="breaks"), Fails(name="fails"))
-
-
-def scrape(address: tuple[str, int]) -> dict[str, dict[tuple, float]]:
-    """``{sample name: {sorted labels: value}}`` of the /metrics page, as Prometheus reads it."""
-    host, port = address
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
-    samples: dict[str, dict[tuple, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return samples
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ from keramos.framework.jobboard.conductor import job_from_meta
 from keramos.framework.records import TaskRecord
 from keramos.framework.schema import Field
 from keramos.framework.testing import InProcessWorker
+from tests.unit.observability_helpers import Span, memory_exporter, named, tree
 from tests.unit.sample_flows import Explode
 from tests.unit.test_agent_rest_driver import ENDPOINT, make_driver, script
-from tests.unit.tracing_helpers import Span, memory_exporter, named, tree
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,8 +1,10 @@
-"""OpenTelemetry for tests: this process's spans kept in memory, and span trees to check."""
+"""Metrics and traces for tests: scraping /metrics as Prometheus does, this process's spans
+kept in memory, and span trees to check."""
 
 from __future__ import annotations
 
 import threading
+import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -10,6 +12,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
 
 _exporter: InMemorySpanExporter | None = None
 _lock = threading.Lock()
@@ -74,3 +77,15 @@ def named(spans: Sequence[Span], name: str) -> Span:
     found = [span for span in spans if span.name == name]
     assert len(found) == 1, f"{len(found)} spans named {name}: {[s.name for s in spans]}"
     return found[0]
+
+
+def scrape(address: tuple[str, int]) -> dict[str, dict[tuple, float]]:
+    """``{sample name: {sorted labels: value}}`` of the /metrics page, as Prometheus reads it."""
+    host, port = address
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    samples: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
