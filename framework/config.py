@@ -420,8 +420,9 @@ tracing_opts = [
     ),
     cfg.StrOpt(
         "service_name",
-        default="keramos-worker",
-        help="The service.name resource attribute of the spans this process exports.",
+        default="",
+        help="The service.name resource attribute of the spans this process exports; empty "
+        "means the program's name (keramos-worker, keramos-health).",
     ),
 ]
 

@@ -219,12 +219,13 @@ def check(conf: cfg.ConfigOpts) -> None:
         _sdk()
 
 
-def setup(conf: cfg.ConfigOpts) -> Any:
+def setup(conf: cfg.ConfigOpts, program: str = "keramos-worker") -> Any:
     """Export this process's spans over OTLP as ``[tracing]`` says; the tracer provider, or
     ``None`` when tracing is off.
 
     Set up once per process (the global tracer provider can be set once); call it in each
-    worker process, after the fork. :class:`ConfigError` when tracing is on and OpenTelemetry's
+    worker process, after the fork. ``program`` names the service when ``[tracing]
+    service_name`` is empty. :class:`ConfigError` when tracing is on and OpenTelemetry's
     SDK or OTLP exporter is not installed.
     """
     global _configured
@@ -234,7 +235,7 @@ def setup(conf: cfg.ConfigOpts) -> Any:
     with _configured_lock:
         if _configured is None:
             provider = tracer_provider(
-                resource=resource.create({"service.name": conf.tracing.service_name})
+                resource=resource.create({"service.name": conf.tracing.service_name or program})
             )
             endpoint = conf.tracing.otlp_endpoint or None
             provider.add_span_processor(batch(exporter(endpoint=endpoint)))

@@ -30,7 +30,7 @@ from typing import Any
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from keramos.framework import config, loader, metrics
+from keramos.framework import config, loader, metrics, tracing
 from keramos.framework.agent_protocol.heartbeat import (
     Heartbeat,
     HeartbeatRejected,
@@ -224,8 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"keramos-health: cannot start: {error}", file=sys.stderr)
         return 2
     client = KeramosClient(conf)
-    metrics_socket = registry = None
+    metrics_socket = registry = tracer_provider = None
     try:
+        # The failover and push casts are traced: their flows' spans join the cast's trace.
+        tracer_provider = tracing.setup(conf, "keramos-health")
         metrics_socket = metrics.listen(conf)
         if metrics_socket is not None:
             from prometheus_client import CollectorRegistry
@@ -243,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with metrics.serving(metrics_socket, registry):
         stopped.wait()
     manager.stop()
+    tracing.flush(tracer_provider)
     client.close()
     state_store.close()
     return 0

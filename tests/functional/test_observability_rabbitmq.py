@@ -6,79 +6,15 @@ from __future__ import annotations
 import re
 import signal
 import socket
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
-from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 from keramos.framework.errors import FlowFailed
 from keramos.framework.records import TaskState
 from tests.functional.agent_helpers import free_port, http_backend
 from tests.functional.lifecycle_helpers import BODY, LIFECYCLE_DRIVERS, description, lifecycle_settings
-from tests.unit.observability_helpers import Span, memory_exporter, named, scrape, tree
-
-
-class OtlpCollector:
-    """The receiving end of OTLP/HTTP traces: keeps every span posted to /v1/traces."""
-
-    def __init__(self) -> None:
-        self.spans: list[Span] = []
-        lock = threading.Lock()
-        spans = self.spans
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-                request = ExportTraceServiceRequest.FromString(
-                    self.rfile.read(int(self.headers["Content-Length"]))
-                )
-                with lock:
-                    for resource in request.resource_spans:
-                        for scope in resource.scope_spans:
-                            spans.extend(OtlpCollector.span(span) for span in scope.spans)
-                answer = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
-
-    @staticmethod
-    def span(span) -> Span:
-        return Span(
-            span.name,
-            int.from_bytes(span.trace_id, "big"),
-            int.from_bytes(span.span_id, "big"),
-            int.from_bytes(span.parent_span_id, "big") if span.parent_span_id else None,
-            span.status.code == Status.STATUS_CODE_ERROR,
-        )
-
-
-def eventually(check, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return check()
-        except (AssertionError, KeyError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+from tests.unit.observability_helpers import OtlpCollector, Span, eventually, memory_exporter, named, scrape, tree
 
 
 def test_a_worker_with_metrics_and_tracing_on_counts_times_and_traces_each_cast(

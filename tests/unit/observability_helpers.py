@@ -4,11 +4,18 @@ kept in memory, and span trees to check."""
 from __future__ import annotations
 
 import threading
+import time
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from opentelemetry import trace
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import Status
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -89,3 +96,61 @@ def scrape(address: tuple[str, int]) -> dict[str, dict[tuple, float]]:
         for sample in family.samples:
             samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
     return samples
+
+
+class OtlpCollector:
+    """The receiving end of OTLP/HTTP traces: keeps every span posted to /v1/traces."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        lock = threading.Lock()
+        spans = self.spans
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                request = ExportTraceServiceRequest.FromString(
+                    self.rfile.read(int(self.headers["Content-Length"]))
+                )
+                with lock:
+                    for resource in request.resource_spans:
+                        for scope in resource.scope_spans:
+                            spans.extend(OtlpCollector.span(span) for span in scope.spans)
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+
+    @staticmethod
+    def span(span) -> Span:
+        return Span(
+            span.name,
+            int.from_bytes(span.trace_id, "big"),
+            int.from_bytes(span.span_id, "big"),
+            int.from_bytes(span.parent_span_id, "big") if span.parent_span_id else None,
+            span.status.code == Status.STATUS_CODE_ERROR,
+        )
+
+
+def eventually(check, timeout: float = 30.0):
+    """What ``check`` returns once it stops failing (an assertion or a missing key), polled for
+    ``timeout`` seconds: spans and counters arrive a moment after the flow ends."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except (AssertionError, KeyError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
