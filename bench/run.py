@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, tuple[dict, dict]] = {
     "jobboard": ({"flows": 300, "backlog": 1000}, {"flows": 100, "backlog": 200}),
     "scaling": ({"creations": 300}, {"creations": 100, "rounds": 1}),
     "octavia": ({"creations": 200, "agents": 20}, {"creations": 50, "rounds": 1, "agents": 5, "duration": 2.0}),
+    "observability": ({"duration": 6.0}, {"duration": 2.0}),
 }
 
 

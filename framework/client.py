@@ -16,7 +16,7 @@ import kombu.exceptions
 import oslo_messaging
 from oslo_config import cfg
 
-from keramos.framework import messaging
+from keramos.framework import messaging, tracing
 from keramos.framework.envelope import new_request_id
 from keramos.framework.errors import BrokerUnreachable, FlowFailed, Timeout
 from keramos.framework.records import TaskState
@@ -104,12 +104,17 @@ class KeramosClient:
     ) -> str:
         """Cast ``event`` with ``payload`` and return the request id it carries.
 
-        The worker validates the payload; a rejected cast shows as a ``failure`` status.
+        The worker validates the payload; a rejected cast shows as a ``failure`` status. With
+        OpenTelemetry set up in this process the cast is a span (``cast <event>``), whose trace
+        context the message carries to the flow's spans.
         """
         request_id = request_id or new_request_id()
         envelope = {"event": event, "version": version, "request_id": request_id, "payload": payload}
         client = self._bounded(self._client, None)
-        self._sent(lambda: client.cast({"request_id": request_id}, "handle_event", envelope=envelope))
+        attributes = {"keramos.flow": event, "keramos.request_id": request_id}
+        with tracing.outgoing(f"cast {event}", kind="producer", attributes=attributes) as out:
+            context = {"request_id": request_id, **out.headers}
+            self._sent(lambda: client.cast(context, "handle_event", envelope=envelope))
         return request_id
 
     def status(self, request_id: str, *, timeout: float | None = None) -> dict[str, Any] | None:
@@ -126,12 +131,10 @@ class KeramosClient:
         """The task record of ``request_id`` with the ``steps`` of its run so far (see
         :mod:`keramos.framework.steps`), or ``None`` if unknown. A worker older than this call
         answers with :meth:`status` instead (a record without steps while the flow runs)."""
-        options: dict[str, Any] = {"version": PROGRESS_RPC_VERSION}
-        if timeout:
-            options["timeout"] = timeout
+        client = self._bounded(self._control, timeout).prepare(version=PROGRESS_RPC_VERSION)
         try:
-            return self._control.prepare(**options).call(
-                {"request_id": request_id}, "get_progress", request_id=request_id
+            return self._sent(
+                lambda: client.call({"request_id": request_id}, "get_progress", request_id=request_id)
             )
         except _NOT_SERVED:
             return self.status(request_id, timeout=timeout)

@@ -392,6 +392,40 @@ jobboard_opts = [
     ),
 ]
 
+metrics_opts = [
+    cfg.StrOpt(
+        "bind",
+        default="",
+        sample_default="127.0.0.1:9464",
+        help="host:port where keramos-worker and keramos-health serve Prometheus metrics at "
+        "/metrics; empty (the default) serves none. A worker of several processes serves one "
+        "endpoint for all of them (see doc/observability.md). The worker and the health manager "
+        "on one host need different values: give each its own config file.",
+    ),
+]
+
+tracing_opts = [
+    cfg.BoolOpt(
+        "enabled",
+        default=False,
+        help="Export OpenTelemetry spans of every cast, flow, task and agent request over OTLP. "
+        "Needs the tracing extra: pip install 'keramos[tracing]'.",
+    ),
+    cfg.StrOpt(
+        "otlp_endpoint",
+        default="",
+        sample_default="http://127.0.0.1:4318/v1/traces",
+        help="URL of the OTLP/HTTP traces endpoint of a collector; empty means the exporter's "
+        "own default (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else http://localhost:4318/v1/traces).",
+    ),
+    cfg.StrOpt(
+        "service_name",
+        default="",
+        help="The service.name resource attribute of the spans this process exports; empty "
+        "means the program's name (keramos-worker, keramos-health).",
+    ),
+]
+
 GROUPS: dict[str | None, list[cfg.Opt]] = {
     None: default_opts,
     "worker": worker_opts,
@@ -401,6 +435,8 @@ GROUPS: dict[str | None, list[cfg.Opt]] = {
     "amphora": amphora_opts,
     "health": health_opts,
     "jobboard": jobboard_opts,
+    "metrics": metrics_opts,
+    "tracing": tracing_opts,
 }
 
 

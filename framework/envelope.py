@@ -100,6 +100,9 @@ class Job:
     payload: dict[str, Any]
     version: str
     resource_id: str | None = None
+    #: The caster's W3C trace context (``traceparent``, ``tracestate``), when its cast carried
+    #: one: what links the run's spans to the cast (:mod:`keramos.framework.tracing`).
+    trace_context: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def store(self) -> dict[str, Any]:

@@ -474,7 +474,9 @@ class KombuIntake:
             self._forward(message, decoded)
             return
         self._in_flight += 1
-        self._accepts.submit(self._accept, generation, message, decoded.args.get("envelope"))
+        self._accepts.submit(
+            self._accept, generation, message, decoded.args.get("envelope"), decoded.context
+        )
 
     def _forward(self, message: kombu.Message, decoded: RpcMessage) -> None:
         """Hand a message that is not a cast (a call of an older client) to the control topic."""
@@ -490,9 +492,11 @@ class KombuIntake:
         )
         message.ack()
 
-    def _accept(self, generation: int, message: kombu.Message, envelope: Any) -> None:
+    def _accept(
+        self, generation: int, message: kombu.Message, envelope: Any, context: dict[str, Any]
+    ) -> None:
         try:
-            accepted = self.endpoint.admit(envelope)
+            accepted = self.endpoint.admit(envelope, context)
         except Exception as error:
             delay = self._requeue.failed()
             request_id = envelope.get("request_id") if isinstance(envelope, Mapping) else None

@@ -15,6 +15,7 @@ import oslo_messaging
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from keramos.framework import tracing
 from keramos.framework.envelope import Job
 from keramos.framework.errors import FlowFailed
 from keramos.framework.messaging import RPC_API_VERSION, control_target, worker_target
@@ -83,15 +84,18 @@ class WorkerEndpoint:
         """How many accepted flows are running or waiting for a flow thread."""
         return self._active
 
-    def admit(self, envelope: Any) -> Accepted | None:
+    def admit(self, envelope: Any, context: Any = None) -> Accepted | None:
         """Take one cast in durably; return what to :meth:`start` in this process, if anything.
 
         Without a jobboard that is what :meth:`FlowRunner.take` returns. With one, the accepted
         cast is posted as a job for any worker's conductor and nothing is started here; a cast
         delivered again after it was taken but never posted is posted now. An exception means
         the cast is not safe yet (not recorded, or not posted): do not acknowledge it.
+
+        ``context`` is the RPC message's context: the trace context it carries stays with the
+        accepted cast.
         """
-        accepted = self.runner.take(envelope)
+        accepted = self.runner.take(envelope, trace_context=tracing.carrier_of(context))
         if self.jobboard is None:
             return accepted
         if accepted is not None:
@@ -103,7 +107,7 @@ class WorkerEndpoint:
     def handle_event(self, ctxt: dict[str, Any], envelope: Any) -> None:
         """Accept one cast and queue its flow; every outcome is recorded, none is raised."""
         try:
-            accepted = self.admit(envelope)
+            accepted = self.admit(envelope, ctxt)
         except Exception:
             LOG.exception("could not take a cast in")
             return

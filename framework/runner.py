@@ -9,6 +9,7 @@ the log, progress lines or a list elsewhere).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import datetime as dt
 import re
@@ -120,6 +121,15 @@ def _atom_names(flow: Any) -> list[str]:
     return [atom.name for atom in flowgraph.describe(flow).atoms()]
 
 
+class _ContextCarryingExecutor(futurist.ThreadPoolExecutor):
+    """The parallel engine's pool: runs each task in a copy of the context (``contextvars``) of
+    the thread that submitted it, so that what an observer made current for the task as it was
+    scheduled (its trace span) is current where it runs."""
+
+    def submit(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
+
+
 class FlowRunner:
     """Runs the flows of one worker (or one CLI or test process).
 
@@ -156,7 +166,7 @@ class FlowRunner:
         self._task_orders: dict[str, list[str]] = {}
         self._executor: futurist.ThreadPoolExecutor | None = None
         if conf.worker.engine == "parallel":
-            self._executor = futurist.ThreadPoolExecutor(max_workers=conf.worker.max_parallel_tasks)
+            self._executor = _ContextCarryingExecutor(max_workers=conf.worker.max_parallel_tasks)
 
     @property
     def observers(self) -> tuple[RunObserver, ...]:
@@ -410,16 +420,29 @@ class FlowRunner:
             return False
         return True
 
-    def _take(self, envelope: Any, observers: Sequence[RunObserver]) -> Accepted | InvalidEvent | None:
+    def _take(
+        self,
+        envelope: Any,
+        observers: Sequence[RunObserver],
+        trace_context: Mapping[str, str] | None,
+    ) -> Accepted | InvalidEvent | None:
         payload_json = self._payload_json(envelope)
         digest = envelope_digest(envelope, payload_json)
         try:
             job = self.validate(envelope, payload_json=payload_json)
         except InvalidEvent as error:
             return self.reject(error, digest=digest, observers=observers)
+        if trace_context:
+            job = dataclasses.replace(job, trace_context=dict(trace_context))
         return self.accept(job, digest=digest, observers=observers)
 
-    def take(self, envelope: Any, *, observers: Sequence[RunObserver] = ()) -> Accepted | None:
+    def take(
+        self,
+        envelope: Any,
+        *,
+        observers: Sequence[RunObserver] = (),
+        trace_context: Mapping[str, str] | None = None,
+    ) -> Accepted | None:
         """Take one cast in: validate it and record it durably; return what to :meth:`run`.
 
         ``None`` means there is nothing to run: the cast was refused (reported, and recorded as
@@ -429,8 +452,11 @@ class FlowRunner:
         and the first cast's record kept). An exception means the cast could not be recorded
         (the state store or the persistence backend failed): the caller must not acknowledge it
         to the broker, so that it is delivered again.
+
+        ``trace_context`` is the caster's trace context (:attr:`Job.trace_context`), kept with
+        the accepted cast.
         """
-        outcome = self._take(envelope, observers)
+        outcome = self._take(envelope, observers, trace_context)
         return outcome if isinstance(outcome, Accepted) else None
 
     def submit(self, envelope: Any, *, observers: Sequence[RunObserver] = ()) -> dict:
@@ -440,7 +466,7 @@ class FlowRunner:
         :class:`FlowFailed` or :class:`InvalidEvent` (a :class:`DuplicateRequest` when the
         request id is known already, also for the same cast again: nothing runs twice).
         """
-        outcome = self._take(envelope, observers)
+        outcome = self._take(envelope, observers, None)
         if isinstance(outcome, InvalidEvent):
             raise outcome
         if outcome is None:
@@ -463,6 +489,7 @@ class FlowRunner:
             "owner": self.conf.host,
             "digest": digest,
             "incarnation": self.incarnation,
+            "trace_context": dict(job.trace_context),
         }
         book.add(flow_detail)
         with contextlib.closing(self.backend.get_connection()) as connection:
@@ -644,16 +671,19 @@ class FlowRunner:
                 flow_detail = book.find(record.flow_uuid)
                 if flow_detail is None:
                     continue
-                meta = flow_detail.meta or {}
-                job = Job(
-                    meta["event"],
-                    meta["request_id"],
-                    meta["payload"],
-                    meta["version"],
-                    self._resource_id(meta["event"], meta["payload"]),
-                )
-                return Accepted(job, book, flow_detail)
+                return Accepted(self._job_of(flow_detail.meta or {}), book, flow_detail)
         return None
+
+    def _job_of(self, meta: Mapping[str, Any]) -> Job:
+        """The job a flow detail's meta saved (by :meth:`_new_flow_detail`)."""
+        return Job(
+            meta["event"],
+            meta["request_id"],
+            meta["payload"],
+            meta["version"],
+            self._resource_id(meta["event"], meta["payload"]),
+            trace_context=meta.get("trace_context") or {},
+        )
 
     def unfinished(self, owner: str) -> list[tuple[Job, Any, Any]]:
         """The persisted flows ``owner`` started and did not finish, oldest first."""
@@ -678,13 +708,7 @@ class FlowRunner:
                             meta.get("event"),
                         )
                         continue
-                    job = Job(
-                        meta["event"],
-                        meta["request_id"],
-                        meta["payload"],
-                        meta["version"],
-                        self._resource_id(meta["event"], meta["payload"]),
-                    )
+                    job = self._job_of(meta)
                     found.append((book.created_at or utcnow(), job, book, flow_detail))
         found.sort(key=lambda item: item[0])
         return [(job, book, flow_detail) for _, job, book, flow_detail in found]

@@ -21,13 +21,14 @@ from oslo_config import cfg
 from oslo_log import log as logging
 from taskflow import exceptions as tf_exceptions
 
-from keramos.framework import __version__, intake, loader, messaging, rpc
+from keramos.framework import __version__, intake, loader, messaging, metrics, rpc, tracing
 from keramos.framework.client import KeramosClient
 from keramos.framework.config import check_values, make_conf
 from keramos.framework.contracts import Driver, FlowFactory, PeriodicTask
 from keramos.framework.errors import KeramosError
 from keramos.framework.health_check import check_health
 from keramos.framework.jobboard import jobboard_mode
+from keramos.framework.jobboard.board import count_waiting
 from keramos.framework.observers import RunObserver
 from keramos.framework.runner import FlowRunner
 from keramos.framework.warnings_filter import silence_dependency_warnings
@@ -52,7 +53,9 @@ class Worker:
 
     ``observers`` watch every run (see :mod:`keramos.framework.observers`); ``None`` means one
     :class:`~keramos.framework.rpc.NotificationObserver` on the notification transport, which
-    the worker closes when it stops. Observers given here are the caller's to close.
+    the worker closes when it stops, plus the metrics observer when ``[metrics] bind`` is set
+    and the tracing observer when ``[tracing] enabled``. Observers given here are the caller's
+    to close.
     """
 
     def __init__(
@@ -75,12 +78,11 @@ class Worker:
                 if observers is not None
                 else rpc.NotificationObserver(conf, messaging.notification_transport(conf))
             )
+            self._tracer_provider = None
+            if observers is None:
+                observers = [self._notifier, *self._observability()]
             self.runner = FlowRunner(
-                conf,
-                self.drivers,
-                flows,
-                observers=[self._notifier] if self._notifier is not None else observers,
-                backend=persistence_backend(conf),
+                conf, self.drivers, flows, observers=observers, backend=persistence_backend(conf)
             )
             #: ``[jobboard] enabled``: accepted casts become jobs, and a conductor runs jobs.
             self.jobboard = jobboard_mode(conf, self.runner)
@@ -94,6 +96,16 @@ class Worker:
         self._resumer: threading.Thread | None = None
         self._stopping = threading.Event()
         self._periodic: list[threading.Thread] = []
+
+    def _observability(self) -> list[RunObserver]:
+        """The metrics and tracing observers the configuration asks for (this process's)."""
+        observers: list[RunObserver] = []
+        if self.conf.metrics.bind:
+            observers.append(metrics.process_observer())
+        self._tracer_provider = tracing.setup(self.conf)
+        if self._tracer_provider is not None:
+            observers.append(tracing.TracingObserver(self._tracer_provider))
+        return observers
 
     def start_periodic_tasks(self) -> None:
         """Run the flows' periodic tasks in threads; they cast through this worker's transport."""
@@ -167,6 +179,7 @@ class Worker:
             )
         if self._notifier is not None:
             self._notifier.close()
+        tracing.flush(self._tracer_provider)
         if self._own_transport:
             self.transport.cleanup()
         return drained
@@ -194,6 +207,31 @@ class WorkerService(cotyledon.Service):
     def terminate(self) -> None:
         if self.worker is not None:
             self.worker.stop()
+        self._stopped.set()
+
+
+class MetricsService(cotyledon.Service):
+    """The process serving ``/metrics`` for all the worker processes: it adds up the values
+    they write under the multiprocess directory (:mod:`keramos.framework.metrics`), plus the
+    jobs waiting on the board in jobboard mode. Serves on the socket the parent bound."""
+
+    name = "keramos-metrics"
+
+    def __init__(self, worker_id: int, conf: cfg.ConfigOpts, sock: Any, directory: str) -> None:
+        super().__init__(worker_id)
+        self.conf = conf
+        self.sock = sock
+        self.directory = directory
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        registry = metrics.aggregating_registry(self.directory)
+        if self.conf.jobboard.enabled:
+            registry.register(metrics.JobsWaiting(lambda: count_waiting(self.conf)))
+        with metrics.serving(self.sock, registry):
+            self._stopped.wait()
+
+    def terminate(self) -> None:
         self._stopped.set()
 
 
@@ -244,8 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(check.line())
         return 0 if all(check.ok for check in checks) else 1
     try:
+        tracing.check(conf)
         check_plugins(conf)
         check_values(conf)
+        metrics_socket = metrics.listen(conf)
     except (KeramosError, tf_exceptions.StorageFailure, ValueError) as error:
         LOG.error("cannot start: %s", error)
         print(f"keramos-worker: cannot start: {error}", file=sys.stderr)
@@ -253,6 +293,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     manager = cotyledon.ServiceManager(
         graceful_shutdown_timeout=conf.worker.graceful_shutdown_timeout + 5
     )
+    directory = None
+    if metrics_socket is not None:
+        directory = metrics.prepare_multiprocess()
+        LOG.info("worker processes write their metrics under %s", directory)
+        manager.add(MetricsService, workers=1, args=(conf, metrics_socket, directory))
     manager.add(WorkerService, workers=conf.worker.workers, args=(conf,))
-    manager.run()
+    try:
+        manager.run()
+    finally:
+        if directory is not None:
+            metrics.remove_multiprocess(directory)
     return 0

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from oslo_config import cfg
 from requests.adapters import HTTPAdapter
 
+from keramos.framework import tracing
 from keramos.framework.agent_protocol import rest as protocol
 from keramos.framework.contracts import AmphoraCSR, AmphoraDriver, AmphoraEndpoint
 from keramos.framework.errors import AlreadyActivated, ConfigError, DriverError, Timeout
@@ -253,7 +254,28 @@ class RestAmphoraDriver(AmphoraDriver):
         headers: dict[str, str] | None = None,
         retries: int | None = None,
     ) -> requests.Response:
-        """Send one API call, retrying connection errors, timeouts and 503s with backoff."""
+        """Send one API call, retrying connection errors, timeouts and 503s with backoff.
+
+        The call is one trace span (``agent <METHOD>``, a child of the running task's span when
+        tracing is on) whose context goes to the agent in the ``traceparent`` header.
+        """
+        url = self.url(endpoint, path)
+        attributes = {"http.request.method": method, "url.full": url, "keramos.amphora_id": endpoint.amphora_id}
+        with tracing.outgoing(f"agent {method}", attributes=attributes) as out:
+            response = self._send(endpoint, method, url, path, data, {**(headers or {}), **out.headers}, retries)
+            out.attribute("http.response.status_code", response.status_code)
+            return response
+
+    def _send(
+        self,
+        endpoint: AmphoraEndpoint,
+        method: str,
+        url: str,
+        path: str,
+        data: bytes | None,
+        headers: dict[str, str],
+        retries: int | None,
+    ) -> requests.Response:
         operation = f"{method} {path}"
         attempts = 1 + (self.retries if retries is None else retries)
         session = self.session(endpoint)
@@ -262,9 +284,7 @@ class RestAmphoraDriver(AmphoraDriver):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                response = session.request(
-                    method, self.url(endpoint, path), data=data, headers=headers, timeout=self.timeout
-                )
+                response = session.request(method, url, data=data, headers=headers, timeout=self.timeout)
             except requests.exceptions.SSLError as ssl_error:
                 raise AgentError(endpoint.amphora_id, operation, f"TLS failure: {ssl_error}") from None
             except (requests.ConnectionError, requests.Timeout) as connection_error:

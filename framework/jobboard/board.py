@@ -196,6 +196,17 @@ def jobboard_health(conf: cfg.ConfigOpts) -> tuple[bool, str]:
     return True, f"{location(conf)}: {count} job(s)"
 
 
+def count_waiting(conf: cfg.ConfigOpts) -> int | None:
+    """How many jobs on the board of ``[jobboard]`` no conductor has claimed; ``None`` (logged)
+    when the board cannot be read."""
+    try:
+        with jobboard_from_conf(conf) as board:
+            return sum(1 for _ in board.iterjobs(only_unclaimed=True))
+    except (KeramosError, *BOARD_ERRORS) as error:
+        LOG.warning("cannot count the jobs waiting on the %s: %s", location(conf), error)
+        return None
+
+
 class Health:
     """A conductor's view of its board: reachable or degraded, and since when (thread-safe).
 

@@ -10,6 +10,7 @@ and reports it to the runner's observers like any run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
@@ -145,12 +146,16 @@ def task_names(flow: tf_flow.Flow) -> list[str]:
     return names
 
 
-def job_from_meta(runner: FlowRunner, meta: dict[str, Any]) -> Job:
-    """The runner's :class:`Job` for a flow detail's meta (validated again: a worker may differ).
+def job_from_meta(
+    runner: FlowRunner, meta: dict[str, Any], details: dict[str, Any] | None = None
+) -> Job:
+    """The runner's :class:`Job` for a flow detail's meta (validated again: a worker may differ),
+    with the caster's trace context the job's ``details`` (or else the meta) carried.
 
     :raises InvalidEvent: this worker cannot run it.
     """
-    return runner.validate(
+    trace_context = (details or {}).get("trace_context") or meta.get("trace_context") or {}
+    job = runner.validate(
         {
             "event": meta.get("event"),
             "request_id": meta.get("request_id"),
@@ -158,6 +163,7 @@ def job_from_meta(runner: FlowRunner, meta: dict[str, Any]) -> Job:
             "version": meta.get("version"),
         }
     )
+    return dataclasses.replace(job, trace_context=trace_context) if trace_context else job
 
 
 class Conductor:
@@ -358,7 +364,7 @@ class Conductor:
         if len(attempts) >= self.conf.jobboard.max_attempts:
             self._park(job, flow_detail, request_id, self._exhausted(attempts))
         try:
-            run_job = job_from_meta(self.runner, meta)
+            run_job = job_from_meta(self.runner, meta, details)
         except InvalidEvent as error:
             self._park(job, flow_detail, request_id, f"this worker cannot run it: {error}")
         with self._isolation.hold(alone=bool(attempts)):

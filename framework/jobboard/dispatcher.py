@@ -114,6 +114,7 @@ class JobBoardDispatcher:
             "request_id": job.request_id,
             "event": job.event,
             "flow_uuid": accepted.flow_detail.uuid,
+            "trace_context": dict(job.trace_context),
         }
         deadline = time.monotonic() + self.conf.jobboard.connect_timeout
         delay = 0.05

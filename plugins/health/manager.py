@@ -30,7 +30,7 @@ from typing import Any
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from keramos.framework import config, loader
+from keramos.framework import config, loader, metrics, tracing
 from keramos.framework.agent_protocol.heartbeat import (
     Heartbeat,
     HeartbeatRejected,
@@ -43,6 +43,7 @@ from keramos.framework.contracts.flow import Cast
 from keramos.framework.errors import ConfigError, KeramosError
 from keramos.framework.warnings_filter import silence_dependency_warnings
 from keramos.plugins.health.checks import FailoverThreshold, HealthChecker, HeartbeatRecorder
+from keramos.plugins.health.metrics import HealthMetrics
 
 LOG = logging.getLogger(__name__)
 
@@ -136,8 +137,10 @@ class HealthManager:
         cast: Cast,
         *,
         clock: Callable[[], float] = time.time,
+        metrics: HealthMetrics | None = None,
     ) -> None:
         register_opts(conf)
+        self.metrics = metrics
         group = conf[GROUP]
         if not group.heartbeat_key:
             raise ConfigError(f"[{GROUP}] heartbeat_key must be set")
@@ -172,7 +175,9 @@ class HealthManager:
     def _check_forever(self) -> None:
         while not self._stopping.wait(self.interval):
             try:
-                self.checker.check()
+                outcome = self.checker.check()
+                if self.metrics is not None:
+                    self.metrics.checked(outcome)
             except Exception:
                 LOG.exception("health check failed; it runs again in %gs", self.interval)
 
@@ -219,15 +224,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"keramos-health: cannot start: {error}", file=sys.stderr)
         return 2
     client = KeramosClient(conf)
+    metrics_socket = registry = tracer_provider = None
     try:
-        manager = HealthManager(conf, state_store, client.cast).start()
+        # The failover and push casts are traced: their flows' spans join the cast's trace.
+        tracer_provider = tracing.setup(conf, "keramos-health")
+        metrics_socket = metrics.listen(conf)
+        if metrics_socket is not None:
+            from prometheus_client import CollectorRegistry
+
+            registry = CollectorRegistry()
+        health_metrics = HealthMetrics(registry, state_store) if registry is not None else None
+        manager = HealthManager(conf, state_store, client.cast, metrics=health_metrics).start()
     except KeramosError as error:
         print(f"keramos-health: cannot start: {error}", file=sys.stderr)
+        if metrics_socket is not None:
+            metrics_socket.close()
         client.close()
         state_store.close()
         return 2
-    stopped.wait()
+    with metrics.serving(metrics_socket, registry):
+        stopped.wait()
     manager.stop()
+    tracing.flush(tracer_provider)
     client.close()
     state_store.close()
     return 0

@@ -39,6 +39,7 @@ from tests.functional.lifecycle_helpers import (
     wait_for_traffic,
 )
 from tests.unit.health_helpers import wait_for
+from tests.unit.observability_helpers import OtlpCollector, eventually, scrape, tree
 
 AMPHORA_ID = "amp-health-failover"
 LB_ID = "lb-health-fo"
@@ -106,9 +107,12 @@ def state_store(tmp_path) -> Iterator[SQLAlchemyStateStore]:
 
 
 def test_the_health_manager_fails_over_a_killed_amphora_and_traffic_returns(
-    worker_process, state_store, tmp_path
+    worker_process, state_store, tmp_path, monkeypatch
 ):
     heartbeat_port = free_udp_port()
+    collector = OtlpCollector()
+    tracing = {"enabled": True, "otlp_endpoint": collector.url}
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
     settings = lifecycle_settings(str(tmp_path))
     settings["drivers"] = dict(LIFECYCLE_DRIVERS)
     settings["state_store"] = {"connection": state_store.url}
@@ -120,7 +124,9 @@ def test_the_health_manager_fails_over_a_killed_amphora_and_traffic_returns(
         "heartbeat_interval": 0.5,
     }
     settings["health"] = {"heartbeat_key": HEARTBEAT_KEY}
+    settings["tracing"] = tracing
     worker = worker_process(settings)
+    metrics_address = ("127.0.0.1", free_port())
     health = HealthProcess(
         tmp_path / "health",
         {
@@ -138,6 +144,8 @@ def test_the_health_manager_fails_over_a_killed_amphora_and_traffic_returns(
                 "check_interval": 0.5,
                 "failover_threshold": "1",
             },
+            "metrics": {"bind": "%s:%d" % metrics_address},
+            "tracing": tracing,
         },
     )
 
@@ -200,6 +208,28 @@ def test_the_health_manager_fails_over_a_killed_amphora_and_traffic_returns(
             )
             assert amphora(replacement_id).status == AmphoraStatus.READY
             assert state_store.find(TaskRecord, event="failover_amphora", resource_id=replacement_id) == []
+            samples = scrape(metrics_address)
+            assert samples["keramos_failovers_total"] == {(): 1.0}
+            assert samples["keramos_failovers_blocked_total"] == {(): 0.0}
+            ages = samples["keramos_amphora_heartbeat_age_seconds"]
+            assert list(ages) == [(("amphora_id", replacement_id),)]
+            assert 0 <= ages[(("amphora_id", replacement_id),)] < HEARTBEAT_TIMEOUT
+            # The health manager's cast and the worker's failover are one trace, down to the agents.
+            cast = wait_for(
+                lambda: [span for span in collector.spans if span.name == "cast failover_amphora"],
+                10, what="the health manager's failover cast span",
+            )[0]
+
+            def failover_trace() -> dict[str, list[str]]:
+                shape = tree(collector.spans, cast.trace_id)
+                assert shape["cast failover_amphora"] == ["flow failover_amphora"]
+                return shape
+
+            shape = eventually(failover_trace, 10)
+            assert shape[""] == ["cast failover_amphora"]
+            assert any(
+                child.startswith("agent ") for task in shape["flow failover_amphora"] for child in shape.get(task, [])
+            ), shape
 
             assert health.stop() == 0
             deleted = client.wait(client.cast("delete_amphora", {"amphora_id": replacement_id}), timeout=30)

@@ -288,3 +288,47 @@ def test_a_conductor_reports_to_the_runners_observers_like_a_direct_run(deployme
     expected = ["keramos.ledger.start", "keramos.ledger.end"]
     assert recorder.types(posted) == recorder.types(direct) == expected
     assert setup.record(posted).state == TaskState.SUCCESS
+
+
+def test_waiting_jobs_are_counted_and_a_job_carries_its_casts_trace_to_the_conductor(deployment):
+    from prometheus_client import CollectorRegistry
+
+    from keramos.framework.jobboard import Conductor
+    from keramos.framework.jobboard.board import count_waiting
+    from keramos.framework.metrics import JobsWaiting
+    from keramos.framework.observers import RunObserver
+
+    class TraceContexts(RunObserver):
+        def __init__(self) -> None:
+            self.seen: dict[str, dict] = {}
+
+        def started(self, job) -> None:
+            self.seen[job.request_id] = dict(job.trace_context)
+
+    setup = deployment()
+    registry = CollectorRegistry()
+    registry.register(JobsWaiting(lambda: count_waiting(setup.intake.conf)))
+    assert registry.get_sample_value("keramos_jobboard_jobs_waiting") == 0
+    carried = {"traceparent": f"00-{'a' * 32}-{'b' * 16}-01"}
+    request_id = f"req-{uuid.uuid4()}"
+    accepted = setup.intake.take(
+        {"event": "ledger", "request_id": request_id, "payload": {"ledger": str(setup.ledger)}},
+        trace_context=carried,
+    )
+    setup.dispatcher.post(accepted)
+    setup.post()
+    assert registry.get_sample_value("keramos_jobboard_jobs_waiting") == 2
+    contexts = TraceContexts()
+    runner = make_runner(str(setup.config("host-t")), observers=[contexts])
+    conductor = Conductor(runner.conf, runner).start()
+    try:
+        setup.wait_ended([request_id])
+    finally:
+        assert conductor.stop(10)
+        runner.close()
+        runner.drivers.close()
+    assert contexts.seen[request_id] == carried
+    assert registry.get_sample_value("keramos_jobboard_jobs_waiting") == 0
+    unreachable = CollectorRegistry()
+    unreachable.register(JobsWaiting(lambda: None))
+    assert unreachable.get_sample_value("keramos_jobboard_jobs_waiting") is None

@@ -49,6 +49,13 @@ class ScriptedAdapter(HTTPAdapter):
 
 @pytest.fixture
 def driver(tmp_path) -> RestAmphoraDriver:
+    made = make_driver(tmp_path)
+    yield made
+    made.close()
+
+
+def make_driver(tmp_path) -> RestAmphoraDriver:
+    """A rest driver with placeholder certificate files, no retry backoff and two retries."""
     for name in ("client.pem", "ca.pem"):
         (tmp_path / name).write_text("placeholder\n")
     conf = make_conf([], config_files=[])
@@ -58,9 +65,7 @@ def driver(tmp_path) -> RestAmphoraDriver:
     conf.set_override("server_ca", str(tmp_path / "ca.pem"), group="amphora_rest")
     conf.set_override("backoff", 0.0, group="amphora_rest")
     conf.set_override("retries", 2, group="amphora_rest")
-    made = RestAmphoraDriver(conf)
-    yield made
-    made.close()
+    return RestAmphoraDriver(conf)
 
 
 def script(driver: RestAmphoraDriver, *outcomes: Any) -> ScriptedAdapter:

@@ -104,9 +104,11 @@ class FakeEndpoint:
     def __init__(self, runner: FakeRunner) -> None:
         self.runner = runner
         self.started: list = []
+        self.contexts: list = []
         self.event = threading.Event()
 
-    def admit(self, envelope):
+    def admit(self, envelope, context=None):
+        self.contexts.append(context)
         return self.runner.take(envelope)
 
     def start(self, accepted) -> None:
@@ -172,6 +174,8 @@ def test_a_cast_is_taken_acknowledged_and_its_flow_started(broker):
         broker.publish(oslo_body("handle_event", envelope=envelope))
         assert endpoint.event.wait(10)
         assert endpoint.started == [("accepted", "req-a")]
+        # The message's context (where a caster's trace context travels) reaches the endpoint.
+        assert endpoint.contexts == [{"request_id": "req-1"}]
         wait_until(lambda: broker.depth(broker.topic) == 0 and running._in_flight == 0)
     finally:
         running.stop()
