@@ -5,6 +5,12 @@ between calls, so that the TLS handshake is paid once per amphora and not once p
 session presents the controller's client certificate, trusts only the server CA, and checks that
 the agent's certificate names the amphora id (not the address, which may be reused).
 
+An amphora whose endpoint names a ``keramos-proxy`` (and a network) is reached through it: each
+kept-alive connection is an HTTP CONNECT tunnel over mutual TLS with the proxy (the proxy CA's
+certificates, ``proxy_*`` options), the request signed with ``proxy_route_key``
+(:mod:`keramos.framework.agent_protocol.proxy`); the agent's own mutual TLS runs inside it, so
+the checks above are unchanged and the proxy sees no key and no cleartext.
+
 In csr mode the agent first serves a self-signed bootstrap certificate: :meth:`fetch_csr` and
 :meth:`install_signed_certificate` use one-off connections that do not verify it against the
 server CA but report (and pin) the key it proves.
@@ -19,6 +25,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import ssl
 import threading
 import time
@@ -26,16 +33,20 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import requests
+import urllib3
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from oslo_config import cfg
 from requests.adapters import HTTPAdapter
 
+from keramos.framework.agent_protocol import proxy as proxy_protocol
 from keramos.framework.agent_protocol import rest as protocol
 from keramos.framework.contracts import AmphoraCSR, AmphoraDriver, AmphoraEndpoint
 from keramos.framework.errors import AlreadyActivated, ConfigError, DriverError, Timeout
 
 GROUP = "amphora_rest"
+#: A proxy's answer to CONNECT that no retry changes (4xx); a 502 (agent not up yet) is retried.
+_PROXY_REFUSAL = re.compile(r"Tunnel connection failed: (4\d\d [^'\"]*)")
 _T = TypeVar("_T")
 
 rest_opts = [
@@ -74,6 +85,24 @@ rest_opts = [
         default=4,
         min=1,
         help="Kept-alive connections per amphora (concurrent calls to one agent).",
+    ),
+    cfg.StrOpt(
+        "proxy_client_cert",
+        help="PEM file of the controller's client certificate for keramos-proxy, issued by the "
+        "proxy CA ('keramos cert issue-proxy --role client'); it may also hold the key. Needed only "
+        "for amphorae reached through a proxy.",
+    ),
+    cfg.StrOpt("proxy_client_key", help="PEM file of its key (unset: in proxy_client_cert)."),
+    cfg.StrOpt("proxy_ca", help="PEM file of the proxy CA, which proxies' certificates must chain to."),
+    cfg.StrOpt(
+        "proxy_server_name",
+        default=proxy_protocol.DEFAULT_PROXY_NAME,
+        help="Name a proxy's certificate must carry.",
+    ),
+    cfg.StrOpt(
+        "proxy_route_key",
+        secret=True,
+        help="Key shared with the proxies ([proxy] route_key) that signs each route.",
     ),
 ]
 
@@ -165,6 +194,47 @@ class AmphoraIdAdapter(HTTPAdapter):
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
 
 
+class ProxiedAdapter(AmphoraIdAdapter):
+    """Connections to one amphora through a ``keramos-proxy``: a CONNECT tunnel per connection.
+
+    The tunnel is mutual TLS with the proxy (the proxy CA's certificates, the proxy's name
+    checked); the CONNECT request names the route and its signature. The agent's TLS session
+    then runs inside the tunnel with the session's certificates, as without a proxy.
+    """
+
+    def __init__(
+        self,
+        route: proxy_protocol.Route,
+        pool_maxsize: int,
+        *,
+        proxy_context: ssl.SSLContext,
+        proxy_server_name: str,
+        route_key: bytes,
+    ) -> None:
+        self.route = route
+        self.proxy_context = proxy_context
+        self.proxy_server_name = proxy_server_name
+        self.route_key = route_key
+        super().__init__(route.amphora_id, pool_maxsize)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.ProxyManager:
+        """The one proxy manager of this amphora's route (made on first use)."""
+        manager = self.proxy_manager.get(proxy)
+        if manager is None:
+            manager = urllib3.ProxyManager(
+                proxy,
+                num_pools=1,
+                maxsize=self._pool_maxsize,
+                block=self._pool_block,
+                proxy_headers=proxy_protocol.connect_headers(self.route, self.route_key),
+                proxy_ssl_context=self.proxy_context,
+                proxy_assert_hostname=self.proxy_server_name,
+                assert_hostname=self.amphora_id,
+            )
+            self.proxy_manager[proxy] = manager
+        return manager
+
+
 def _file_option(conf: cfg.ConfigOpts, name: str) -> str:
     path = conf[GROUP][name]
     if not path:
@@ -194,12 +264,18 @@ class RestAmphoraDriver(AmphoraDriver):
         self.backoff = group.backoff
         self.agent_port = group.agent_port
         self.pool_maxsize = group.pool_maxsize
+        self.proxy_server_name = group.proxy_server_name
+        self._proxy_context: ssl.SSLContext | None = None
         self._lock = threading.Lock()
-        self._sessions: dict[tuple[str, str, int], requests.Session] = {}
+        self._sessions: dict[tuple[str, str, int, str | None, str | None], requests.Session] = {}
+
+    def _session_key(self, endpoint: AmphoraEndpoint) -> tuple[str, str, int, str | None, str | None]:
+        port = endpoint.port or self.agent_port
+        return (endpoint.amphora_id, endpoint.address, port, endpoint.proxy, endpoint.network_id)
 
     def session(self, endpoint: AmphoraEndpoint) -> requests.Session:
         """The kept-alive session of one amphora (made on first use)."""
-        key = (endpoint.amphora_id, endpoint.address, endpoint.port or self.agent_port)
+        key = self._session_key(endpoint)
         with self._lock:
             session = self._sessions.get(key)
             if session is None:
@@ -207,9 +283,50 @@ class RestAmphoraDriver(AmphoraDriver):
                 session.trust_env = False
                 session.verify = self.server_ca
                 session.cert = self.client_cert
-                session.mount("https://", AmphoraIdAdapter(endpoint.amphora_id, self.pool_maxsize))
+                if endpoint.proxy:
+                    session.mount("https://", self._proxied_adapter(endpoint))
+                    session.proxies = {"https": f"https://{endpoint.proxy}"}
+                else:
+                    session.mount("https://", AmphoraIdAdapter(endpoint.amphora_id, self.pool_maxsize))
                 self._sessions[key] = session
             return session
+
+    def _proxied_adapter(self, endpoint: AmphoraEndpoint) -> ProxiedAdapter:
+        if not endpoint.network_id:
+            raise ConfigError(
+                f"amphora {endpoint.amphora_id} is reached through proxy {endpoint.proxy} "
+                "but its record names no network"
+            )
+        route = proxy_protocol.Route(
+            endpoint.network_id, endpoint.address, endpoint.port or self.agent_port, endpoint.amphora_id
+        )
+        key = self.conf[GROUP].proxy_route_key
+        if not key:
+            raise ConfigError(
+                f"amphora {endpoint.amphora_id} is reached through proxy {endpoint.proxy}: "
+                f"[{GROUP}] proxy_route_key must be set"
+            )
+        return ProxiedAdapter(
+            route,
+            self.pool_maxsize,
+            proxy_context=self._proxy_ssl_context(),
+            proxy_server_name=self.proxy_server_name,
+            route_key=key.encode(),
+        )
+
+    def _proxy_ssl_context(self) -> ssl.SSLContext:
+        """The TLS context of every proxy tunnel: the proxy CA, the controller's proxy certificate."""
+        if self._proxy_context is None:
+            ca = _file_option(self.conf, "proxy_ca")
+            cert = _file_option(self.conf, "proxy_client_cert")
+            key = _file_option(self.conf, "proxy_client_key") if self.conf[GROUP].proxy_client_key else None
+            context = ssl.create_default_context(cafile=ca)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            # The proxy's name is checked by urllib3 against proxy_server_name, not its address.
+            context.check_hostname = False
+            context.load_cert_chain(cert, key)
+            self._proxy_context = context
+        return self._proxy_context
 
     def url(self, endpoint: AmphoraEndpoint, path: str) -> str:
         """The URL of ``path`` (from :func:`protocol.path`) on the endpoint's agent."""
@@ -240,6 +357,17 @@ class RestAmphoraDriver(AmphoraDriver):
                 )
             except requests.exceptions.SSLError as ssl_error:
                 raise AgentError(endpoint.amphora_id, operation, f"TLS failure: {ssl_error}") from None
+            except requests.exceptions.ProxyError as proxy_error:
+                refusal = _PROXY_REFUSAL.search(str(proxy_error))
+                if refusal:
+                    raise AgentError(
+                        endpoint.amphora_id, operation,
+                        f"proxy {endpoint.proxy} refused the route: {refusal.group(1)}",
+                    ) from None
+                error = AgentError(
+                    endpoint.amphora_id, operation, f"unreachable: {proxy_error}", retryable=True
+                )
+                continue
             except (requests.ConnectionError, requests.Timeout) as connection_error:
                 error = AgentError(
                     endpoint.amphora_id, operation, f"unreachable: {connection_error}", retryable=True
@@ -345,6 +473,13 @@ class RestAmphoraDriver(AmphoraDriver):
         sent. Connection errors and 503s are retried like :meth:`request`.
         """
         operation = f"{method} {path}"
+        if endpoint.proxy:
+            raise AgentError(
+                endpoint.amphora_id,
+                operation,
+                f"csr certificate mode is not served through a proxy ({endpoint.proxy}); use "
+                "[amphora] certificate_mode = controller for amphorae behind proxies",
+            )
         attempts = 1 + (self.retries if retries is None else retries)
         error: AgentError | None = None
         for attempt in range(attempts):
@@ -481,7 +616,7 @@ class RestAmphoraDriver(AmphoraDriver):
 
     def forget(self, endpoint: AmphoraEndpoint) -> None:
         """Close the session of an amphora that is gone."""
-        key = (endpoint.amphora_id, endpoint.address, endpoint.port or self.agent_port)
+        key = self._session_key(endpoint)
         with self._lock:
             session = self._sessions.pop(key, None)
         if session is not None:
