@@ -216,7 +216,9 @@ class HeartbeatRelay:
         self._transports.append(transport)
         for network_id, namespace in self.namespaces.items():
             sock = namespace.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Replicas on one host share the port: the kernel spreads heartbeats among them,
+            # and the others take them all when one stops.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((self.settings.heartbeat_bind_host, self.settings.heartbeat_port))
             sock.setblocking(False)
             listener, _ = await loop.create_datagram_endpoint(

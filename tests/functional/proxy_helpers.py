@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -147,3 +148,172 @@ def running_proxy(
             except subprocess.TimeoutExpired:
                 popen.kill()
                 popen.wait()
+
+
+#: The subnet both tenant networks use: the proxy's leg is the gateway, the agent the next one.
+TENANT_GATEWAY = "10.9.0.1"
+TENANT_AGENT = "10.9.0.2"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxiedNetworks:
+    """Namespaces of the proxy test, all named with one unique tag.
+
+    The controller is the test's own namespace, linked to ``proxy_ns`` only
+    (``controller_address`` <-> ``proxy_address``). Each tenant network ``tenants[net]`` holds
+    the amphorae (``TENANT_AGENT``) and is linked to one leg namespace of the proxy,
+    ``legs[net]`` (``TENANT_GATEWAY``), which the proxy enters to connect; every tenant uses the
+    same subnet, and no namespace routes between tenants or to the controller.
+    """
+
+    controller_address: str
+    proxy_address: str
+    proxy_ns: str
+    legs: dict[str, str]
+    tenants: dict[str, str]
+
+
+def _ip(*arguments: str, check: bool = True) -> None:
+    subprocess.run(["ip", *arguments], check=check, capture_output=True, timeout=15)
+
+
+def _veth(left: str, left_ns: str | None, right: str, right_ns: str) -> None:
+    _ip("link", "add", left, "type", "veth", "peer", "name", right)
+    if left_ns:
+        _ip("link", "set", left, "netns", left_ns)
+    _ip("link", "set", right, "netns", right_ns)
+
+
+def _address(namespace: str | None, device: str, cidr: str) -> None:
+    prefix = ("-n", namespace) if namespace else ()
+    _ip(*prefix, "addr", "add", cidr, "dev", device)
+    _ip(*prefix, "link", "set", device, "up")
+
+
+@contextlib.contextmanager
+def proxied_networks(network_ids: Sequence[str]) -> Iterator[ProxiedNetworks]:
+    """Create the namespaces and links of :class:`ProxiedNetworks`; delete them all after."""
+    tag = f"{os.getpid() % 1000:03d}{secrets.token_hex(2)}"
+    octets = (200 + secrets.randbelow(50), secrets.randbelow(256))
+    controller_address, proxy_address = (f"10.{octets[0]}.{octets[1]}.{n}" for n in (1, 2))
+    namespaces: list[str] = []
+    root_link = f"kc{tag}"
+
+    def namespace(name: str) -> str:
+        _ip("netns", "add", name)
+        namespaces.append(name)
+        _ip("-n", name, "link", "set", "lo", "up")
+        return name
+
+    try:
+        proxy_ns = namespace(f"kpx-{tag}-p")
+        _veth(root_link, None, f"kp{tag}", proxy_ns)
+        _address(None, root_link, f"{controller_address}/30")
+        _address(proxy_ns, f"kp{tag}", f"{proxy_address}/30")
+        legs, tenants = {}, {}
+        for index, network_id in enumerate(network_ids):
+            legs[network_id] = namespace(f"kpx-{tag}-l{index}")
+            tenants[network_id] = namespace(f"kpx-{tag}-t{index}")
+            _veth(f"kl{tag}{index}", legs[network_id], f"kt{tag}{index}", tenants[network_id])
+            _address(legs[network_id], f"kl{tag}{index}", f"{TENANT_GATEWAY}/24")
+            _address(tenants[network_id], f"kt{tag}{index}", f"{TENANT_AGENT}/24")
+        yield ProxiedNetworks(controller_address, proxy_address, proxy_ns, legs, tenants)
+    finally:
+        for name in reversed(namespaces):
+            _ip("netns", "del", name, check=False)
+        _ip("link", "del", root_link, check=False)
+
+
+def get_in_namespace(namespace: str, address: str, port: int, timeout: float = 3.0) -> bytes:
+    """The body of ``GET /`` (HTTP/1.0) at ``address:port`` seen from ``namespace``."""
+    from keramos.plugins.proxy.netns import NamespaceSockets
+
+    sockets = NamespaceSockets(namespace)
+    try:
+        with sockets.connect(address, port, timeout) as sock:
+            sock.sendall(f"GET / HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+    finally:
+        sockets.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0], head
+    return body
+
+
+@contextlib.contextmanager
+def backend_in_namespace(namespace: str, directory: str, body: bytes, port: int) -> Iterator[None]:
+    """An HTTP server on 127.0.0.1:``port`` inside ``namespace`` answering ``body`` to GET /."""
+    os.makedirs(directory, exist_ok=True)
+    write_atomic(os.path.join(directory, "index.html"), body)
+    popen = subprocess.Popen(
+        ["ip", "netns", "exec", namespace, sys.executable, "-m", "http.server", str(port),
+         "--bind", "127.0.0.1", "--directory", directory],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if get_in_namespace(namespace, "127.0.0.1", port, 0.5) == body:
+                    break
+            except (OSError, AssertionError):
+                assert time.monotonic() < deadline, f"backend in {namespace} did not start"
+                time.sleep(0.1)
+        yield
+    finally:
+        popen.terminate()
+        popen.wait(10)
+
+
+BALANCER_CONFIG = """global
+    maxconn 1000
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 120s
+    timeout server 120s
+    retries 3
+    option redispatch
+frontend proxies
+    bind {address}
+    default_backend replicas
+backend replicas
+    balance roundrobin
+{servers}
+"""
+
+
+@contextlib.contextmanager
+def tcp_balancer(directory: str, namespace: str, host: str, backends: Sequence[str]) -> Iterator[str]:
+    """HAProxy in TCP mode on ``host`` (in ``namespace``) in front of ``backends`` (host:port),
+    checking them every 200 ms; yields its ``host:port``. TLS passes through untouched."""
+    from keramos.plugins.compute_process import free_port
+    from keramos.plugins.proxy.netns import NamespaceSockets
+    from tests.functional.agent_helpers import require_haproxy
+
+    os.makedirs(directory, exist_ok=True)
+    sockets = NamespaceSockets(namespace)
+    port = free_port(host, sockets)
+    sockets.close()
+    servers = "\n".join(
+        f"    server replica{index} {backend} check inter 200 fall 1 rise 2"
+        for index, backend in enumerate(backends)
+    )
+    config_path = os.path.join(directory, "haproxy.cfg")
+    write_atomic(config_path, BALANCER_CONFIG.format(address=f"{host}:{port}", servers=servers).encode())
+    popen = subprocess.Popen(
+        ["ip", "netns", "exec", namespace, require_haproxy(), "-db", "-f", config_path],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not _accepts(host, port, namespace):
+            assert popen.poll() is None, "the balancer's haproxy exited"
+            assert time.monotonic() < deadline, "the balancer's haproxy does not listen"
+            time.sleep(0.1)
+        yield f"{host}:{port}"
+    finally:
+        popen.terminate()
+        popen.wait(10)
