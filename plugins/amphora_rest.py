@@ -26,6 +26,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import ssl
 import threading
 import time
@@ -230,6 +231,9 @@ class ProxiedAdapter(AmphoraIdAdapter):
                 proxy_ssl_context=self.proxy_context,
                 proxy_assert_hostname=self.proxy_server_name,
                 assert_hostname=self.amphora_id,
+                # The request head and body are two writes inside the tunnel: without
+                # TCP_NODELAY the body waits for the proxy's delayed ACK (about 40 ms).
+                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             )
             self.proxy_manager[proxy] = manager
         return manager

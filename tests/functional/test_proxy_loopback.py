@@ -130,3 +130,16 @@ def test_the_agent_still_checks_the_controller_certificate_inside_the_tunnel(pro
             other.request(AmphoraEndpoint(**dataclasses.asdict(endpoint)), "GET", "/1.0/info", retries=0)
     finally:
         other.close()
+
+
+def test_tunnels_send_without_waiting_for_acknowledgements(proxied):
+    """A push is a request head and a body, two writes inside the tunnel: with Nagle's algorithm
+    on, the body would wait for the proxy's delayed ACK (about 40 ms per push)."""
+    driver, endpoint, _, _, _ = proxied
+    driver.wait_until_reachable(endpoint, 20)
+    driver.upload_config(endpoint, "lb-1", CONFIG.format(port=free_port()), 1)
+    adapter = driver.session(endpoint).get_adapter("https://")
+    [manager] = adapter.proxy_manager.values()
+    connections = [pool.pool.get() for pool in manager.pools._container.values()]
+    tunnel = connections[0].sock.socket
+    assert tunnel.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
