@@ -13,7 +13,8 @@ the checks above are unchanged and the proxy sees no key and no cleartext.
 
 In csr mode the agent first serves a self-signed bootstrap certificate: :meth:`fetch_csr` and
 :meth:`install_signed_certificate` use one-off connections that do not verify it against the
-server CA but report (and pin) the key it proves.
+server CA but report (and pin) the key it proves. Behind a proxy they run inside a tunnel opened by
+:meth:`RestAmphoraDriver._open_tunnel` (:class:`TunnelledHTTPSConnection`).
 
 Connection errors, timeouts and 503s are retried with exponential backoff; 4xx never are. Every
 failure becomes :class:`AgentError` (a :class:`~keramos.framework.errors.DriverError`) carrying the
@@ -39,9 +40,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from oslo_config import cfg
 from requests.adapters import HTTPAdapter
+from urllib3.util.ssltransport import SSLTransport
 
 from keramos.framework.agent_protocol import proxy as proxy_protocol
 from keramos.framework.agent_protocol import rest as protocol
+from keramos.framework.agent_protocol.heartbeat import parse_endpoint
 from keramos.framework.contracts import AmphoraCSR, AmphoraDriver, AmphoraEndpoint
 from keramos.framework.errors import AlreadyActivated, ConfigError, DriverError, Timeout
 
@@ -166,7 +169,7 @@ def _token_of(endpoint: AmphoraEndpoint, operation: str, body: Any) -> str:
     return token
 
 
-def _peer_public_key(sock: ssl.SSLSocket) -> bytes:
+def _peer_public_key(sock: ssl.SSLSocket | SSLTransport) -> bytes:
     """The public key (PEM) of the certificate the TLS peer presented (and proved to hold)."""
     der = sock.getpeercert(binary_form=True)
     if not der:
@@ -237,6 +240,30 @@ class ProxiedAdapter(AmphoraIdAdapter):
             )
             self.proxy_manager[proxy] = manager
         return manager
+
+
+class TunnelledHTTPSConnection(http.client.HTTPConnection):
+    """An HTTPS connection to an agent inside a proxy tunnel: TLS within the proxy's TLS.
+
+    ``open_tunnel`` returns the proxy connection, already routed (CONNECT answered 200).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        open_tunnel: Callable[[], ssl.SSLSocket],
+        *,
+        context: ssl.SSLContext,
+        timeout: float,
+    ) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.open_tunnel = open_tunnel
+        self.context = context
+
+    def connect(self) -> None:
+        """Open the tunnel, then run the agent's TLS handshake inside it."""
+        self.sock = SSLTransport(self.open_tunnel(), self.context)
 
 
 def _file_option(conf: cfg.ConfigOpts, name: str) -> str:
@@ -477,13 +504,6 @@ class RestAmphoraDriver(AmphoraDriver):
         sent. Connection errors and 503s are retried like :meth:`request`.
         """
         operation = f"{method} {path}"
-        if endpoint.proxy:
-            raise AgentError(
-                endpoint.amphora_id,
-                operation,
-                f"csr certificate mode is not served through a proxy ({endpoint.proxy}); use "
-                "[amphora] certificate_mode = controller for amphorae behind proxies",
-            )
         attempts = 1 + (self.retries if retries is None else retries)
         error: AgentError | None = None
         for attempt in range(attempts):
@@ -519,16 +539,26 @@ class RestAmphoraDriver(AmphoraDriver):
         pinned_key: bytes | None,
     ) -> tuple[int, dict[str, Any], bytes]:
         connect_timeout, read_timeout = self.timeout
-        connection = http.client.HTTPSConnection(
-            endpoint.address,
-            endpoint.port or self.agent_port,
-            context=self._bootstrap_context(),
-            timeout=connect_timeout,
-        )
+        connection: http.client.HTTPConnection
+        if endpoint.proxy:
+            connection = TunnelledHTTPSConnection(
+                endpoint.address,
+                endpoint.port or self.agent_port,
+                lambda: self._open_tunnel(endpoint, operation),
+                context=self._bootstrap_context(),
+                timeout=connect_timeout,
+            )
+        else:
+            connection = http.client.HTTPSConnection(
+                endpoint.address,
+                endpoint.port or self.agent_port,
+                context=self._bootstrap_context(),
+                timeout=connect_timeout,
+            )
         try:
             try:
                 connection.connect()
-                assert isinstance(connection.sock, ssl.SSLSocket)
+                assert connection.sock is not None
                 connection.sock.settimeout(read_timeout)
                 peer_key = _peer_public_key(connection.sock)
                 if pinned_key is not None and _key_der(pinned_key) != _key_der(peer_key):
@@ -554,6 +584,46 @@ class RestAmphoraDriver(AmphoraDriver):
         except ValueError:
             raise AgentError(endpoint.amphora_id, operation, "the answer is not JSON") from None
         return response.status, body if isinstance(body, dict) else {}, peer_key
+
+    def _open_tunnel(self, endpoint: AmphoraEndpoint, operation: str) -> ssl.SSLSocket:
+        """A mutual-TLS connection to the endpoint's proxy, tunnelled to its agent (CONNECT done).
+
+        What :class:`ProxiedAdapter` has urllib3 do, for the one-off bootstrap connections of
+        csr mode that :mod:`http.client` makes.
+        """
+        adapter = self._proxied_adapter(endpoint)
+        host, port = parse_endpoint(endpoint.proxy or "")
+        raw = socket.create_connection((host, port), timeout=self.timeout[0])
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tunnel = adapter.proxy_context.wrap_socket(raw, server_hostname=host)
+        except BaseException:
+            raw.close()
+            raise
+        try:
+            names = [value for kind, value in tunnel.getpeercert().get("subjectAltName", ()) if kind == "DNS"]
+            if self.proxy_server_name not in names:
+                raise ssl.SSLError(f"the proxy's certificate does not name {self.proxy_server_name}")
+            route = adapter.route
+            headers = proxy_protocol.connect_headers(route, adapter.route_key)
+            head = f"CONNECT {route.target} HTTP/1.1\r\nHost: {route.target}\r\n"
+            head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+            tunnel.sendall((head + "\r\n").encode())
+            answer = http.client.HTTPResponse(tunnel, method="CONNECT")
+            answer.begin()
+            if answer.status != 200:
+                status = f"Tunnel connection failed: {answer.status} {answer.reason}"
+                refusal = _PROXY_REFUSAL.search(status)
+                if refusal:
+                    raise AgentError(
+                        endpoint.amphora_id, operation,
+                        f"proxy {endpoint.proxy} refused the route: {refusal.group(1)}",
+                    )
+                raise OSError(status)
+        except BaseException:
+            tunnel.close()
+            raise
+        return tunnel
 
     def put_config(self, endpoint: AmphoraEndpoint, lb_id: str, config: str, version: int) -> None:
         """Upload ``config`` as ``version`` without reloading (the agent checks it first)."""

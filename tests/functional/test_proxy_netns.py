@@ -64,7 +64,9 @@ def _heartbeat_listener(networks, state_store) -> HeartbeatListener:
 
 
 @contextlib.contextmanager
-def _deployment(networks, tmp_path, *, replicas: int = 1, **rest_options) -> Iterator:
+def _deployment(
+    networks, tmp_path, *, replicas: int = 1, amphora_options: dict | None = None, **rest_options
+) -> Iterator:
     """Proxies serving both networks (``replicas`` of them behind one HAProxy in TCP mode when
     more than one), an in-process worker reaching amphorae through them, a health manager's
     listener behind the proxies' heartbeat relay, a backend in each network."""
@@ -83,6 +85,7 @@ def _deployment(networks, tmp_path, *, replicas: int = 1, **rest_options) -> Ite
         worker_settings={"health": {"heartbeat_key": HEARTBEAT_KEY}},
         controller_heartbeat_endpoints=[f"{TENANT_GATEWAY}:{heartbeat_port}"],
         heartbeat_interval=0.2,
+        **(amphora_options or {}),
     ) as worker, contextlib.ExitStack() as stack:
         listener = _heartbeat_listener(networks, worker.state_store)
         stack.callback(listener.stop)
@@ -239,3 +242,19 @@ def test_pushes_move_to_the_other_replica_when_one_is_killed(networks, tmp_path)
             assert loadbalancers[f"lb-{network_id}"]["running_version"] == 1 + pushes // 2
             body = get_in_namespace(networks.tenants[network_id], "127.0.0.1", LISTENER_PORT)
             assert body == f"{network_id}\n".encode()
+
+
+def test_amphorae_that_make_their_own_key_are_certified_through_the_proxy(networks, tmp_path):
+    """csr mode: the bootstrap calls (fetch the CSR, install the signed certificate, pinned to
+    the agent's key) go through the tunnel too; the key never leaves the amphora."""
+    with _deployment(networks, tmp_path, amphora_options={"certificate_mode": "csr"}) as (worker, proxies, _):
+        driver = worker.drivers.amphora
+        for network_id, amphora_id in zip(NETWORKS, ("amp-a", "amp-b"), strict=True):
+            payload = {"amphora_id": amphora_id, "image_id": "image-1", "network_id": network_id}
+            created = worker.run("create_amphora", payload)["amphora"]
+            assert (created["proxy"], created["network_id"]) == (proxies[0].address, network_id)
+            endpoint = _endpoint(created)
+            assert driver.get_info(endpoint)["amphora_id"] == amphora_id
+            assert peer_serial(driver, endpoint) == created["cert_serial"]
+            drive = os.listdir(os.path.join(worker.drivers.compute.instances_dir, created["compute_id"]))
+            assert "amphora_server_key.pem" not in drive
