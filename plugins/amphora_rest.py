@@ -216,6 +216,7 @@ class ProxiedAdapter(AmphoraIdAdapter):
         route_key: bytes,
     ) -> None:
         self.route = route
+        self.tunnels = pool_maxsize
         self.proxy_context = proxy_context
         self.proxy_server_name = proxy_server_name
         self.route_key = route_key
@@ -228,8 +229,7 @@ class ProxiedAdapter(AmphoraIdAdapter):
             manager = urllib3.ProxyManager(
                 proxy,
                 num_pools=1,
-                maxsize=self._pool_maxsize,
-                block=self._pool_block,
+                maxsize=self.tunnels,
                 proxy_headers=proxy_protocol.connect_headers(self.route, self.route_key),
                 proxy_ssl_context=self.proxy_context,
                 proxy_assert_hostname=self.proxy_server_name,

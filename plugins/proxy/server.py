@@ -87,7 +87,7 @@ class TunnelServer:
     def __init__(self, settings: ProxySettings, namespaces: dict[str, NamespaceSockets]) -> None:
         self.settings = settings
         self.namespaces = namespaces
-        self._server: asyncio.base_events.Server | None = None
+        self._server: asyncio.Server | None = None
 
     async def start(self) -> tuple[str, int]:
         """Listen; returns the address bound (the port is known when 0 was asked)."""

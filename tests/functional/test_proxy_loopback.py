@@ -140,6 +140,6 @@ def test_tunnels_send_without_waiting_for_acknowledgements(proxied):
     driver.upload_config(endpoint, "lb-1", CONFIG.format(port=free_port()), 1)
     adapter = driver.session(endpoint).get_adapter("https://")
     [manager] = adapter.proxy_manager.values()
-    connections = [pool.pool.get() for pool in manager.pools._container.values()]
+    connections = [manager.pools[key].pool.get() for key in manager.pools.keys()]
     tunnel = connections[0].sock.socket
     assert tunnel.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

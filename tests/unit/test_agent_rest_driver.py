@@ -171,3 +171,16 @@ def test_a_second_activation_is_a_410_not_retried_and_an_answer_without_token_is
     script(driver, (200, {"amphora_id": "amp-1"}))
     with pytest.raises(AgentError, match="answer without an activation token"):
         driver.activate(ENDPOINT)
+
+
+def test_an_amphora_behind_a_proxy_needs_its_network_the_route_key_and_the_proxy_files(driver, tmp_path):
+    behind = AmphoraEndpoint("amp-far", "10.9.0.2", 9443, proxy="192.0.2.9:9444")
+    with pytest.raises(ConfigError, match="reached through proxy 192.0.2.9:9444 but its record names no network"):
+        driver.session(behind)
+    behind = AmphoraEndpoint("amp-far", "10.9.0.2", 9443, proxy="192.0.2.9:9444", network_id="tenant-a")
+    with pytest.raises(ConfigError, match=r"\[amphora_rest\] proxy_route_key must be set"):
+        driver.session(behind)
+    driver.conf.set_override("proxy_route_key", "key", group="amphora_rest")
+    with pytest.raises(ConfigError, match=r"\[amphora_rest\] proxy_ca must be set"):
+        driver.session(behind)
+    assert driver.session(AmphoraEndpoint("amp-near", "192.0.2.5", 9443)).proxies == {}
