@@ -141,18 +141,24 @@ class TunnelServer:
         await _close(writer)
 
     async def _connect(self, route: Route) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Connect from the network's namespace: only the socket is made in its thread, the
+        connect itself waits in the event loop, so an unreachable agent holds no thread."""
         namespace = self.namespaces[route.network_id]
         loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in route.address else socket.AF_INET
+        sock = await loop.run_in_executor(None, namespace.socket, family, socket.SOCK_STREAM)
         try:
-            sock = await loop.run_in_executor(
-                None, namespace.connect, route.address, route.port, self.settings.connect_timeout
-            )
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await asyncio.wait_for(
+                loop.sock_connect(sock, (route.address, route.port)), self.settings.connect_timeout
+            )
             return await asyncio.open_connection(sock=sock)
-        except OSError as error:
+        except (OSError, asyncio.TimeoutError) as error:
+            sock.close()
+            reason = str(error) or "timed out"
             raise RouteRejected(
-                502, f"cannot reach {route.target} in network {route.network_id}: {error}"
+                502, f"cannot reach {route.target} in network {route.network_id}: {reason}"
             ) from None
 
     async def stop(self) -> None:

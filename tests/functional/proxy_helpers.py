@@ -173,6 +173,16 @@ class ProxiedNetworks:
     tenants: dict[str, str]
 
 
+def namespaces_refused() -> str | None:
+    """Why this host cannot create network namespaces (no CAP_SYS_ADMIN...), or None if it can."""
+    probe = f"kpx-probe-{os.getpid()}-{secrets.token_hex(2)}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, timeout=15)
+    if made.returncode:
+        return made.stderr.strip() or f"ip netns add exited with {made.returncode}"
+    _ip("netns", "del", probe, check=False)
+    return None
+
+
 def _ip(*arguments: str, check: bool = True) -> None:
     subprocess.run(["ip", *arguments], check=check, capture_output=True, timeout=15)
 

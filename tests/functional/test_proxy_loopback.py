@@ -143,3 +143,12 @@ def test_tunnels_send_without_waiting_for_acknowledgements(proxied):
     connections = [manager.pools[key].pool.get() for key in manager.pools.keys()]
     tunnel = connections[0].sock.socket
     assert tunnel.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+def test_an_agent_not_listening_yet_is_a_retryable_502(proxied):
+    driver, endpoint, proxy, _, _ = proxied
+    silent = dataclasses.replace(endpoint, amphora_id="amp-booting", port=free_port())
+    with pytest.raises(AgentError, match="502 cannot reach 127.0.0.1") as raised:
+        driver.request(silent, "GET", "/1.0/info", retries=0)
+    assert raised.value.retryable
+    assert "cannot reach" in proxy.log()

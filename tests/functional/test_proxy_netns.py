@@ -35,6 +35,7 @@ from tests.functional.proxy_helpers import (
     backend_in_namespace,
     get_in_namespace,
     make_proxy_pki,
+    namespaces_refused,
     proxied_networks,
     proxy_config,
     running_proxy,
@@ -52,6 +53,8 @@ BACKEND_PORT = 8000
 def networks() -> Iterator:
     require(os.geteuid() == 0, "root (the proxy test creates network namespaces)")
     require(shutil.which("ip") is not None, "ip (Debian package iproute2)")
+    refused = namespaces_refused()
+    require(refused is None, f"network namespaces (ip netns add: {refused})")
     with proxied_networks(NETWORKS) as made:
         yield made
 
