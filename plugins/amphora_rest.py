@@ -169,6 +169,15 @@ def _token_of(endpoint: AmphoraEndpoint, operation: str, body: Any) -> str:
     return token
 
 
+def _raise_if_refused(endpoint: AmphoraEndpoint, operation: str, failure: str) -> None:
+    """Raise the non-retryable error of a proxy's 4xx answer to CONNECT, if ``failure`` is one."""
+    refusal = _PROXY_REFUSAL.search(failure)
+    if refusal:
+        raise AgentError(
+            endpoint.amphora_id, operation, f"proxy {endpoint.proxy} refused the route: {refusal.group(1)}"
+        ) from None
+
+
 def _peer_public_key(sock: ssl.SSLSocket | SSLTransport) -> bytes:
     """The public key (PEM) of the certificate the TLS peer presented (and proved to hold)."""
     der = sock.getpeercert(binary_form=True)
@@ -389,12 +398,7 @@ class RestAmphoraDriver(AmphoraDriver):
             except requests.exceptions.SSLError as ssl_error:
                 raise AgentError(endpoint.amphora_id, operation, f"TLS failure: {ssl_error}") from None
             except requests.exceptions.ProxyError as proxy_error:
-                refusal = _PROXY_REFUSAL.search(str(proxy_error))
-                if refusal:
-                    raise AgentError(
-                        endpoint.amphora_id, operation,
-                        f"proxy {endpoint.proxy} refused the route: {refusal.group(1)}",
-                    ) from None
+                _raise_if_refused(endpoint, operation, str(proxy_error))
                 error = AgentError(
                     endpoint.amphora_id, operation, f"unreachable: {proxy_error}", retryable=True
                 )
@@ -613,12 +617,7 @@ class RestAmphoraDriver(AmphoraDriver):
             answer.begin()
             if answer.status != 200:
                 status = f"Tunnel connection failed: {answer.status} {answer.reason}"
-                refusal = _PROXY_REFUSAL.search(status)
-                if refusal:
-                    raise AgentError(
-                        endpoint.amphora_id, operation,
-                        f"proxy {endpoint.proxy} refused the route: {refusal.group(1)}",
-                    )
+                _raise_if_refused(endpoint, operation, status)
                 raise OSError(status)
         except BaseException:
             tunnel.close()
