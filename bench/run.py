@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[dict, dict]] = {
     "certificates": ({"duration": 3.0}, {"duration": 1.0}),
     "images": ({}, {"size_mib": 64, "rss_size_mib": 256, "repeats": 1}),
     "agent": ({}, {"duration": 2.0, "agents": 5}),
+    "proxy": ({}, {"duration": 2.0, "agents": 5}),
     "lifecycle": ({"creations": 300, "amphorae": 20}, {"creations": 50, "amphorae": 5}),
     "jobboard": ({"flows": 300, "backlog": 1000}, {"flows": 100, "backlog": 200}),
     "scaling": ({"creations": 300}, {"creations": 100, "rounds": 1}),

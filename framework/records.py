@@ -87,7 +87,12 @@ class TaskRecord(Record):
 
 @dataclasses.dataclass
 class AmphoraRecord(Record):
-    """An amphora the controller manages."""
+    """An amphora the controller manages.
+
+    ``proxy`` and ``network_id``, reported by the compute driver, are the route to an amphora
+    the controller cannot reach directly: its agent answers at ``address`` inside that network,
+    through that ``keramos-proxy``.
+    """
 
     key: ClassVar[str] = "amphora_id"
     table: ClassVar[str] = "amphorae"
@@ -109,6 +114,8 @@ class AmphoraRecord(Record):
     last_heartbeat_at: dt.datetime | None = None
     created_at: dt.datetime = dataclasses.field(default_factory=utcnow)
     updated_at: dt.datetime = dataclasses.field(default_factory=utcnow)
+    proxy: str | None = None
+    network_id: str | None = None
 
 
 @dataclasses.dataclass

@@ -5,9 +5,16 @@ between calls, so that the TLS handshake is paid once per amphora and not once p
 session presents the controller's client certificate, trusts only the server CA, and checks that
 the agent's certificate names the amphora id (not the address, which may be reused).
 
+An amphora whose endpoint names a ``keramos-proxy`` (and a network) is reached through it: each
+kept-alive connection is an HTTP CONNECT tunnel over mutual TLS with the proxy (the proxy CA's
+certificates, ``proxy_*`` options), the request signed with ``proxy_route_key``
+(:mod:`keramos.framework.agent_protocol.proxy`); the agent's own mutual TLS runs inside it, so
+the checks above are unchanged and the proxy sees no key and no cleartext.
+
 In csr mode the agent first serves a self-signed bootstrap certificate: :meth:`fetch_csr` and
 :meth:`install_signed_certificate` use one-off connections that do not verify it against the
-server CA but report (and pin) the key it proves.
+server CA but report (and pin) the key it proves. Behind a proxy they run inside a tunnel opened by
+:meth:`RestAmphoraDriver._open_tunnel` (:class:`TunnelledHTTPSConnection`).
 
 Connection errors, timeouts and 503s are retried with exponential backoff; 4xx never are. Every
 failure becomes :class:`AgentError` (a :class:`~keramos.framework.errors.DriverError`) carrying the
@@ -19,6 +26,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
+import socket
 import ssl
 import threading
 import time
@@ -26,17 +35,23 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import requests
+import urllib3
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from oslo_config import cfg
 from requests.adapters import HTTPAdapter
+from urllib3.util.ssltransport import SSLTransport
 
 from keramos.framework import tracing
+from keramos.framework.agent_protocol import proxy as proxy_protocol
 from keramos.framework.agent_protocol import rest as protocol
+from keramos.framework.agent_protocol.heartbeat import parse_endpoint
 from keramos.framework.contracts import AmphoraCSR, AmphoraDriver, AmphoraEndpoint
 from keramos.framework.errors import AlreadyActivated, ConfigError, DriverError, Timeout
 
 GROUP = "amphora_rest"
+#: A proxy's answer to CONNECT that no retry changes (4xx); a 502 (agent not up yet) is retried.
+_PROXY_REFUSAL = re.compile(r"Tunnel connection failed: (4\d\d [^'\"]*)")
 _T = TypeVar("_T")
 
 rest_opts = [
@@ -75,6 +90,24 @@ rest_opts = [
         default=4,
         min=1,
         help="Kept-alive connections per amphora (concurrent calls to one agent).",
+    ),
+    cfg.StrOpt(
+        "proxy_client_cert",
+        help="PEM file of the controller's client certificate for keramos-proxy, issued by the "
+        "proxy CA ('keramos cert issue-proxy --role client'); it may also hold the key. Needed only "
+        "for amphorae reached through a proxy.",
+    ),
+    cfg.StrOpt("proxy_client_key", help="PEM file of its key (unset: in proxy_client_cert)."),
+    cfg.StrOpt("proxy_ca", help="PEM file of the proxy CA, which proxies' certificates must chain to."),
+    cfg.StrOpt(
+        "proxy_server_name",
+        default=proxy_protocol.DEFAULT_PROXY_NAME,
+        help="Name a proxy's certificate must carry.",
+    ),
+    cfg.StrOpt(
+        "proxy_route_key",
+        secret=True,
+        help="Key shared with the proxies ([proxy] route_key) that signs each route.",
     ),
 ]
 
@@ -160,7 +193,16 @@ def _token_of(endpoint: AmphoraEndpoint, operation: str, body: Any) -> str:
     return token
 
 
-def _peer_public_key(sock: ssl.SSLSocket) -> bytes:
+def _raise_if_refused(endpoint: AmphoraEndpoint, operation: str, failure: str) -> None:
+    """Raise the non-retryable error of a proxy's 4xx answer to CONNECT, if ``failure`` is one."""
+    refusal = _PROXY_REFUSAL.search(failure)
+    if refusal:
+        raise AgentError(
+            endpoint.amphora_id, operation, f"proxy {endpoint.proxy} refused the route: {refusal.group(1)}"
+        ) from None
+
+
+def _peer_public_key(sock: ssl.SSLSocket | SSLTransport) -> bytes:
     """The public key (PEM) of the certificate the TLS peer presented (and proved to hold)."""
     der = sock.getpeercert(binary_form=True)
     if not der:
@@ -187,6 +229,74 @@ class AmphoraIdAdapter(HTTPAdapter):
         """Create the pool manager with the amphora id as the name to check."""
         pool_kwargs["assert_hostname"] = self.amphora_id
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+
+
+class ProxiedAdapter(AmphoraIdAdapter):
+    """Connections to one amphora through a ``keramos-proxy``: a CONNECT tunnel per connection.
+
+    The tunnel is mutual TLS with the proxy (the proxy CA's certificates, the proxy's name
+    checked); the CONNECT request names the route and its signature. The agent's TLS session
+    then runs inside the tunnel with the session's certificates, as without a proxy.
+    """
+
+    def __init__(
+        self,
+        route: proxy_protocol.Route,
+        pool_maxsize: int,
+        *,
+        proxy_context: ssl.SSLContext,
+        proxy_server_name: str,
+        route_key: bytes,
+    ) -> None:
+        self.route = route
+        self.tunnels = pool_maxsize
+        self.proxy_context = proxy_context
+        self.proxy_server_name = proxy_server_name
+        self.route_key = route_key
+        super().__init__(route.amphora_id, pool_maxsize)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.ProxyManager:
+        """The one proxy manager of this amphora's route (made on first use)."""
+        manager = self.proxy_manager.get(proxy)
+        if manager is None:
+            manager = urllib3.ProxyManager(
+                proxy,
+                num_pools=1,
+                maxsize=self.tunnels,
+                proxy_headers=proxy_protocol.connect_headers(self.route, self.route_key),
+                proxy_ssl_context=self.proxy_context,
+                proxy_assert_hostname=self.proxy_server_name,
+                assert_hostname=self.amphora_id,
+                # The request head and body are two writes inside the tunnel: without
+                # TCP_NODELAY the body waits for the proxy's delayed ACK (about 40 ms).
+                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            )
+            self.proxy_manager[proxy] = manager
+        return manager
+
+
+class TunnelledHTTPSConnection(http.client.HTTPConnection):
+    """An HTTPS connection to an agent inside a proxy tunnel: TLS within the proxy's TLS.
+
+    ``open_tunnel`` returns the proxy connection, already routed (CONNECT answered 200).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        open_tunnel: Callable[[], ssl.SSLSocket],
+        *,
+        context: ssl.SSLContext,
+        timeout: float,
+    ) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.open_tunnel = open_tunnel
+        self.context = context
+
+    def connect(self) -> None:
+        """Open the tunnel, then run the agent's TLS handshake inside it."""
+        self.sock = SSLTransport(self.open_tunnel(), self.context)
 
 
 def _file_option(conf: cfg.ConfigOpts, name: str) -> str:
@@ -218,12 +328,18 @@ class RestAmphoraDriver(AmphoraDriver):
         self.backoff = group.backoff
         self.agent_port = group.agent_port
         self.pool_maxsize = group.pool_maxsize
+        self.proxy_server_name = group.proxy_server_name
+        self._proxy_context: ssl.SSLContext | None = None
         self._lock = threading.Lock()
-        self._sessions: dict[tuple[str, str, int], requests.Session] = {}
+        self._sessions: dict[tuple[str, str, int, str | None, str | None], requests.Session] = {}
+
+    def _session_key(self, endpoint: AmphoraEndpoint) -> tuple[str, str, int, str | None, str | None]:
+        port = endpoint.port or self.agent_port
+        return (endpoint.amphora_id, endpoint.address, port, endpoint.proxy, endpoint.network_id)
 
     def session(self, endpoint: AmphoraEndpoint) -> requests.Session:
         """The kept-alive session of one amphora (made on first use)."""
-        key = (endpoint.amphora_id, endpoint.address, endpoint.port or self.agent_port)
+        key = self._session_key(endpoint)
         with self._lock:
             session = self._sessions.get(key)
             if session is None:
@@ -231,7 +347,11 @@ class RestAmphoraDriver(AmphoraDriver):
                 session.trust_env = False
                 session.verify = self.server_ca
                 session.cert = self.client_cert
-                session.mount("https://", AmphoraIdAdapter(endpoint.amphora_id, self.pool_maxsize))
+                if endpoint.proxy:
+                    session.mount("https://", self._proxied_adapter(endpoint))
+                    session.proxies = {"https": f"https://{endpoint.proxy}"}
+                else:
+                    session.mount("https://", AmphoraIdAdapter(endpoint.amphora_id, self.pool_maxsize))
                 self._sessions[key] = session
             return session
 
@@ -239,6 +359,43 @@ class RestAmphoraDriver(AmphoraDriver):
         """``host:port`` of the endpoint's agent (an IPv6 host in brackets)."""
         host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
         return f"{host}:{endpoint.port or self.agent_port}"
+
+    def _proxied_adapter(self, endpoint: AmphoraEndpoint) -> ProxiedAdapter:
+        if not endpoint.network_id:
+            raise ConfigError(
+                f"amphora {endpoint.amphora_id} is reached through proxy {endpoint.proxy} "
+                "but its record names no network"
+            )
+        route = proxy_protocol.Route(
+            endpoint.network_id, endpoint.address, endpoint.port or self.agent_port, endpoint.amphora_id
+        )
+        key = self.conf[GROUP].proxy_route_key
+        if not key:
+            raise ConfigError(
+                f"amphora {endpoint.amphora_id} is reached through proxy {endpoint.proxy}: "
+                f"[{GROUP}] proxy_route_key must be set"
+            )
+        return ProxiedAdapter(
+            route,
+            self.pool_maxsize,
+            proxy_context=self._proxy_ssl_context(),
+            proxy_server_name=self.proxy_server_name,
+            route_key=key.encode(),
+        )
+
+    def _proxy_ssl_context(self) -> ssl.SSLContext:
+        """The TLS context of every proxy tunnel: the proxy CA, the controller's proxy certificate."""
+        if self._proxy_context is None:
+            ca = _file_option(self.conf, "proxy_ca")
+            cert = _file_option(self.conf, "proxy_client_cert")
+            key = _file_option(self.conf, "proxy_client_key") if self.conf[GROUP].proxy_client_key else None
+            context = ssl.create_default_context(cafile=ca)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            # The proxy's name is checked by urllib3 against proxy_server_name, not its address.
+            context.check_hostname = False
+            context.load_cert_chain(cert, key)
+            self._proxy_context = context
+        return self._proxy_context
 
     def url(self, endpoint: AmphoraEndpoint, path: str) -> str:
         """The URL of ``path`` (from :func:`protocol.path`) on the endpoint's agent."""
@@ -287,6 +444,12 @@ class RestAmphoraDriver(AmphoraDriver):
                 response = session.request(method, url, data=data, headers=headers, timeout=self.timeout)
             except requests.exceptions.SSLError as ssl_error:
                 raise AgentError(endpoint.amphora_id, operation, f"TLS failure: {ssl_error}") from None
+            except requests.exceptions.ProxyError as proxy_error:
+                _raise_if_refused(endpoint, operation, str(proxy_error))
+                error = AgentError(
+                    endpoint.amphora_id, operation, f"unreachable: {proxy_error}", retryable=True
+                )
+                continue
             except (requests.ConnectionError, requests.Timeout) as connection_error:
                 error = AgentError(
                     endpoint.amphora_id,
@@ -430,16 +593,26 @@ class RestAmphoraDriver(AmphoraDriver):
         pinned_key: bytes | None,
     ) -> tuple[int, dict[str, Any], bytes]:
         connect_timeout, read_timeout = self.timeout
-        connection = http.client.HTTPSConnection(
-            endpoint.address,
-            endpoint.port or self.agent_port,
-            context=self._bootstrap_context(),
-            timeout=connect_timeout,
-        )
+        connection: http.client.HTTPConnection
+        if endpoint.proxy:
+            connection = TunnelledHTTPSConnection(
+                endpoint.address,
+                endpoint.port or self.agent_port,
+                lambda: self._open_tunnel(endpoint, operation),
+                context=self._bootstrap_context(),
+                timeout=connect_timeout,
+            )
+        else:
+            connection = http.client.HTTPSConnection(
+                endpoint.address,
+                endpoint.port or self.agent_port,
+                context=self._bootstrap_context(),
+                timeout=connect_timeout,
+            )
         try:
             try:
                 connection.connect()
-                assert isinstance(connection.sock, ssl.SSLSocket)
+                assert connection.sock is not None
                 connection.sock.settimeout(read_timeout)
                 peer_key = _peer_public_key(connection.sock)
                 if pinned_key is not None and _key_der(pinned_key) != _key_der(peer_key):
@@ -468,6 +641,41 @@ class RestAmphoraDriver(AmphoraDriver):
         except ValueError:
             raise AgentError(endpoint.amphora_id, operation, "the answer is not JSON") from None
         return response.status, body if isinstance(body, dict) else {}, peer_key
+
+    def _open_tunnel(self, endpoint: AmphoraEndpoint, operation: str) -> ssl.SSLSocket:
+        """A mutual-TLS connection to the endpoint's proxy, tunnelled to its agent (CONNECT done).
+
+        What :class:`ProxiedAdapter` has urllib3 do, for the one-off bootstrap connections of
+        csr mode that :mod:`http.client` makes.
+        """
+        adapter = self._proxied_adapter(endpoint)
+        host, port = parse_endpoint(endpoint.proxy or "")
+        raw = socket.create_connection((host, port), timeout=self.timeout[0])
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tunnel = adapter.proxy_context.wrap_socket(raw, server_hostname=host)
+        except BaseException:
+            raw.close()
+            raise
+        try:
+            names = [value for kind, value in tunnel.getpeercert().get("subjectAltName", ()) if kind == "DNS"]
+            if self.proxy_server_name not in names:
+                raise ssl.SSLError(f"the proxy's certificate does not name {self.proxy_server_name}")
+            route = adapter.route
+            headers = proxy_protocol.connect_headers(route, adapter.route_key)
+            head = f"CONNECT {route.target} HTTP/1.1\r\nHost: {route.target}\r\n"
+            head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+            tunnel.sendall((head + "\r\n").encode())
+            answer = http.client.HTTPResponse(tunnel, method="CONNECT")
+            answer.begin()
+            if answer.status != 200:
+                status = f"Tunnel connection failed: {answer.status} {answer.reason}"
+                _raise_if_refused(endpoint, operation, status)
+                raise OSError(status)
+        except BaseException:
+            tunnel.close()
+            raise
+        return tunnel
 
     def put_config(self, endpoint: AmphoraEndpoint, lb_id: str, config: str, version: int) -> None:
         """Upload ``config`` as ``version`` without reloading (the agent checks it first)."""
@@ -534,7 +742,7 @@ class RestAmphoraDriver(AmphoraDriver):
 
     def forget(self, endpoint: AmphoraEndpoint) -> None:
         """Close the session of an amphora that is gone."""
-        key = (endpoint.amphora_id, endpoint.address, endpoint.port or self.agent_port)
+        key = self._session_key(endpoint)
         with self._lock:
             session = self._sessions.pop(key, None)
         if session is not None:

@@ -9,6 +9,10 @@ accepts TCP connections, ACTIVE while it runs, and ERROR (with the tail of its l
 ``delete`` stops the agent (SIGTERM to its process group, SIGKILL after a grace period), the
 HAProxy processes it started, and removes the directory. Real processes, real TLS: what the
 functional tests and the demo boot.
+
+An amphora built for a network of ``networks`` runs in that network's namespace instead (``ip
+netns exec``), on ``bind_host`` there: several namespaces may hold agents at the same address,
+which the controller reaches through ``proxy`` (reported as the instance's route).
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +41,8 @@ from keramos.framework.errors import ConfigError, DriverError, NotFound
 from keramos.framework.files import write_atomic
 from keramos.plugins.agent.haproxy import HaproxyManager
 from keramos.plugins.agent.options import GROUP as AGENT_GROUP
+from keramos.plugins.proxy.netns import NamespaceSockets
+from keramos.plugins.proxy.options import parse_networks
 
 GROUP = "compute_process"
 AGENT_CONFIG_NAME = "keramos-agent.conf"
@@ -66,6 +71,19 @@ process_opts = [
         default="haproxy",
         help="HAProxy executable the agents run (written into their configuration).",
     ),
+    cfg.ListOpt(
+        "networks",
+        default=[],
+        help="NETWORK_ID:NAMESPACE: agents of amphorae created on NETWORK_ID run in that network "
+        "namespace (on bind_host there) and are reached through 'proxy'. Other networks run on "
+        "loopback as usual.",
+    ),
+    cfg.StrOpt(
+        "proxy",
+        help="host:port of the keramos-proxy (or of the load balancer in front of its replicas) "
+        "reported for amphorae running in a namespace of 'networks'.",
+    ),
+    cfg.StrOpt("ip_binary", default="ip", help="iproute2's ip, which starts agents in namespaces."),
     cfg.FloatOpt(
         "stop_timeout",
         default=10.0,
@@ -86,11 +104,13 @@ class _Process:
     directory: str
     port: int
     popen: subprocess.Popen[bytes]
+    network_id: str | None = None
+    namespace: str | None = None
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+def free_port(host: str = "127.0.0.1", sockets: NamespaceSockets | None = None) -> int:
+    """A TCP port nothing listens on right now (in the namespace of ``sockets``)."""
+    with (sockets or NamespaceSockets(None)).socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
 
@@ -142,6 +162,14 @@ class ProcessCompute(ComputeDriver):
         self.python = group.python
         self.haproxy_binary = group.haproxy_binary
         self.stop_timeout = group.stop_timeout
+        self.networks = parse_networks(group.networks)
+        self.proxy = group.proxy
+        self.ip_binary = group.ip_binary
+        if self.networks and not self.proxy:
+            raise ConfigError(f"[{GROUP}] networks is set but proxy is not")
+        if self.networks and shutil.which(self.ip_binary) is None:
+            raise ConfigError(f"[{GROUP}] ip_binary: {self.ip_binary} not found (iproute2)")
+        self._namespaces: dict[str | None, NamespaceSockets] = {}
         if not os.access(self.python, os.X_OK):
             raise ConfigError(f"[{GROUP}] python: {self.python} is not executable")
         if shutil.which(self.haproxy_binary) is None:
@@ -196,19 +224,21 @@ class ProcessCompute(ComputeDriver):
         config_drive: Mapping[str, bytes],
         *,
         flavor: str | None = None,
+        network_id: str | None = None,
     ) -> str:
         """Write the config drive and start the agent; returns at once (status BUILDING)."""
         for name in config_drive:
             if not _DRIVE_NAME_RE.fullmatch(name) or name in _RESERVED_NAMES:
                 raise DriverError(f"config drive file name {name!r} is not a plain file name")
         roles = _classify(config_drive)
+        namespace = self.networks.get(network_id) if network_id else None
         compute_id = str(uuid.uuid4())
         directory = os.path.join(self.instances_dir, compute_id)
         os.makedirs(directory, mode=0o700)
         try:
             for name, data in config_drive.items():
                 write_atomic(os.path.join(directory, name), data, 0o600, make_dirs=True)
-            port = free_port(self.bind_host)
+            port = free_port(self.bind_host, self._sockets(namespace))
             base = config_drive.get(roles["config"]) if "config" in roles else None
             config_path = os.path.join(directory, AGENT_CONFIG_NAME)
             write_atomic(
@@ -216,9 +246,12 @@ class ProcessCompute(ComputeDriver):
                 self._agent_config(amphora_id, directory, port, roles, base),
                 make_dirs=True,
             )
+            command = [self.python, "-m", "keramos.plugins.agent.main", "--config-file", config_path]
+            if namespace:
+                command = [self.ip_binary, "netns", "exec", namespace, *command]
             with open(os.path.join(directory, "agent.log"), "ab") as log:
                 popen = subprocess.Popen(
-                    [self.python, "-m", "keramos.plugins.agent.main", "--config-file", config_path],
+                    command,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -229,8 +262,23 @@ class ProcessCompute(ComputeDriver):
             shutil.rmtree(directory, ignore_errors=True)
             raise
         with self._lock:
-            self._processes[compute_id] = _Process(amphora_id, directory, port, popen)
+            self._processes[compute_id] = _Process(
+                amphora_id, directory, port, popen, network_id, namespace
+            )
         return compute_id
+
+    def _sockets(self, namespace: str | None) -> NamespaceSockets:
+        """The socket maker of ``namespace`` (one thread per namespace, kept)."""
+        with self._lock:
+            sockets = self._namespaces.get(namespace)
+            if sockets is None:
+                sockets = self._namespaces[namespace] = NamespaceSockets(namespace)
+            return sockets
+
+    def _route(self, process: _Process) -> dict[str, str | None]:
+        if process.namespace is None:
+            return {"network_id": process.network_id}
+        return {"proxy": self.proxy, "network_id": process.network_id}
 
     def _process(self, compute_id: str) -> _Process:
         with self._lock:
@@ -250,13 +298,16 @@ class ProcessCompute(ComputeDriver):
                 address=self.bind_host,
                 port=process.port,
                 fault=f"agent exited with status {code}: {self._log_tail(process)}",
+                **self._route(process),
             )
         try:
-            with socket.create_connection((self.bind_host, process.port), timeout=0.5):
-                status = InstanceStatus.ACTIVE
+            self._sockets(process.namespace).connect(self.bind_host, process.port, 0.5).close()
+            status = InstanceStatus.ACTIVE
         except OSError:
             status = InstanceStatus.BUILDING
-        return Instance(compute_id, status, address=self.bind_host, port=process.port)
+        return Instance(
+            compute_id, status, address=self.bind_host, port=process.port, **self._route(process)
+        )
 
     def agent_pid(self, compute_id: str) -> int:
         """The process id of the instance's agent (also its process group id)."""
@@ -338,3 +389,7 @@ class ProcessCompute(ComputeDriver):
             compute_ids = list(self._processes)
         for compute_id in compute_ids:
             self.delete(compute_id)
+        with self._lock:
+            namespaces, self._namespaces = list(self._namespaces.values()), {}
+        for sockets in namespaces:
+            sockets.close()

@@ -151,9 +151,12 @@ class NoopCompute(_Delayed, ComputeDriver):
         config_drive: Mapping[str, bytes],
         *,
         flavor: str | None = None,
+        network_id: str | None = None,
     ) -> str:
         compute_id = self.new_compute_id(amphora_id)
-        instance = Instance(compute_id, InstanceStatus.ACTIVE, address="127.0.0.1")
+        instance = Instance(
+            compute_id, InstanceStatus.ACTIVE, address="127.0.0.1", network_id=network_id
+        )
         value = {
             "instance": dataclasses.asdict(instance),
             "image_id": image_id,

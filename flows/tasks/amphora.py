@@ -89,7 +89,7 @@ def redeem_activation_token(state_store: StateStore, amphora_id: str, token: str
 
 
 def _endpoint(amphora_id: str, amphora_instance: Mapping[str, Any]) -> AmphoraEndpoint:
-    return AmphoraEndpoint(amphora_id, amphora_instance["address"] or "", amphora_instance["port"])
+    return AmphoraEndpoint.of(amphora_id, amphora_instance)
 
 
 def _server_bundle_name(amphora_id: str) -> str:
@@ -363,7 +363,11 @@ class BootAmphora(task.Task):
         self.state_store = state_store
 
     def execute(
-        self, amphora_id: str, image_id: str, amphora_server_cert: dict[str, str] | None
+        self,
+        amphora_id: str,
+        image_id: str,
+        amphora_server_cert: dict[str, str] | None,
+        network_id: str | None = None,
     ) -> str:
         activation_token = secrets.token_urlsafe(32)
         config_drive = {
@@ -387,7 +391,9 @@ class BootAmphora(task.Task):
             activated_at=None,
             activation_requested_at=None,
         )
-        compute_id = self.compute.build(amphora_id, image_id, config_drive)
+        # Only when asked for, so that compute drivers written before network_id still load.
+        placement = {"network_id": network_id} if network_id is not None else {}
+        compute_id = self.compute.build(amphora_id, image_id, config_drive, **placement)
         try:
             self.amphora.instance_booted(amphora_id, config_drive)
             self.state_store.update(
@@ -557,6 +563,8 @@ class MarkAmphoraReady(task.Task):
             compute_id=compute_id,
             address=amphora_instance["address"],
             agent_port=amphora_instance["port"],
+            proxy=amphora_instance.get("proxy"),
+            network_id=amphora_instance.get("network_id"),
             port_id=amphora_port["port_id"],
             cert_serial=amphora_server_cert["serial"],
             error=None,

@@ -54,7 +54,7 @@ def replacement_id_for(amphora_id: str) -> str:
 
 
 def _endpoint(amphora_id: str, instance: dict[str, Any]) -> dict[str, Any]:
-    return {"amphora_id": amphora_id, "address": instance["address"], "port": instance["port"]}
+    return AmphoraEndpoint.of(amphora_id, instance).to_dict()
 
 
 def _member_ids(record: LoadBalancerRecord) -> list[str]:
@@ -254,7 +254,7 @@ class LoadFailedAmphora(task.Task):
 
     def execute(
         self, amphora_id: str, request_id: str | None = None
-    ) -> tuple[dict[str, Any], str, str, None]:
+    ) -> tuple[dict[str, Any], str, str, str | None]:
         record = self.state_store.get(AmphoraRecord, amphora_id)
         if record is None or record.status in (AmphoraStatus.DELETED, AmphoraStatus.PENDING_DELETE):
             raise NotFound(f"no amphora {amphora_id} to fail over")
@@ -280,7 +280,13 @@ class LoadFailedAmphora(task.Task):
                 )
             except Conflict as error:
                 raise Conflict(f"amphora {amphora_id} is not failed over: {error}") from None
-        return jsonable(record.to_dict()), replacement_id_for(amphora_id), record.image_id, None
+        # The replacement serves the same network, reached through the same kind of route.
+        return (
+            jsonable(record.to_dict()),
+            replacement_id_for(amphora_id),
+            record.image_id,
+            record.network_id,
+        )
 
     def revert(self, amphora_id: str, result: Any, **kwargs: Any) -> None:
         if not isinstance(result, (list, tuple)):
@@ -312,9 +318,7 @@ class MoveLoadBalancerConfigs(task.Task):
     def _reported_by_old_agent(self, failed_amphora: dict[str, Any]) -> set[str]:
         if not failed_amphora.get("address"):
             return set()
-        endpoint = AmphoraEndpoint(
-            failed_amphora["amphora_id"], failed_amphora["address"], failed_amphora["agent_port"]
-        )
+        endpoint = AmphoraEndpoint.of(failed_amphora["amphora_id"], failed_amphora, "agent_port")
         try:
             return set(self.amphora.get_info(endpoint).get("loadbalancers", {}))
         except KeramosError as error:
@@ -339,9 +343,7 @@ class MoveLoadBalancerConfigs(task.Task):
                 or record.lb_id in reported
             )
         ]
-        endpoint = AmphoraEndpoint(
-            replacement_id, amphora_instance["address"] or "", amphora_instance["port"]
-        )
+        endpoint = AmphoraEndpoint.of(replacement_id, amphora_instance)
         for record in records:
             self.amphora.upload_config(
                 endpoint, record.lb_id, record.config, record.running_version
@@ -367,9 +369,7 @@ class MoveLoadBalancerConfigs(task.Task):
     ) -> None:
         if not isinstance(result, list):
             return
-        endpoint = AmphoraEndpoint(
-            replacement_id, amphora_instance["address"] or "", amphora_instance["port"]
-        )
+        endpoint = AmphoraEndpoint.of(replacement_id, amphora_instance)
         for lb_id in result:
             try:
                 self.amphora.delete_config(endpoint, lb_id)

@@ -234,7 +234,7 @@ class FindCurrentCertificate(task.Task):
             current = active[-1]
         if current.status != CertificateStatus.ACTIVE:
             raise DriverError(f"certificate {current.serial} is {current.status}, not active")
-        endpoint = {"amphora_id": amphora_id, "address": amphora.address, "port": amphora.agent_port}
+        endpoint = AmphoraEndpoint.of(amphora_id, amphora.to_dict(), "agent_port").to_dict()
         return current.serial, current.cert_ref, current.subject, current.kind, endpoint
 
 

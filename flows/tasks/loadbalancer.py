@@ -24,7 +24,7 @@ LOG = logging.getLogger(__name__)
 
 
 def _endpoint(amphora: dict[str, Any]) -> AmphoraEndpoint:
-    return AmphoraEndpoint(amphora["amphora_id"], amphora["address"], amphora["port"])
+    return AmphoraEndpoint.of(amphora["amphora_id"], amphora)
 
 
 class RenderHaproxyConfig(task.Task):
@@ -57,9 +57,7 @@ class LoadAmphoraEndpoints(task.Task):
             record = self.state_store.get(AmphoraRecord, amphora_id)
             if record is None or not record.address:
                 raise NotFound(f"no amphora {amphora_id} with an address")
-            endpoints.append(
-                {"amphora_id": amphora_id, "address": record.address, "port": record.agent_port}
-            )
+            endpoints.append(AmphoraEndpoint.of(amphora_id, record.to_dict(), "agent_port").to_dict())
         return endpoints
 
 

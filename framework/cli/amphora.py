@@ -85,7 +85,7 @@ def _list(args: argparse.Namespace) -> int:
         (
             r.amphora_id,
             r.status,
-            f"{r.address}:{r.agent_port}" if r.address else "-",
+            _route(r),
             r.cert_serial or "-",
             _heartbeat_age(r),
             (r.error or "")[:60],
@@ -94,6 +94,17 @@ def _list(args: argparse.Namespace) -> int:
     ]
     print_table(header, rows)
     return 0
+
+
+def _route(record: AmphoraRecord) -> str:
+    """Where the agent answers: ``address:port``, and for an amphora behind a proxy the network
+    the address belongs to and the proxy that reaches it."""
+    if not record.address:
+        return "-"
+    where = f"{record.address}:{record.agent_port}"
+    if record.proxy:
+        return f"{where} in {record.network_id} via {record.proxy}"
+    return where
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -110,5 +121,6 @@ def _show(args: argparse.Namespace) -> int:
         return 1
     document = record.to_dict()
     document["activation_token_unused"] = document.pop("activation_token_hash") is not None
+    document["route"] = "direct" if not record.proxy else _route(record)
     print_json(document)
     return 0

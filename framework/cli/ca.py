@@ -92,6 +92,46 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init_proxy(args: argparse.Namespace) -> int:
+    from keramos.framework.pki.ca import create_proxy_ca
+
+    conf = certificates_conf(args)
+    authority = create_proxy_ca(
+        conf.certificates.ca_dir,
+        resolve_passphrase(args, conf),
+        key_type=args.key_type or conf.certificates.key_type,
+        validity=dt.timedelta(days=args.validity_days or conf.certificates.ca_validity_days),
+        force=args.force,
+    )
+    print(
+        f"proxy CA: {authority.certificate.subject.rfc4514_string()}, valid until "
+        f"{authority.certificate.not_valid_after_utc.isoformat()}"
+    )
+    print(
+        f"written to {conf.certificates.ca_dir}: proxy_ca.pem (share it with proxies and "
+        "controllers), proxy_ca_key.pem (encrypted, 0600; keep it private)"
+    )
+    return 0
+
+
+def _register_proxy_commands(ca_commands: argparse._SubParsersAction, key_types: tuple[str, ...]) -> None:
+    init = ca_commands.add_parser(
+        "init-proxy",
+        allow_abbrev=False,
+        help="create the proxy CA (a third CA, for keramos-proxy and the controllers using it; "
+        "'keramos cert issue-proxy' issues its certificates)",
+        description="Create the proxy CA in DIR: proxy_ca.pem (public) and proxy_ca_key.pem "
+        "(encrypted with the CA passphrase, mode 0600). It signs proxies' server certificates "
+        "and controllers' client certificates for proxies, never an amphora's.",
+    )
+    add_dir_argument(init)
+    init.add_argument("--key-type", choices=key_types, help="key type (default: [certificates] key_type)")
+    init.add_argument("--validity-days", type=int, metavar="DAYS", help="days the CA is valid")
+    init.add_argument("--force", action="store_true", help="replace an existing proxy CA")
+    add_passphrase_argument(init)
+    init.set_defaults(func=_init_proxy)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``keramos ca``."""
     from keramos.framework.pki.keys import KEY_TYPES
@@ -133,3 +173,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_passphrase_argument(init)
     init.set_defaults(func=_init)
+    _register_proxy_commands(ca_commands, KEY_TYPES)

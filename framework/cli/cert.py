@@ -27,7 +27,7 @@ from keramos.framework.errors import ConfigError
 if TYPE_CHECKING:
     from oslo_config import cfg
 
-    from keramos.framework.contracts import CertGenerator
+    from keramos.framework.contracts import CertGenerator, IssuedCertificate
 
 #: The ``keramos.cert_generator`` entry point these commands drive: the dual CA of ``--dir``.
 LOCAL_GENERATOR = "local"
@@ -48,16 +48,58 @@ def _generator(args: argparse.Namespace) -> tuple[cfg.ConfigOpts, CertGenerator]
     )
 
 
-def _issue(args: argparse.Namespace) -> int:
-    from keramos.framework.files import PRIVATE_MODE, PUBLIC_MODE, write_all_atomic
-    from keramos.framework.loader import load_state_store
-    from keramos.framework.records import CertificateRecord
-
+def _leaf_paths(args: argparse.Namespace) -> tuple[str, str, str]:
+    """``OUT``, ``OUT/cert.pem`` and ``OUT/key.pem``, refusing to overwrite without --force."""
     out = os.path.abspath(args.out)
     cert_path, key_path = os.path.join(out, "cert.pem"), os.path.join(out, "key.pem")
     existing = [path for path in (cert_path, key_path) if os.path.exists(path)]
     if existing and not args.force:
         raise ConfigError(f"refusing to overwrite {', '.join(existing)}; use --force to replace")
+    return out, cert_path, key_path
+
+
+def _write_leaf(out: str, cert_path: str, key_path: str, issued: IssuedCertificate) -> None:
+    """Write the certificate (0644) and its key (0600), both or neither."""
+    from keramos.framework.files import PRIVATE_MODE, PUBLIC_MODE, write_all_atomic
+
+    try:
+        os.makedirs(out, mode=0o700, exist_ok=True)
+        write_all_atomic(
+            {
+                cert_path: (issued.certificate_pem, PUBLIC_MODE),
+                key_path: (issued.private_key_pem or b"", PRIVATE_MODE),
+            }
+        )
+    except OSError as error:
+        raise ConfigError(f"cannot write to {out}: {error.strerror}") from None
+
+
+def _issue_proxy(args: argparse.Namespace) -> int:
+    from keramos.framework.pki.ca import issue_proxy_certificate
+
+    out, cert_path, key_path = _leaf_paths(args)
+    conf = certificates_conf(args)
+    issued = issue_proxy_certificate(
+        conf.certificates.ca_dir,
+        resolve_passphrase(args, conf),
+        args.cn,
+        args.role,
+        ip_addresses=args.ip or (),
+        validity=dt.timedelta(days=args.validity_days or conf.certificates.validity_days),
+        key_type=args.key_type or conf.certificates.key_type,
+    )
+    _write_leaf(out, cert_path, key_path, issued)
+    until = issued.not_after.isoformat()
+    print(f"proxy {args.role} certificate {issued.serial} for {issued.subject}, valid until {until}")
+    print(f"written: {cert_path}, {key_path} (mode 0600)")
+    return 0
+
+
+def _issue(args: argparse.Namespace) -> int:
+    from keramos.framework.loader import load_state_store
+    from keramos.framework.records import CertificateRecord
+
+    out, cert_path, key_path = _leaf_paths(args)
     conf, generator = _generator(args)
     validity = dt.timedelta(days=args.validity_days) if args.validity_days else None
     issued = generator.issue(args.cn, args.kind, ip_addresses=args.ip or (), validity=validity)
@@ -72,16 +114,10 @@ def _issue(args: argparse.Namespace) -> int:
             )
         )
         try:
-            os.makedirs(out, mode=0o700, exist_ok=True)
-            write_all_atomic(
-                {
-                    cert_path: (issued.certificate_pem, PUBLIC_MODE),
-                    key_path: (issued.private_key_pem or b"", PRIVATE_MODE),
-                }
-            )
-        except OSError as error:
+            _write_leaf(out, cert_path, key_path, issued)
+        except ConfigError:
             state_store.delete(CertificateRecord, issued.serial)
-            raise ConfigError(f"cannot write to {out}: {error.strerror}") from None
+            raise
     finally:
         state_store.close()
     print(f"{issued.kind} certificate {issued.serial} for {issued.subject}, valid until {issued.not_after.isoformat()}")
@@ -134,6 +170,32 @@ def _revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_leaf_arguments(parser: argparse.ArgumentParser, key_types: tuple[str, ...]) -> None:
+    """The options every issuing command takes: CA directory, IPs, output, validity, key type."""
+    add_dir_argument(parser)
+    parser.add_argument(
+        "--ip",
+        action="append",
+        metavar="IP",
+        help="IP address added to the subject alternative names (repeatable)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="OUT",
+        help="directory to write cert.pem and key.pem to (created if missing)",
+    )
+    parser.add_argument(
+        "--validity-days",
+        type=int,
+        metavar="DAYS",
+        help="days the certificate is valid (default: [certificates] validity_days)",
+    )
+    parser.add_argument("--key-type", choices=key_types, help="key type (default: [certificates] key_type, ec-p256)")
+    parser.add_argument("--force", action="store_true", help="replace OUT/cert.pem and OUT/key.pem")
+    add_passphrase_argument(parser)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``keramos cert``."""
     from keramos.framework.contracts import CertKind
@@ -158,7 +220,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or client CA; write OUT/cert.pem and OUT/key.pem (mode 0600) and record the "
         "certificate in the state store.",
     )
-    add_dir_argument(issue)
     issue.add_argument(
         "--kind",
         required=True,
@@ -172,28 +233,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="common name, also the DNS subject alternative name",
     )
-    issue.add_argument(
-        "--ip",
-        action="append",
-        metavar="IP",
-        help="IP address added to the subject alternative names (repeatable)",
-    )
-    issue.add_argument(
-        "--out",
-        required=True,
-        metavar="OUT",
-        help="directory to write cert.pem and key.pem to (created if missing)",
-    )
-    issue.add_argument(
-        "--validity-days",
-        type=int,
-        metavar="DAYS",
-        help="days the certificate is valid (default: [certificates] validity_days)",
-    )
-    issue.add_argument("--key-type", choices=KEY_TYPES, help="key type (default: [certificates] key_type, ec-p256)")
-    issue.add_argument("--force", action="store_true", help="replace OUT/cert.pem and OUT/key.pem")
-    add_passphrase_argument(issue)
+    _add_leaf_arguments(issue, KEY_TYPES)
     issue.set_defaults(func=_issue)
+
+    issue_proxy = commands.add_parser(
+        "issue-proxy",
+        allow_abbrev=False,
+        help="issue a certificate of the proxy CA and its key into a directory",
+        description="Generate a key and a certificate for NAME signed by the proxy CA ('keramos "
+        "ca init-proxy'): --role server for a keramos-proxy (name it keramos-proxy, the name "
+        "controllers check by default), --role client for a controller reaching amphorae "
+        "through proxies. Writes OUT/cert.pem and OUT/key.pem (mode 0600).",
+    )
+    issue_proxy.add_argument(
+        "--role", required=True, choices=("server", "client"), help="serverAuth or clientAuth"
+    )
+    issue_proxy.add_argument("--cn", required=True, metavar="NAME", help="common name and DNS name")
+    _add_leaf_arguments(issue_proxy, KEY_TYPES)
+    issue_proxy.set_defaults(func=_issue_proxy)
 
     listing = commands.add_parser(
         "list",

@@ -12,11 +12,34 @@ from keramos.framework.contracts.base import Driver
 
 @dataclasses.dataclass(frozen=True)
 class AmphoraEndpoint:
-    """Where an amphora's agent answers, and who it must prove to be."""
+    """Where an amphora's agent answers, and who it must prove to be.
+
+    ``proxy`` (``host:port`` of a ``keramos-proxy``) and ``network_id`` are set for an amphora
+    the controller cannot route to: ``address`` is then an address inside that network, which
+    other networks may reuse, and the driver reaches the agent through the proxy.
+    """
 
     amphora_id: str
     address: str
     port: int | None = None
+    proxy: str | None = None
+    network_id: str | None = None
+
+    @classmethod
+    def of(cls, amphora_id: str, place: Mapping[str, Any], port_field: str = "port") -> AmphoraEndpoint:
+        """The endpoint of ``amphora_id`` from a mapping holding ``address``, ``port_field`` and
+        optionally ``proxy`` and ``network_id`` (an instance's or a record's fields)."""
+        return cls(
+            amphora_id,
+            place.get("address") or "",
+            place.get(port_field),
+            place.get("proxy"),
+            place.get("network_id"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The endpoint as flow storage keeps it (what :meth:`of` reads back)."""
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)

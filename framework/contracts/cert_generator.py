@@ -20,6 +20,10 @@ class CertKind:
     SERVER = "server"
     CLIENT = "client"
     ALL = (SERVER, CLIENT)
+    #: The proxy CA, a third one apart from the dual CA: it signs the ``keramos-proxy``
+    #: certificates and the controllers' client certificates for proxies, so that a proxy's
+    #: certificate opens no amphora and an amphora's opens no proxy.
+    PROXY = "proxy"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,9 @@ class Instance:
     """An instance as the compute driver sees it.
 
     ``address`` and ``port`` are where the amphora agent listens once the instance is ACTIVE
-    (``port`` may be ``None`` when the agent uses the default).
+    (``port`` may be ``None`` when the agent uses the default). ``proxy`` (``host:port`` of a
+    ``keramos-proxy``) and ``network_id`` are set when the controller cannot route to
+    ``address``: it reaches the agent through that proxy, inside that network.
     """
 
     compute_id: str
@@ -35,6 +37,8 @@ class Instance:
     address: str | None = None
     port: int | None = None
     fault: str | None = None
+    proxy: str | None = None
+    network_id: str | None = None
 
 
 class ComputeDriver(Driver):
@@ -54,8 +58,13 @@ class ComputeDriver(Driver):
         config_drive: Mapping[str, bytes],
         *,
         flavor: str | None = None,
+        network_id: str | None = None,
     ) -> str:
         """Start booting an instance for ``amphora_id`` and return its compute id.
+
+        ``network_id`` is the network the amphora serves, passed only when the create asked for
+        one (drivers written before it existed still load); a driver that places instances by
+        network reports the route in :meth:`get` (``Instance.proxy`` and ``network_id``).
 
         ``config_drive`` maps file names to their contents (server certificate and key, unless
         the amphora makes its own; client CA, agent configuration, :data:`ACTIVATION_TOKEN_FILE`);

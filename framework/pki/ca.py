@@ -62,9 +62,16 @@ def crl_path(directory: str, kind: str) -> str:
     return os.path.join(directory, f"{_checked_kind(kind)}_ca_crl.pem")
 
 
+#: The CAs a directory may hold: the dual CA and the proxy CA.
+_CA_KINDS = (*CertKind.ALL, CertKind.PROXY)
+#: What a proxy CA's leaf certificate is for: a proxy (``serverAuth``) or a controller
+#: talking to proxies (``clientAuth``).
+PROXY_ROLES = ("server", "client")
+
+
 def _checked_kind(kind: str) -> str:
-    if kind not in CertKind.ALL:
-        raise DriverError(f"certificate kind must be one of {', '.join(CertKind.ALL)}, not {kind!r}")
+    if kind not in _CA_KINDS:
+        raise DriverError(f"certificate kind must be one of {', '.join(_CA_KINDS)}, not {kind!r}")
     return kind
 
 
@@ -237,12 +244,19 @@ class CertificateAuthority:
         validity: dt.timedelta,
         key_type: str = DEFAULT_KEY_TYPE,
         now: dt.datetime | None = None,
+        server_auth: bool | None = None,
     ) -> IssuedCertificate:
-        """Generate a key and a certificate for ``common_name`` (CN and SAN) and the given IPs."""
+        """Generate a key and a certificate for ``common_name`` (CN and SAN) and the given IPs.
+
+        ``server_auth`` chooses ``serverAuth`` or ``clientAuth``; by default the server CA issues
+        the first and the client CA the second (the proxy CA issues both, so it must be told).
+        """
         check_common_name(common_name)
         extra_names = _ip_addresses(ip_addresses)
         key = generate_private_key(key_type)
-        return self._sign_leaf(common_name, key.public_key(), private_key_pem(key), extra_names, validity, now)
+        return self._sign_leaf(
+            common_name, key.public_key(), private_key_pem(key), extra_names, validity, now, server_auth
+        )
 
     def sign_csr(
         self,
@@ -299,6 +313,7 @@ class CertificateAuthority:
         extra_names: list[x509.GeneralName],
         validity: dt.timedelta,
         now: dt.datetime | None,
+        server_auth: bool | None = None,
     ) -> IssuedCertificate:
         now = now or utcnow()
         self.check_validity(now)
@@ -307,7 +322,7 @@ class CertificateAuthority:
         not_before = max(now - CLOCK_SKEW, self.not_valid_before)
         # Certificates carry whole seconds: what is recorded must be what is signed.
         not_after = min(now + validity, self.not_valid_after).replace(microsecond=0)
-        server = self.kind == CertKind.SERVER
+        server = self.kind == CertKind.SERVER if server_auth is None else server_auth
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
@@ -433,17 +448,32 @@ def create_dual_ca(
     ``passphrase`` (0600), all or none. Refuses with :class:`~errors.CAExists` to overwrite any
     of them unless ``force``.
     """
+    return _create_authorities(
+        directory, passphrase, CertKind.ALL, key_type=key_type, validity=validity, force=force
+    )
+
+
+def _create_authorities(
+    directory: str,
+    passphrase: bytes,
+    kinds: Sequence[str],
+    *,
+    key_type: str,
+    validity: dt.timedelta,
+    force: bool,
+) -> dict[str, CertificateAuthority]:
+    """Create the CAs of ``kinds`` in ``directory``, all files or none, refusing to overwrite."""
     check_passphrase(passphrase)
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    paths = [p(directory, kind) for kind in CertKind.ALL for p in (ca_certificate_path, ca_key_path)]
+    paths = [p(directory, kind) for kind in kinds for p in (ca_certificate_path, ca_key_path)]
     existing = [path for path in paths if os.path.exists(path)]
     if existing and not force:
         raise errors.CAExists(
-            f"refusing to overwrite the existing CA file(s) {', '.join(existing)}; "
+            f"refusing to overwrite the existing {'/'.join(kinds)} CA file(s) {', '.join(existing)}; "
             "use --force to replace them (every certificate they issued stops verifying)"
         )
     authorities = {
-        kind: CertificateAuthority.create(kind, key_type=key_type, validity=validity) for kind in CertKind.ALL
+        kind: CertificateAuthority.create(kind, key_type=key_type, validity=validity) for kind in kinds
     }
     files: dict[str, tuple[bytes, int]] = {}
     for kind, authority in authorities.items():
@@ -480,3 +510,47 @@ def check_passphrase(passphrase: bytes) -> bytes:
     if not passphrase:
         raise ConfigError("the CA passphrase is empty; CA keys must be encrypted at rest")
     return passphrase
+
+
+def create_proxy_ca(
+    directory: str,
+    passphrase: bytes,
+    *,
+    key_type: str = DEFAULT_KEY_TYPE,
+    validity: dt.timedelta = dt.timedelta(days=3650),
+    force: bool = False,
+) -> CertificateAuthority:
+    """Create the proxy CA in ``directory``: ``proxy_ca.pem`` (0644) and its encrypted key (0600).
+
+    A third CA beside the dual CA, sharing its directory and passphrase. Refuses with
+    :class:`~errors.CAExists` to overwrite it unless ``force``.
+    """
+    authorities = _create_authorities(
+        directory, passphrase, (CertKind.PROXY,), key_type=key_type, validity=validity, force=force
+    )
+    return authorities[CertKind.PROXY]
+
+
+def issue_proxy_certificate(
+    directory: str,
+    passphrase: bytes,
+    common_name: str,
+    role: str,
+    *,
+    ip_addresses: Sequence[str] = (),
+    validity: dt.timedelta = dt.timedelta(days=365),
+    key_type: str = DEFAULT_KEY_TYPE,
+) -> IssuedCertificate:
+    """A certificate and key from the proxy CA: ``role`` ``server`` for a ``keramos-proxy``,
+    ``client`` for a controller that talks to proxies."""
+    if role not in PROXY_ROLES:
+        raise DriverError(f"proxy certificate role must be one of {', '.join(PROXY_ROLES)}, not {role!r}")
+    check_passphrase(passphrase)
+    authority = CertificateAuthority.load(directory, CertKind.PROXY, passphrase)
+    return authority.issue(
+        common_name,
+        ip_addresses=ip_addresses,
+        validity=validity,
+        key_type=key_type,
+        server_auth=role == "server",
+    )

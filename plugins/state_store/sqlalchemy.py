@@ -62,9 +62,9 @@ MIGRATIONS = SchemaMigrations(
     title="state store",
     location=script_location(__file__),
     version_table="keramos_state_store_version",
-    head="state_store_0002",
+    head="state_store_0003",
     tables=tuple(table.name for table in TABLES.values()),
-    revisions=("state_store_0001", "state_store_0002"),
+    revisions=("state_store_0001", "state_store_0002", "state_store_0003"),
 )
 
 

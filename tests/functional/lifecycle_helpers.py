@@ -73,9 +73,15 @@ def _conf(state_path: str, settings: dict[str, dict[str, Any]]) -> cfg.ConfigOpt
     return conf
 
 
-def lifecycle_drivers(state_path: str) -> dict[str, Any]:
-    """Local dual CA and store, process compute, rest amphora driver, sharing one configuration."""
-    conf = _conf(state_path, lifecycle_settings(state_path))
+def lifecycle_drivers(
+    state_path: str, extra_settings: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Local dual CA and store, process compute, rest amphora driver, sharing one configuration
+    (``extra_settings``, group -> option -> value, on top)."""
+    settings = lifecycle_settings(state_path)
+    for group, values in (extra_settings or {}).items():
+        settings.setdefault(group, {}).update(values)
+    conf = _conf(state_path, settings)
     return {
         "cert_generator": LocalCertGenerator(conf),
         "cert_manager": LocalCertManager(conf),
@@ -90,13 +96,19 @@ def lifecycle_worker(
     *,
     flows: Iterable[type[FlowFactory]] = (),
     other_drivers: Mapping[str, Any] | None = None,
+    driver_settings: Mapping[str, Mapping[str, Any]] | None = None,
+    worker_settings: Mapping[str, Mapping[str, Any]] | None = None,
     **amphora_options: Any,
 ) -> Iterator[InProcessWorker]:
     """An in-process worker on :func:`lifecycle_drivers` (and ``other_drivers``: kind -> driver
     or factory) under ``directory``, 30 s timeouts and ``[amphora]`` options on top; every agent
-    it started is stopped afterwards."""
-    drivers = lifecycle_drivers(str(directory))
-    overrides = {"amphora": {"active_timeout": 30.0, "agent_timeout": 30.0, **amphora_options}}
+    it started is stopped afterwards. ``driver_settings`` go to the drivers' configuration,
+    ``worker_settings`` to the worker's."""
+    drivers = lifecycle_drivers(str(directory), driver_settings)
+    overrides = {
+        **(worker_settings or {}),
+        "amphora": {"active_timeout": 30.0, "agent_timeout": 30.0, **amphora_options},
+    }
     try:
         with InProcessWorker(
             flows=flows,

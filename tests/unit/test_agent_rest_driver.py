@@ -188,3 +188,16 @@ def test_an_agent_nobody_listens_for_is_one_short_line_with_the_cause(driver):
     assert message.endswith(f"unreachable at 127.0.0.1:{port}: Connection refused"), message
     assert caught.value.retryable
     assert "Max retries" not in message and "urllib3" not in message and len(message) < 120
+
+
+def test_an_amphora_behind_a_proxy_needs_its_network_the_route_key_and_the_proxy_files(driver, tmp_path):
+    behind = AmphoraEndpoint("amp-far", "10.9.0.2", 9443, proxy="192.0.2.9:9444")
+    with pytest.raises(ConfigError, match="reached through proxy 192.0.2.9:9444 but its record names no network"):
+        driver.session(behind)
+    behind = AmphoraEndpoint("amp-far", "10.9.0.2", 9443, proxy="192.0.2.9:9444", network_id="tenant-a")
+    with pytest.raises(ConfigError, match=r"\[amphora_rest\] proxy_route_key must be set"):
+        driver.session(behind)
+    driver.conf.set_override("proxy_route_key", "key", group="amphora_rest")
+    with pytest.raises(ConfigError, match=r"\[amphora_rest\] proxy_ca must be set"):
+        driver.session(behind)
+    assert driver.session(AmphoraEndpoint("amp-near", "192.0.2.5", 9443)).proxies == {}

@@ -323,3 +323,12 @@ def test_a_failed_failover_gives_the_amphora_its_status_back_so_it_can_be_failed
         assert worker.state_store.get(AmphoraRecord, "amp-1").status == AmphoraStatus.ERROR
         with pytest.raises(DriverError):
             worker.run("failover_amphora", {"amphora_id": "amp-1"})
+
+
+def test_the_replacement_boots_on_the_failed_amphoras_network():
+    with InProcessWorker() as worker:
+        created = worker.run("create_amphora", {"amphora_id": "amp-net", "image_id": "img-1", "network_id": "tenant-a"})
+        assert created["amphora"]["network_id"] == "tenant-a"
+        new = worker.run("failover_amphora", {"amphora_id": "amp-net"})["amphora"]
+        assert new["network_id"] == "tenant-a"
+        assert worker.state_store.get(AmphoraRecord, new["amphora_id"]).network_id == "tenant-a"

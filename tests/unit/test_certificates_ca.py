@@ -305,7 +305,7 @@ def test_crl_refuses_a_serial_that_is_not_hex(authorities):
 
 
 def test_unknown_kind_is_a_driver_error(tmp_path):
-    with pytest.raises(DriverError, match="kind must be one of server, client, not 'peer'"):
+    with pytest.raises(DriverError, match="kind must be one of server, client, proxy, not 'peer'"):
         ca_certificate_path(str(tmp_path), "peer")
 
 

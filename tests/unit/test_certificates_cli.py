@@ -247,3 +247,40 @@ def test_help_explains_the_options(argv, expected, capsys):
     text = " ".join(capsys.readouterr().out.split())
     for word in expected:
         assert word in text
+
+
+def _extended_key_usage(path: str) -> list:
+    with open(path, "rb") as stream:
+        certificate = x509.load_pem_x509_certificate(stream.read())
+    return list(certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+
+def test_the_proxy_ca_is_a_third_ca_issuing_proxy_and_controller_certificates(
+    ca_dir, keramos, passphrase_file, tmp_path, capsys
+):
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    assert keramos("ca", "init-proxy", "--dir", ca_dir, "--passphrase-file", passphrase_file) == 0
+    assert stat.S_IMODE(os.stat(os.path.join(ca_dir, "proxy_ca_key.pem")).st_mode) == 0o600
+    for name in ("server_ca.pem", "client_ca.pem"):
+        with open(os.path.join(ca_dir, name), "rb") as dual, open(os.path.join(ca_dir, "proxy_ca.pem"), "rb") as proxy:
+            assert dual.read() != proxy.read()
+    for role, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH), ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
+        out = tmp_path / role
+        assert keramos(
+            "cert", "issue-proxy", "--cn", "keramos-proxy", "--role", role, "--ip", "10.0.0.1", "--out", str(out),
+            "--dir", ca_dir, "--passphrase-file", passphrase_file,
+        ) == 0
+        assert _extended_key_usage(str(out / "cert.pem")) == [usage]
+        assert stat.S_IMODE(os.stat(out / "key.pem").st_mode) == 0o600
+    assert "proxy client certificate" in capsys.readouterr().out
+    with pytest.raises(errors.CAExists, match="proxy CA"):
+        keramos("ca", "init-proxy", "--dir", ca_dir, "--passphrase-file", passphrase_file)
+
+
+def test_a_proxy_certificate_needs_the_proxy_ca(ca_dir, keramos, passphrase_file, tmp_path):
+    with pytest.raises(errors.CAUnusable, match="proxy"):
+        keramos(
+            "cert", "issue-proxy", "--cn", "keramos-proxy", "--role", "server", "--out", str(tmp_path / "out"),
+            "--dir", ca_dir, "--passphrase-file", passphrase_file,
+        )

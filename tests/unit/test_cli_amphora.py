@@ -54,3 +54,21 @@ def test_show_prints_the_record_without_the_token_hash_and_refuses_an_unknown_id
     code, _, err = run_cli(capsys, "amphora", "show", "amp-nowhere", state_path=tmp_path)
     assert code == 1
     assert "no amphora amp-nowhere" in err
+
+
+def test_an_amphora_behind_a_proxy_shows_its_network_and_proxy(capsys, tmp_path):
+    store = SQLAlchemyStateStore(make_conf(config_files=[], overrides={"DEFAULT": {"state_path": str(tmp_path)}}))
+    try:
+        store.save(AmphoraRecord("amp-far", status=AmphoraStatus.READY, address="10.9.0.2", agent_port=9443,
+                                 proxy="192.0.2.9:9444", network_id="tenant-a"))
+        store.save(AmphoraRecord("amp-near", status=AmphoraStatus.READY, address="192.0.2.5", agent_port=9443))
+    finally:
+        store.close()
+    _, out, _ = run_cli(capsys, "amphora", "list", state_path=tmp_path)
+    assert "10.9.0.2:9443 in tenant-a via 192.0.2.9:9444" in out
+    _, out, _ = run_cli(capsys, "amphora", "show", "amp-far", state_path=tmp_path)
+    document = json.loads(out)
+    assert (document["proxy"], document["network_id"]) == ("192.0.2.9:9444", "tenant-a")
+    assert document["route"] == "10.9.0.2:9443 in tenant-a via 192.0.2.9:9444"
+    _, out, _ = run_cli(capsys, "amphora", "show", "amp-near", state_path=tmp_path)
+    assert json.loads(out)["route"] == "direct"
