@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT.parent))
 from common import format_table, row  # noqa: E402
 
 from keramos.flows.templates import render_haproxy_config  # noqa: E402
+from keramos.framework.agent_protocol import rest as protocol  # noqa: E402
 from keramos.framework.contracts import AmphoraEndpoint, InstanceStatus  # noqa: E402
 from keramos.plugins.amphora_rest import AmphoraIdAdapter, RestAmphoraDriver  # noqa: E402
 from tests.functional.agent_helpers import make_drivers, make_pki  # noqa: E402
@@ -60,7 +61,10 @@ def new_connection_put(driver: RestAmphoraDriver, endpoint: AmphoraEndpoint, ver
         session.cert = driver.client_cert
         session.mount("https://", AmphoraIdAdapter(endpoint.amphora_id, 1))
         response = session.put(
-            driver.url(endpoint, f"/loadbalancer/{endpoint.amphora_id}/{LB_ID}/haproxy"),
+            driver.url(
+                endpoint,
+                protocol.path(protocol.HAPROXY_UPLOAD, amphora_id=endpoint.amphora_id, lb_id=LB_ID),
+            ),
             data=CONFIG.encode(),
             headers={"X-Config-Version": str(version), "Content-Type": "text/plain"},
             timeout=driver.timeout,
