@@ -14,9 +14,10 @@ from __future__ import annotations
 import importlib
 import warnings
 
-#: Modules that warn when first imported, imported quietly (in this order) by
-#: :func:`import_dependencies_quietly`.
-NOISY_MODULES = ("eventlet", "oslo_utils.eventletutils", "oslo_messaging", "futurist")
+#: The modules whose first import warns (eventlet's banner, oslo.utils' deprecated
+#: eventletutils), imported quietly by :func:`import_dependencies_quietly`: oslo.messaging,
+#: futurist and taskflow then find them imported and nothing warns, whoever imports those.
+NOISY_MODULES = ("eventlet", "oslo_utils.eventletutils")
 
 
 def _prefer_threading_backend() -> None:
