@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -130,7 +131,7 @@ class SchemaMigrations:
         """
         state, revision = self.state(engine)
         if state == SchemaState.EMPTY:
-            with _CREATING:
+            with _CREATING, _alembic_quiet():
                 try:
                     self.upgrade(engine)
                 except sa.exc.SQLAlchemyError:
@@ -170,6 +171,19 @@ class Database:
 
 #: One thread of a process creates a schema at a time (the worker's threads open stores too).
 _CREATING = threading.Lock()
+
+
+@contextlib.contextmanager
+def _alembic_quiet() -> Iterator[None]:
+    """Keep Alembic's INFO lines (each migration it runs) out of the log of a process that
+    creates a new database as it starts: only ``keramos db upgrade`` reports migrations."""
+    alembic_log = logging.getLogger("alembic")
+    level = alembic_log.level
+    alembic_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        alembic_log.setLevel(level)
 
 
 @contextlib.contextmanager
