@@ -22,13 +22,13 @@ from typing import Any
 import futurist
 from oslo_config import cfg
 from oslo_log import log as logging
-from taskflow import engines, states
 from taskflow import exceptions as tf_exceptions
+from taskflow import states
 from taskflow import storage as tf_storage
 from taskflow.persistence import models
 from taskflow.types import notifier as tf_notifier
 
-from keramos.framework import flowgraph, schema
+from keramos.framework import engines, flowgraph, schema
 from keramos.framework.contracts import Drivers, FlowFactory
 from keramos.framework.envelope import (
     REQUEST_ID_PATTERN,
@@ -511,16 +511,16 @@ class FlowRunner:
         flow = self.flows[job.event].flow()
         if job.event not in self._task_orders:
             self._task_orders[job.event] = _atom_names(flow)
-        options: dict[str, Any] = {"engine": self.conf.worker.engine}
+        options: dict[str, Any] = {}
         if self._executor is not None:
             options["executor"] = self._executor
         return engines.load(
             flow,
+            flow_detail,
+            self.backend,
+            kind=self.conf.worker.engine,
             store=job.store,
-            book=book,
-            flow_detail=flow_detail,
-            backend=self.backend,
-            **options,
+            options=options,
         )
 
     def _forget(self, book) -> None:
