@@ -164,6 +164,8 @@ class FlowRunner:
         self._unconfirmed: dict[str, tuple[Job, models.LogBook, models.FlowDetail]] = {}
         self._unconfirmed_lock = threading.Lock()
         self._task_orders: dict[str, list[str]] = {}
+        self._compiled: dict[str, engines.CompiledFlow] = {}
+        self._compiled_lock = threading.Lock()
         self._executor: futurist.ThreadPoolExecutor | None = None
         if conf.worker.engine == "parallel":
             self._executor = _ContextCarryingExecutor(max_workers=conf.worker.max_parallel_tasks)
@@ -508,7 +510,8 @@ class FlowRunner:
 
     def _load_engine(self, job: Job, book: models.LogBook, flow_detail: models.FlowDetail):
         _forget_half_saved_store(flow_detail)
-        flow = self.flows[job.event].flow()
+        factory = self.flows[job.event]
+        flow = factory.flow()
         if job.event not in self._task_orders:
             self._task_orders[job.event] = _atom_names(flow)
         options: dict[str, Any] = {}
@@ -521,7 +524,16 @@ class FlowRunner:
             kind=self.conf.worker.engine,
             store=job.store,
             options=options,
+            compiled=self._compiled_flow(job.event, flow) if factory.reusable else None,
         )
+
+    def _compiled_flow(self, event: str, flow: Any) -> engines.CompiledFlow:
+        """The compiled flow of a ``reusable`` factory's one flow: compiled by its first run."""
+        with self._compiled_lock:
+            compiled = self._compiled.get(event)
+            if compiled is None or compiled.flow is not flow:
+                compiled = self._compiled[event] = engines.CompiledFlow(flow)
+            return compiled
 
     def _forget(self, book) -> None:
         if not self.durable or book is None or self.conf.persistence.keep_completed:

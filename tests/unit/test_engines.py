@@ -89,3 +89,36 @@ def test_an_unknown_engine_is_refused_by_name(tmp_path):
             engines.load(_squares(linear_flow.Flow, 1), _saved_flow_detail(backend), backend, kind="worker-based")
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize(("kind", "flow_class"), [("serial", linear_flow.Flow), ("parallel", unordered_flow.Flow)])
+def test_engines_given_one_compiled_flow_share_its_compilation_and_each_has_its_own_results(
+    tmp_path, kind, flow_class
+):
+    backend = get_backend(f"sqlite:///{tmp_path / 'flows.db'}")
+    try:
+        compiled = engines.CompiledFlow(_squares(flow_class, 3))
+        ran = []
+        for offset in (1, 10):
+            store = {f"n{index}": index + offset for index in range(3)}
+            engine = engines.load(
+                compiled.flow, _saved_flow_detail(backend), backend, kind=kind, store=store, compiled=compiled
+            )
+            engine.run()
+            ran.append(engine)
+        assert ran[0].compilation is ran[1].compilation
+        assert [engine.storage.fetch("squared-2") for engine in ran] == [9, 144]
+    finally:
+        backend.close()
+
+
+def test_a_compiled_flow_serves_only_its_own_flow(tmp_path):
+    backend = get_backend(f"sqlite:///{tmp_path / 'flows.db'}")
+    try:
+        compiled = engines.CompiledFlow(_squares(linear_flow.Flow, 1))
+        with pytest.raises(ValueError, match="not the flow this engine runs"):
+            engines.load(
+                _squares(linear_flow.Flow, 1), _saved_flow_detail(backend), backend, kind="serial", compiled=compiled
+            )
+    finally:
+        backend.close()
