@@ -30,7 +30,6 @@ from typing import Any
 
 from keramos.framework import loader
 from keramos.framework.config import make_conf
-from keramos.framework.contracts import FlowFactory
 from keramos.framework.envelope import Job
 from keramos.framework.jobboard import Conductor, JobBoardDispatcher
 from keramos.framework.observers import RunObserver
@@ -39,19 +38,10 @@ from keramos.framework.service import persistence_backend
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_persistence import six_noops  # noqa: E402
+from bench_runner import SixNoops  # noqa: E402
 from common import format_table, row  # noqa: E402
 
 THREADS = 4
-
-
-class SixNoops(FlowFactory):
-    """The benchmark flow as a Keramos flow."""
-
-    name = "six_noops"
-
-    def build(self):
-        return six_noops()
 
 
 class Timings(RunObserver):

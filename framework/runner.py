@@ -22,13 +22,13 @@ from typing import Any
 import futurist
 from oslo_config import cfg
 from oslo_log import log as logging
-from taskflow import engines, states
 from taskflow import exceptions as tf_exceptions
+from taskflow import states
 from taskflow import storage as tf_storage
 from taskflow.persistence import models
 from taskflow.types import notifier as tf_notifier
 
-from keramos.framework import flowgraph, schema
+from keramos.framework import engines, flowgraph, schema
 from keramos.framework.contracts import Drivers, FlowFactory
 from keramos.framework.envelope import (
     REQUEST_ID_PATTERN,
@@ -164,6 +164,8 @@ class FlowRunner:
         self._unconfirmed: dict[str, tuple[Job, models.LogBook, models.FlowDetail]] = {}
         self._unconfirmed_lock = threading.Lock()
         self._task_orders: dict[str, list[str]] = {}
+        self._compiled: dict[str, engines.CompiledFlow] = {}
+        self._compiled_lock = threading.Lock()
         self._executor: futurist.ThreadPoolExecutor | None = None
         if conf.worker.engine == "parallel":
             self._executor = _ContextCarryingExecutor(max_workers=conf.worker.max_parallel_tasks)
@@ -508,20 +510,30 @@ class FlowRunner:
 
     def _load_engine(self, job: Job, book: models.LogBook, flow_detail: models.FlowDetail):
         _forget_half_saved_store(flow_detail)
-        flow = self.flows[job.event].flow()
+        factory = self.flows[job.event]
+        flow = factory.flow()
         if job.event not in self._task_orders:
             self._task_orders[job.event] = _atom_names(flow)
-        options: dict[str, Any] = {"engine": self.conf.worker.engine}
+        options: dict[str, Any] = {}
         if self._executor is not None:
             options["executor"] = self._executor
         return engines.load(
             flow,
+            flow_detail,
+            self.backend,
+            kind=self.conf.worker.engine,
             store=job.store,
-            book=book,
-            flow_detail=flow_detail,
-            backend=self.backend,
-            **options,
+            options=options,
+            compiled=self._compiled_flow(job.event, flow) if factory.reusable else None,
         )
+
+    def _compiled_flow(self, event: str, flow: Any) -> engines.CompiledFlow:
+        """The compiled flow of a ``reusable`` factory's one flow: compiled by its first run."""
+        with self._compiled_lock:
+            compiled = self._compiled.get(event)
+            if compiled is None or compiled.flow is not flow:
+                compiled = self._compiled[event] = engines.CompiledFlow(flow)
+            return compiled
 
     def _forget(self, book) -> None:
         if not self.durable or book is None or self.conf.persistence.keep_completed:
