@@ -512,8 +512,7 @@ class FlowRunner:
         _forget_half_saved_store(flow_detail)
         factory = self.flows[job.event]
         flow = factory.flow()
-        if job.event not in self._task_orders:
-            self._task_orders[job.event] = _atom_names(flow)
+        self.task_order(job.event, flow)
         options: dict[str, Any] = {}
         if self._executor is not None:
             options["executor"] = self._executor
@@ -625,11 +624,12 @@ class FlowRunner:
         self._forget(book)
         return result
 
-    def task_order(self, event: str) -> list[str]:
-        """The names of the atoms of ``event``'s flow, in flow order (built once per event)."""
+    def task_order(self, event: str, flow: Any = None) -> list[str]:
+        """The names of the atoms of ``event``'s flow, in flow order: found once per event, in
+        ``flow`` (one of ``event``'s, already built) if given, else in a flow built for it."""
         order = self._task_orders.get(event)
         if order is None:
-            order = self._task_orders[event] = _atom_names(self.flows[event].flow())
+            order = self._task_orders[event] = _atom_names(flow if flow is not None else self.flows[event].flow())
         return order
 
     def _final_steps(self, event: str, engine: Any) -> list[dict[str, Any]] | None:

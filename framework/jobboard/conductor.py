@@ -19,8 +19,6 @@ from typing import Any
 from oslo_config import cfg
 from oslo_log import log as logging
 from taskflow import exceptions as tf_exceptions
-from taskflow import flow as tf_flow
-from taskflow import storage
 from taskflow.conductors.backends import impl_nonblocking
 from taskflow.persistence import models
 
@@ -36,7 +34,7 @@ from keramos.framework.jobboard.board import (
     location,
     make_board,
 )
-from keramos.framework.observers import RunObserver, notify
+from keramos.framework.observers import notify
 from keramos.framework.records import TaskRecord, TaskState, utcnow
 from keramos.framework.runner import FlowRunner
 
@@ -93,30 +91,6 @@ class _Isolation:
                 self._condition.notify_all()
 
 
-class _TaskOrder(RunObserver):
-    """Saves the order of a flow's tasks in its flow detail's meta when its first task starts.
-
-    The engine has then added every atom detail, in the order of the compiled flow; this saves
-    building the flow a second time (for a factory that is not ``reusable``) only to name them.
-    """
-
-    def __init__(self, flow_detail: models.FlowDetail, backend: Any) -> None:
-        self._flow_detail = flow_detail
-        self._backend = backend
-        self._saved = False
-
-    def task_state_changed(self, job: Job, task_name: str, state: str, details: Any) -> None:
-        if self._saved:
-            return
-        self._saved = True
-        meta = self._flow_detail.meta[META_KEY]
-        injector = storage.Storage.injector_name
-        names = [atom.name for atom in self._flow_detail if atom.name != injector]
-        meta.setdefault("tasks", names)
-        with contextlib.closing(self._backend.get_connection()) as connection:
-            connection.update_flow_details(self._flow_detail)
-
-
 class _RunnerConductor(impl_nonblocking.NonBlockingConductor):
     """taskflow's non-blocking conductor with Keramos's dispatch instead of its own engine."""
 
@@ -133,17 +107,6 @@ class _RunnerConductor(impl_nonblocking.NonBlockingConductor):
             super()._on_job_done(job, fut)
         finally:
             self._keramos_done()
-
-
-def task_names(flow: tf_flow.Flow) -> list[str]:
-    """The names of a flow's atoms, depth first in the order they were added."""
-    names: list[str] = []
-    for node, _meta in flow.iter_nodes():
-        if isinstance(node, tf_flow.Flow):
-            names += task_names(node)
-        else:
-            names.append(node.name)
-    return names
 
 
 def job_from_meta(
@@ -386,13 +349,8 @@ class Conductor:
         attempts = board_meta["attempts"]
         attempts.append({"owner": self.owner, "claimed_at": utcnow().isoformat()})
         meta["owner"] = self.conf.host
-        order: list[RunObserver] = []
         try:
-            factory = self.runner.flows[run_job.event]
-            if "tasks" not in board_meta and factory.reusable:
-                board_meta["tasks"] = task_names(factory.flow())
-            elif "tasks" not in board_meta:
-                order.append(_TaskOrder(flow_detail, self.runner.backend))
+            board_meta.setdefault("tasks", self.runner.task_order(run_job.event))
             flow_detail.meta = meta
             with contextlib.closing(self.runner.backend.get_connection()) as connection:
                 connection.update_flow_details(flow_detail)
@@ -405,7 +363,7 @@ class Conductor:
         LOG.info("conductor %s runs job %s (%s %s), attempt %d",
                  self.owner, job.uuid, run_job.event, request_id, len(attempts))
         with contextlib.suppress(FlowFailed):
-            self.runner.run(run_job, book, flow_detail, observers=order)
+            self.runner.run(run_job, book, flow_detail)
         return True
 
     def _give_back(self, job: Any, reason: str) -> bool:

@@ -9,11 +9,12 @@ import pytest
 from taskflow import task
 from taskflow.patterns import linear_flow, unordered_flow
 
+from keramos.framework import flowgraph
 from keramos.framework.config import make_conf
 from keramos.framework.errors import ConfigError
 from keramos.framework.jobboard import check_shared_storage, jobboard_health, jobboard_mode
 from keramos.framework.jobboard.board import board_conf, location
-from keramos.framework.jobboard.conductor import _Isolation, task_names
+from keramos.framework.jobboard.conductor import _Isolation
 
 
 def conf(**jobboard):
@@ -73,7 +74,7 @@ def test_task_names_follow_the_flow_depth_first():
         unordered_flow.Flow("inner").add(Noop("b"), Noop("c")),
         Noop("d"),
     )
-    assert task_names(flow) == ["a", "b", "c", "d"]
+    assert [atom.name for atom in flowgraph.describe(flow).atoms()] == ["a", "b", "c", "d"]
 
 
 def test_a_suspect_job_runs_alone():
