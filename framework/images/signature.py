@@ -30,7 +30,7 @@ import hashlib
 import queue
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -67,8 +67,12 @@ DSA = "DSA"
 KEY_TYPES: tuple[str, ...] = (RSA_PSS, DSA, *EC_KEY_TYPES)
 MASK_GEN_ALGORITHMS: tuple[str, ...] = ("MGF1",)
 
-PublicKey = rsa.RSAPublicKey | dsa.DSAPublicKey | ec.EllipticCurvePublicKey
-PrivateKey = rsa.RSAPrivateKey | dsa.DSAPrivateKey | ec.EllipticCurvePrivateKey
+if TYPE_CHECKING:
+    # Only for annotations: cryptography deprecates DSA and warns whenever its key classes are
+    # looked up, so this module looks them up only when it meets a DSA key or spec.
+    PublicKey = rsa.RSAPublicKey | dsa.DSAPublicKey | ec.EllipticCurvePublicKey
+    PrivateKey = rsa.RSAPrivateKey | dsa.DSAPrivateKey | ec.EllipticCurvePrivateKey
+
 
 
 class Reason:
@@ -305,10 +309,10 @@ def verify_digest(spec: SignatureSpec, public_key: PublicKey, digest: bytes) -> 
                 _pss_padding(hash_algorithm, spec.pss_salt_length),
                 prehashed,
             )
-        elif isinstance(public_key, dsa.DSAPublicKey):
-            public_key.verify(spec.signature, digest, prehashed)
-        else:
+        elif isinstance(public_key, ec.EllipticCurvePublicKey):
             public_key.verify(spec.signature, digest, ec.ECDSA(prehashed))
+        else:
+            public_key.verify(spec.signature, digest, prehashed)
     except InvalidSignature:
         if isinstance(public_key, rsa.RSAPublicKey):
             if rsa_pss_made_by_key(public_key, spec):
@@ -421,10 +425,10 @@ def sign_digest(
         return private_key.sign(
             digest, padding.PSS(mgf=padding.MGF1(hash_algorithm), salt_length=salt), prehashed
         )
-    if isinstance(private_key, dsa.DSAPrivateKey):
-        return private_key.sign(digest, prehashed)
     if isinstance(private_key, ec.EllipticCurvePrivateKey):
         return private_key.sign(digest, ec.ECDSA(prehashed))
+    if isinstance(private_key, dsa.DSAPrivateKey):
+        return private_key.sign(digest, prehashed)
     raise SignatureVerificationError(
         Reason.UNKNOWN_KEY_TYPE, f"cannot sign with a {type(private_key).__name__} key"
     )
@@ -434,12 +438,12 @@ def key_type_of(private_key: PrivateKey) -> str:
     """The Glance key type matching a private key (``RSA-PSS``, ``DSA``, ``ECC_...``)."""
     if isinstance(private_key, rsa.RSAPrivateKey):
         return RSA_PSS
-    if isinstance(private_key, dsa.DSAPrivateKey):
-        return DSA
     if isinstance(private_key, ec.EllipticCurvePrivateKey):
         for key_type, curve in EC_KEY_TYPES.items():
             if isinstance(private_key.curve, curve):
                 return key_type
+    elif isinstance(private_key, dsa.DSAPrivateKey):
+        return DSA
     raise SignatureVerificationError(
         Reason.UNKNOWN_KEY_TYPE,
         f"no Glance key type for a {type(private_key).__name__} key "
