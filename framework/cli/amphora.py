@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from keramos.framework.cli.progress import print_json, print_table
+from keramos.framework.cli.progress import print_json, print_table, shorten
 from keramos.framework.records import AmphoraStatus
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def _list(args: argparse.Namespace) -> int:
             _route(r),
             r.cert_serial or "-",
             _heartbeat_age(r),
-            (r.error or "")[:60],
+            shorten(r.error or "", 60),
         )
         for r in records
     ]
@@ -101,7 +101,7 @@ def _route(record: AmphoraRecord) -> str:
     the address belongs to and the proxy that reaches it."""
     if not record.address:
         return "-"
-    where = f"{record.address}:{record.agent_port}"
+    where = record.address if record.agent_port is None else f"{record.address}:{record.agent_port}"
     if record.proxy:
         return f"{where} in {record.network_id} via {record.proxy}"
     return where

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 
 from keramos.framework import loader
-from keramos.framework.cli.progress import print_json
+from keramos.framework.cli.progress import aligned, print_json
 from keramos.framework.errors import PluginLoadError
 
 
@@ -53,14 +53,17 @@ def drivers(args: argparse.Namespace) -> int:
             documents.append(document)
         print_json(documents)
     else:
+        rows = [
+            (entry.name, entry.target, entry.distribution, entry.version)
+            + ((f"[{checks[entry]}]",) if args.check else ())
+            for entry in entries
+        ]
+        lines = dict(zip(entries, aligned(rows), strict=True))
         for group in loader.GROUPS:
             print(group)
             members = [entry for entry in entries if entry.group == group]
             if not members:
                 print("  (none installed)")
             for entry in members:
-                line = f"  {entry.name:<16} {entry.target:<58} {entry.distribution} {entry.version}"
-                if args.check:
-                    line += f"  [{checks[entry]}]"
-                print(line)
+                print(f"  {lines[entry]}")
     return 1 if any(result != "ok" for result in checks.values()) else 0

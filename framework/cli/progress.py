@@ -60,12 +60,30 @@ class ProgressPrinter(RunObserver):
         print(line, file=self.out, flush=True)
 
 
+def aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """The rows as lines, each column as wide as its widest cell, two spaces between columns."""
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO | None = None) -> None:
     """Print rows under a header, each column as wide as its widest cell."""
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
-        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        print(line.rstrip(), file=out or sys.stdout)
+    for line in aligned([header, *rows]):
+        print(line, file=out or sys.stdout)
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` on one line, at most ``width`` characters: cut after its last whole word that
+    fits (mid-word only for a word longer than the whole width), ``…`` marking the cut."""
+    line = " ".join(text.split())
+    if len(line) <= width:
+        return line
+    cut = line[: width - 1]
+    if line[width - 1] != " " and " " in cut:
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip() + "…"
 
 
 def print_json(document: Any, out: TextIO | None = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 
 import pytest
@@ -49,6 +50,26 @@ def test_drivers_lists_groups_entry_points_and_distributions_as_json(capsys):
             "check": "ok",
         }
     ]
+
+
+def test_drivers_table_keeps_its_columns_aligned_past_sixteen_characters(capsys, monkeypatch):
+    from keramos.framework import loader
+
+    entries = [
+        loader.InstalledEntryPoint("keramos.compute", "a_compute_driver_with_a_long_name", "pkg.compute:Long",
+                                   "keramos-long-plugin", "2.0.0"),
+        loader.InstalledEntryPoint("keramos.network", "noop", "keramos.plugins.noop:NoopNetwork", "keramos", "1.0"),
+    ]
+    monkeypatch.setattr(loader, "installed_entry_points", lambda: entries)
+    code, out, _ = run_cli(capsys, "drivers")
+    assert code == 0
+    rows = [line for line in out.splitlines() if line.startswith("  ") and "(none installed)" not in line]
+    assert [row.split() for row in rows] == [
+        ["a_compute_driver_with_a_long_name", "pkg.compute:Long", "keramos-long-plugin", "2.0.0"],
+        ["noop", "keramos.plugins.noop:NoopNetwork", "keramos", "1.0"],
+    ]
+    starts = [[cell.start() for cell in re.finditer(r"\S+", row)] for row in rows]
+    assert starts[0] == starts[1]
 
 
 def test_run_prints_each_task_and_the_result(capsys, tmp_path):

@@ -72,3 +72,21 @@ def test_an_amphora_behind_a_proxy_shows_its_network_and_proxy(capsys, tmp_path)
     assert document["route"] == "10.9.0.2:9443 in tenant-a via 192.0.2.9:9444"
     _, out, _ = run_cli(capsys, "amphora", "show", "amp-near", state_path=tmp_path)
     assert json.loads(out)["route"] == "direct"
+
+
+def test_list_shows_an_address_without_a_port_and_cuts_long_errors_between_words(capsys, tmp_path):
+    error = "boot_amphora: the compute service refused the request because the project quota is exhausted"
+    store = SQLAlchemyStateStore(make_conf(config_files=[], overrides={"DEFAULT": {"state_path": str(tmp_path)}}))
+    try:
+        store.save(AmphoraRecord("amp-portless", status=AmphoraStatus.BOOTING, address="192.0.2.7"))
+        store.save(AmphoraRecord("amp-verbose", status=AmphoraStatus.ERROR, error=error))
+    finally:
+        store.close()
+    _, out, _ = run_cli(capsys, "amphora", "list", state_path=tmp_path)
+    portless = next(line for line in out.splitlines() if line.startswith("amp-portless"))
+    assert portless.split()[2] == "192.0.2.7"
+    assert "None" not in out
+    verbose = next(line for line in out.splitlines() if line.startswith("amp-verbose"))
+    shown = verbose[verbose.index("boot_amphora") :]
+    assert shown.endswith("…") and len(shown) <= 60
+    assert error.startswith(shown[:-1].rstrip() + " ")
