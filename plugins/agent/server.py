@@ -388,17 +388,23 @@ class Server:
         )
         return _json_response(200, details)
 
-    def _listener_statuses(self) -> list[dict[str, str]]:
-        """Octavia's listener statuses: one per HAProxy frontend, one per UDP listener."""
-        statuses = []
+    def _statuses_by_loadbalancer(self) -> dict[str, list[dict[str, str]]]:
+        """Each load balancer's listener statuses, one per HAProxy frontend of its configuration."""
+        by_loadbalancer = {}
         for state in self.haproxy.loadbalancers():
             try:
                 config = self.haproxy.read_config(state.lb_id)
             except haproxy.NoSuchLoadBalancer:
                 continue
-            for name, kind in haproxy.frontends(config).items():
-                status = "ACTIVE" if state.running else "OFFLINE"
-                statuses.append({"status": status, "uuid": name, "type": kind})
+            status = "ACTIVE" if state.running else "OFFLINE"
+            by_loadbalancer[state.lb_id] = [
+                {"status": status, "uuid": name, "type": kind} for name, kind in haproxy.frontends(config).items()
+            ]
+        return by_loadbalancer
+
+    def _listener_statuses(self) -> list[dict[str, str]]:
+        """Octavia's listener statuses: one per HAProxy frontend, one per UDP listener."""
+        statuses = [status for listeners in self._statuses_by_loadbalancer().values() for status in listeners]
         for listener_id in self.lvs.listeners():
             statuses.append({"status": self.lvs.status(listener_id), "uuid": listener_id, "type": "UDP"})
         return statuses
@@ -413,13 +419,32 @@ class Server:
         return _json_response(200, self._listener_statuses())  # type: ignore[arg-type]
 
     def get_listener_status(self, object_id: str) -> flask.Response:
-        """``GET /1.0/listeners/<listener_id>``: one listener's status (Octavia's client has this
-        call; Octavia's agent has no such route)."""
-        _check_id("listener id", object_id)
+        """``GET /1.0/listeners/<id>``: one listener's status (Octavia's client has this call;
+        Octavia's agent has no such route).
+
+        The id is a listener's (a HAProxy frontend or a UDP listener) or, as for
+        ``DELETE /1.0/listeners/<id>`` and the start/stop/reload actions since Octavia combined
+        a load balancer's listeners into one HAProxy, a load balancer's: its status is that of
+        its HAProxy, its ``type`` its listeners' types (comma-separated when they differ), and
+        ``listeners`` lists them.
+        """
+        _check_id("listener or load balancer id", object_id)
         for status in self._listener_statuses():
             if status["uuid"] == object_id:
                 return _json_response(200, status)
-        raise ApiError(404, "Listener Not Found", f"No listener with UUID: {object_id}")
+        listeners = self._statuses_by_loadbalancer().get(object_id)
+        if listeners is None:
+            raise ApiError(404, "Listener Not Found", f"No listener or load balancer with UUID: {object_id}")
+        state = self.haproxy.state(object_id)
+        return _json_response(
+            200,
+            {
+                "status": "ACTIVE" if state.running else "OFFLINE",
+                "uuid": object_id,
+                "type": ",".join(sorted({listener["type"] for listener in listeners})),
+                "listeners": listeners,
+            },
+        )
 
     def delete_listener(self, object_id: str) -> flask.Response:
         """``DELETE /1.0/listeners/<id>``: delete the UDP listener of that id, or else stop and

@@ -126,6 +126,10 @@ def test_push_read_back_reload_traffic_list_and_delete(client, amp):
         assert client.get_listener_status(amp, LISTENER_ID) == {
             "status": "ACTIVE", "uuid": LISTENER_ID, "type": "HTTP",
         }
+        assert client.get_listener_status(amp, LB_ID) == {
+            "status": "ACTIVE", "uuid": LB_ID, "type": "HTTP",
+            "listeners": [{"status": "ACTIVE", "uuid": LISTENER_ID, "type": "HTTP"}],
+        }
         assert LISTENER_ID in client.get_details(amp)["listeners"]
 
         changed = haproxy_config(listener_port, backend_port, "second push")

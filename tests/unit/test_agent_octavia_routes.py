@@ -115,6 +115,23 @@ def test_listeners_lists_every_frontend_with_octavia_types(client):
     assert missing.status_code == 404 and missing.mimetype == "application/json"
 
 
+def test_a_listener_status_asked_by_load_balancer_id_is_its_haproxys(client):
+    push(client)
+    by_lb = client.get(f"/1.0/listeners/{LB_ID}")
+    assert by_lb.status_code == 200 and by_lb.mimetype == "application/json"
+    assert by_lb.get_json() == {
+        "status": "OFFLINE",
+        "uuid": LB_ID,
+        "type": "HTTP,TERMINATED_HTTPS",
+        "listeners": [
+            {"status": "OFFLINE", "uuid": LISTENER_ID, "type": "HTTP"},
+            {"status": "OFFLINE", "uuid": "tls-listener", "type": "TERMINATED_HTTPS"},
+        ],
+    }
+    assert client.delete(f"/1.0/listeners/{LB_ID}").status_code == 200
+    assert client.get(f"/1.0/listeners/{LB_ID}").status_code == 404
+
+
 def test_delete_listener_with_the_lb_id_removes_the_load_balancer(client, settings):
     push(client)
     cert = client.put(f"/1.0/loadbalancer/{LB_ID}/certificates/x.pem", data=b"not a cert")
