@@ -516,6 +516,55 @@ def _registered(conf: cfg.ConfigOpts, group: str, name: str) -> bool:
     return group in conf and name in conf[group]
 
 
+class KeramosConf(cfg.ConfigOpts):
+    """A process's configuration: oslo.config's, with overrides that wait for their options.
+
+    A plugin's driver usually registers its options when it is built, after :func:`make_conf`
+    has parsed the files and applied ``overrides`` (the testing kit's ``conf_overrides``, the
+    demo's). An override naming an option nobody registered yet is kept here and applied the
+    moment the option is registered, so a plugin needs no ``oslo.config.opts`` entry point for
+    its options to be set. :func:`unclaimed_overrides` tells which never found their option.
+    """
+
+    def __init__(self) -> None:
+        #: ``(group, name) -> value`` of the overrides whose option is not registered yet (set
+        #: first: oslo.config registers options of its own as it is built).
+        self.pending_overrides: dict[tuple[str, str], Any] = {}
+        super().__init__()
+
+    def register_opt(self, opt: cfg.Opt, group: Any = None, cli: bool = False, **kwargs: Any) -> bool:
+        """Register ``opt`` as oslo.config does, then apply the override waiting for it."""
+        registered = super().register_opt(opt, group, cli, **kwargs)
+        group_name = "DEFAULT" if group is None else getattr(group, "name", group)
+        key = (group_name, opt.dest)
+        if key in self.pending_overrides:
+            self.set_override(opt.dest, self.pending_overrides.pop(key), group=group)
+        return registered
+
+
+def unclaimed_overrides(conf: cfg.ConfigOpts) -> list[str]:
+    """``[group] name`` of each override whose option no loaded code registered: a typo, or a
+    plugin that registers its options later than its driver's construction."""
+    pending = getattr(conf, "pending_overrides", {})
+    return [f"[{group}] {name}" for group, name in sorted(pending)]
+
+
+def check_overrides_claimed(conf: cfg.ConfigOpts) -> None:
+    """Refuse overrides that no option took, once every driver is built.
+
+    :raises ConfigError: naming each override and where its option must come from.
+    """
+    from keramos.framework.errors import ConfigError
+
+    unclaimed = unclaimed_overrides(conf)
+    if unclaimed:
+        raise ConfigError(
+            f"no loaded driver or flow registers {', '.join(unclaimed)}: register the option "
+            "with conf.register_opts() in the driver's __init__ (or in an oslo.config.opts "
+            "entry point named 'keramos.<your plugin>'), and check its group and name"
+        )
+
+
 def make_conf(
     args: Sequence[str] = (),
     *,
@@ -527,9 +576,10 @@ def make_conf(
     ``args`` are oslo.config command-line arguments (``--config-file``, ``--config-dir``).
     ``config_files`` replaces the default search (``/etc/keramos/keramos.conf`` and friends).
     ``overrides`` maps group (``"DEFAULT"`` for the default group) to option values set on top
-    of the files, which is how the demo and the testing kit configure a worker.
+    of the files, which is how the demo and the testing kit configure a worker. An override of
+    an option not registered yet waits for it (see :class:`KeramosConf`).
     """
-    conf = cfg.ConfigOpts()
+    conf = KeramosConf()
     for group, opts in GROUPS.items():
         conf.register_opts(opts, group=group)
     _register_messaging_opts(conf)
@@ -549,7 +599,10 @@ def make_conf(
         _register_plugin_opts(conf)
     for group, values in (overrides or {}).items():
         for name, value in values.items():
-            conf.set_override(name, value, group=None if group == "DEFAULT" else group)
+            if _registered(conf, group, name):
+                conf.set_override(name, value, group=None if group == "DEFAULT" else group)
+            else:
+                conf.pending_overrides[(group, name)] = value
     check_values(conf)
     return conf
 

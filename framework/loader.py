@@ -125,8 +125,10 @@ def load_drivers(conf: cfg.ConfigOpts, **given: Driver) -> Drivers:
         for kind, contract in DRIVER_CONTRACTS.items():
             if kind in given:
                 if not isinstance(given[kind], contract):
-                    raise PluginLoadError(
-                        group_of(kind), type(given[kind]).__name__, f"is not a {contract.__name__}"
+                    wrong = type(given[kind])
+                    raise TypeError(
+                        f"the {kind} driver given is a {wrong.__module__}.{wrong.__qualname__}, "
+                        f"not a {contract.__module__}.{contract.__qualname__}"
                     )
                 built[kind] = given[kind]
             else:

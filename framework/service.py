@@ -23,7 +23,7 @@ from taskflow import exceptions as tf_exceptions
 
 from keramos.framework import __version__, intake, loader, messaging, metrics, rpc, tracing
 from keramos.framework.client import KeramosClient
-from keramos.framework.config import check_values, make_conf
+from keramos.framework.config import check_overrides_claimed, check_values, make_conf
 from keramos.framework.contracts import Driver, FlowFactory, PeriodicTask
 from keramos.framework.errors import KeramosError
 from keramos.framework.health_check import check_health
@@ -71,6 +71,7 @@ class Worker:
         self.drivers = loader.load_drivers(conf, **(drivers or {}))
         try:
             flows = loader.load_flows(conf, self.drivers, extra=extra_flows)
+            check_overrides_claimed(conf)
             self._own_transport = transport is None
             self.transport = transport or messaging.rpc_transport(conf)
             self._notifier = (

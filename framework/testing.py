@@ -45,8 +45,9 @@ from keramos.framework.errors import (
 from keramos.framework.observers import EventObserver, ProgressCallback, ProgressObserver, RunObserver
 from keramos.framework.service import Worker
 
-_REJECTIONS = {
-    error.__name__ for error in (InvalidEvent, UnknownEvent, IncompatibleVersion, PayloadError)
+#: The errors a worker refuses a cast with before its flow runs, by name.
+_REJECTIONS: dict[str, type[InvalidEvent]] = {
+    error.__name__: error for error in (InvalidEvent, UnknownEvent, IncompatibleVersion, PayloadError)
 }
 
 #: A driver given to the kit: an instance, or a callable building one from the configuration.
@@ -137,9 +138,12 @@ class InProcessWorker:
 
     def _original_error(self, failure: FlowFailed) -> BaseException:
         # The task record turns ``failure`` a moment before the worker hands the exception over;
-        # a rejected cast never ran, so it has no exception to wait for.
+        # a rejected cast never ran, so it has no exception to wait for: its error is rebuilt
+        # from the record.
         if failure.error_type in _REJECTIONS:
-            return failure
+            return _REJECTIONS[failure.error_type](
+                failure.error_message, request_id=failure.request_id, event=failure.flow
+            )
         original = self._failures.take(failure.request_id, timeout=10)
         return original.cause if original is not None and original.cause else failure
 

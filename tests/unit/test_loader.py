@@ -115,9 +115,13 @@ def test_only_the_configured_flows_are_served(plugins, tmp_path):
         drivers.close()
 
 
-def test_a_given_driver_must_honour_its_contract(tmp_path):
-    with pytest.raises(PluginLoadError, match="is not a NetworkDriver"):
+def test_a_given_driver_must_honour_its_contract_and_the_error_names_no_entry_point(tmp_path):
+    with pytest.raises(TypeError) as refused:
         loader.load_drivers(conf(tmp_path), network=NoopCompute(conf(tmp_path)))
+    assert str(refused.value) == (
+        "the network driver given is a keramos.plugins.noop.NoopCompute, "
+        "not a keramos.framework.contracts.network.NetworkDriver"
+    )
 
 
 def test_installed_entry_points_name_their_distribution(plugins):
