@@ -3,15 +3,19 @@
 Drawn from the flow object a factory builds, not from a description kept beside it, so the
 picture cannot drift from what runs: every atom (task or retry controller) with what it requires
 and provides, every subflow with its pattern (linear, unordered, graph), its retry controller,
-and the links between its children, deciders included.
+and the links between its children, deciders included. Inputs a flow may be given or not (its
+payload's optional fields, and arguments an atom declares optional) are drawn apart from those
+it requires.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import html
 import shutil
 import subprocess
-from collections.abc import Iterator
+import textwrap
+from collections.abc import Collection, Iterator
 
 from taskflow import atom as tf_atom
 from taskflow import flow as tf_flow
@@ -24,6 +28,9 @@ FORMATS: tuple[str, ...] = ("text", "dot", "svg")
 
 #: Seconds Graphviz may take to lay a flow out.
 DOT_TIMEOUT = 60.0
+
+#: Characters per line of a box's requires / optional / provides lists in a picture.
+LABEL_WIDTH = 48
 
 
 @dataclasses.dataclass
@@ -46,6 +53,8 @@ class Node:
     kind: str
     name: str
     requires: list[str] = dataclasses.field(default_factory=list)
+    #: Inputs the atom runs without: declared optional, or optional in the flow's payload.
+    optional: list[str] = dataclasses.field(default_factory=list)
     provides: list[str] = dataclasses.field(default_factory=list)
     retry: Node | None = None
     children: list[Node] = dataclasses.field(default_factory=list)
@@ -96,33 +105,40 @@ def _decider_name(metadata: dict) -> str | None:
     return getattr(decider, "__qualname__", None) or type(decider).__name__
 
 
-def describe(item: tf_flow.Flow | tf_atom.Atom) -> Node:
-    """The :class:`Node` tree of a flow (or of a single atom)."""
+def describe(item: tf_flow.Flow | tf_atom.Atom, optional_inputs: Collection[str] = ()) -> Node:
+    """The :class:`Node` tree of a flow (or of a single atom). ``optional_inputs`` are the
+    names the flow's caller may leave out (a payload's fields with a default): drawn as optional
+    where an atom requires them."""
     if isinstance(item, tf_atom.Atom):
+        required = set(item.requires)
         return Node(
             "retry" if isinstance(item, tf_retry.Retry) else "task",
             item.name,
-            requires=sorted(item.requires),
+            requires=sorted(required - set(optional_inputs)),
+            optional=sorted((required & set(optional_inputs)) | set(item.optional)),
             provides=sorted(item.provides),
         )
     node = Node(_pattern(item), item.name)
     if item.retry is not None:
-        node.retry = describe(item.retry)
+        node.retry = describe(item.retry, optional_inputs)
     by_item: dict[int, Node] = {}
     for child, _metadata in item.iter_nodes():
-        by_item[id(child)] = described = describe(child)
+        by_item[id(child)] = described = describe(child, optional_inputs)
         node.children.append(described)
     for source, target, metadata in item.iter_links():
         node.links.append(Link(by_item[id(source)], by_item[id(target)], _decider_name(metadata)))
     return node
 
 
+def _inputs_and_outputs(atom: Node) -> list[tuple[str, list[str]]]:
+    lists = [("requires", atom.requires), ("optional", atom.optional), ("provides", atom.provides)]
+    return [(what, names) for what, names in lists if names]
+
+
 def _atom_line(atom: Node) -> str:
     line = f"{atom.kind} {atom.name}"
-    if atom.requires:
-        line += f"  requires: {', '.join(atom.requires)}"
-    if atom.provides:
-        line += f"  provides: {', '.join(atom.provides)}"
+    for what, names in _inputs_and_outputs(atom):
+        line += f"  {what}: {', '.join(names)}"
     return line
 
 
@@ -155,24 +171,28 @@ class _Dot:
     def __init__(self) -> None:
         self.lines: list[str] = []
         self._ids: dict[int, str] = {}
-        self._clusters = 0
+        self._clusters: dict[int, str] = {}
 
     def atom_id(self, atom: Node) -> str:
         return self._ids.setdefault(id(atom), f"atom{len(self._ids)}")
 
     def atom(self, atom: Node, indent: str) -> None:
-        label = atom.name
-        if atom.requires:
-            label += "\nrequires: " + ", ".join(atom.requires)
-        if atom.provides:
-            label += "\nprovides: " + ", ".join(atom.provides)
+        rows = [f"<B>{html.escape(atom.name)}</B>"]
+        for what, names in _inputs_and_outputs(atom):
+            lines = textwrap.wrap(f"{what}: {', '.join(names)}", LABEL_WIDTH, subsequent_indent="    ")
+            style = ("<I>", "</I>") if what == "optional" else ("", "")
+            rows += [
+                f'<FONT POINT-SIZE="8" COLOR="#444444">{style[0]}{html.escape(line)}{style[1]}</FONT>'
+                for line in lines
+            ]
         shape = "diamond" if atom.kind == "retry" else "box"
-        self.lines.append(f"{indent}{self.atom_id(atom)} [label={_quote(label)}, shape={shape}];")
+        label = "<" + '<BR ALIGN="LEFT"/>'.join(rows) + '<BR ALIGN="LEFT"/>>'
+        self.lines.append(f"{indent}{self.atom_id(atom)} [label={label}, shape={shape}];")
 
     def flow(self, node: Node, indent: str) -> None:
-        self._clusters += 1
-        self.lines.append(f"{indent}subgraph cluster{self._clusters} {{")
-        self.lines.append(f"{indent}  label={_quote(f'{node.name} ({node.kind})')};")
+        cluster = self._clusters.setdefault(id(node), f"cluster{len(self._clusters) + 1}")
+        self.lines.append(f"{indent}subgraph {cluster} {{")
+        self.lines.append(f"{indent}  label={_quote(f'{node.name} ({node.kind})')}; labeljust=l;")
         inner = indent + "  "
         if node.retry is not None:
             self.atom(node.retry, inner)
@@ -186,10 +206,16 @@ class _Dot:
             for entry in node.entries():
                 self.edge(node.retry, entry, "style=dotted")
         for link in node.links:
-            attributes = f"label={_quote('if ' + link.decider)}" if link.decider else ""
+            attributes = [f"label={_quote('if ' + link.decider)}"] if link.decider else []
+            # An arrow to or from a subflow ends at its frame, so it never runs through the
+            # subflow's title.
+            if not link.source.is_atom:
+                attributes.append(f"ltail={self._clusters[id(link.source)]}")
+            if not link.target.is_atom:
+                attributes.append(f"lhead={self._clusters[id(link.target)]}")
             for source in link.source.exits():
                 for target in link.target.entries():
-                    self.edge(source, target, attributes)
+                    self.edge(source, target, ", ".join(attributes))
 
     def edge(self, source: Node, target: Node, attributes: str = "") -> None:
         suffix = f" [{attributes}]" if attributes else ""
@@ -207,6 +233,7 @@ def to_dot(node: Node) -> str:
     header = [
         f"digraph {_quote(node.name)} {{",
         "  rankdir=TB;",
+        "  compound=true;",
         '  node [fontname="Helvetica", fontsize=10];',
         '  graph [fontname="Helvetica", fontsize=11];',
     ]
@@ -239,9 +266,10 @@ def to_svg(dot_source: str) -> str:
     return done.stdout
 
 
-def render(flow: tf_flow.Flow, fmt: str) -> str:
-    """The picture of ``flow`` in ``fmt`` (one of :data:`FORMATS`)."""
-    node = describe(flow)
+def render(flow: tf_flow.Flow, fmt: str, optional_inputs: Collection[str] = ()) -> str:
+    """The picture of ``flow`` in ``fmt`` (one of :data:`FORMATS`); ``optional_inputs`` as for
+    :func:`describe`."""
+    node = describe(flow, optional_inputs)
     if fmt == "text":
         return to_text(node) + "\n"
     if fmt == "dot":

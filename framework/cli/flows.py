@@ -89,6 +89,7 @@ def draw(conf, flow_name: str, fmt: str) -> str:
     state_store = loader.load_driver("state_store", DRAWING_STATE_STORE, conf)
     drivers = loader.load_drivers(conf, state_store=state_store)
     try:
-        return flowgraph.render(factory_class(drivers, conf).build(), fmt)
+        optional = [name for name, field in factory_class.payload.items() if not field.required]
+        return flowgraph.render(factory_class(drivers, conf).build(), fmt, optional)
     finally:
         drivers.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -87,6 +88,46 @@ def test_text_shows_what_each_task_requires_and_provides(cli):
     boot = next(line for line in out.splitlines() if "task boot_amphora" in line)
     assert "requires: amphora_id, amphora_server_cert, image_id" in boot
     assert "provides: compute_id" in boot
+
+
+def test_optional_inputs_are_drawn_apart_from_required_ones(cli):
+    _, out, _ = cli("flows", "show", "create_amphora")
+    boot = next(line for line in out.splitlines() if "task boot_amphora" in line)
+    assert "requires: amphora_id, amphora_server_cert, image_id  optional: network_id" in boot
+    check = next(line for line in out.splitlines() if "task check_initial_config" in line)
+    assert "optional: lb" in check and "requires:" not in check
+    _, dot, _ = cli("flows", "show", "create_amphora", "--format", "dot")
+    assert "<I>optional: network_id</I>" in dot
+
+
+def _points(path: str) -> list[tuple[float, float]]:
+    numbers = [float(number) for number in re.findall(r"-?\d+(?:\.\d+)?", path)]
+    corners = list(zip(numbers[::2], numbers[1::2], strict=True))
+    return [
+        (x0 + (x1 - x0) * step / 10, y0 + (y1 - y0) * step / 10)
+        for (x0, y0), (x1, y1) in zip(corners, corners[1:], strict=False)
+        for step in range(11)
+    ]
+
+
+def test_no_arrow_runs_through_a_subflow_title(cli):
+    require_dot()
+    _, svg, _ = cli("flows", "show", "create_amphora", "--format", "svg")
+    namespace = {"svg": "http://www.w3.org/2000/svg"}
+    root = ET.fromstring(svg)
+    titles = []
+    for cluster in root.iterfind(".//svg:g[@class='cluster']", namespace):
+        text = cluster.find("svg:text", namespace)
+        size, x, y = float(text.get("font-size")), float(text.get("x")), float(text.get("y"))
+        width = len(text.text) * size * 0.6
+        left = {"start": x, "middle": x - width / 2, "end": x - width}[text.get("text-anchor", "start")]
+        titles.append((text.text, left, left + width, y - size, y + size * 0.3))
+    assert len(titles) == 5
+    arrows = [edge.find("svg:path", namespace).get("d") for edge in root.iterfind(".//svg:g[@class='edge']", namespace)]
+    assert arrows
+    for title, left, right, top, bottom in titles:
+        for arrow in arrows:
+            assert not any(left <= x <= right and top <= y <= bottom for x, y in _points(arrow)), title
 
 
 def test_svg_is_valid_and_names_every_task(cli, tmp_path):
