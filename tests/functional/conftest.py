@@ -37,8 +37,16 @@ def rabbit_url() -> str:
 class WorkerProcess:
     """A ``keramos-worker`` subprocess with its own config file, topic and state directory."""
 
-    def __init__(self, directory: Path, rabbit_url: str, settings: dict[str, dict[str, object]]):
+    def __init__(
+        self,
+        directory: Path,
+        rabbit_url: str,
+        settings: dict[str, dict[str, object]],
+        env: dict[str, str] | None = None,
+    ):
         self.directory = directory
+        #: The worker's environment (this process's when ``None``).
+        self.env = env
         self.topic = f"keramos-test-{uuid.uuid4().hex[:10]}"
         sections: dict[str, dict[str, object]] = {
             "DEFAULT": {
@@ -73,6 +81,7 @@ class WorkerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=self.env,
             )
         return self
 
@@ -135,10 +144,15 @@ def worker_process(tmp_path, rabbit_url):
     """Start a ready keramos-worker: ``worker_process(settings)``; stopped after the test."""
     started: list[WorkerProcess] = []
 
-    def start(settings: dict[str, dict[str, object]] | None = None, *, ready: bool = True):
+    def start(
+        settings: dict[str, dict[str, object]] | None = None,
+        *,
+        ready: bool = True,
+        env: dict[str, str] | None = None,
+    ):
         directory = tmp_path / f"worker-{len(started)}"
         directory.mkdir()
-        worker = WorkerProcess(directory, rabbit_url, settings or {}).start()
+        worker = WorkerProcess(directory, rabbit_url, settings or {}, env).start()
         started.append(worker)
         if ready:
             worker.wait_ready()
@@ -148,6 +162,21 @@ def worker_process(tmp_path, rabbit_url):
     for worker in started:
         worker.stop()
         delete_queues(rabbit_url, worker.queues(), exchanges=[worker.topic])
+
+
+def install_apart(package: Path, target: Path) -> dict[str, str]:
+    """pip-install ``package`` (no dependencies) into ``target`` instead of this virtualenv, and
+    return the environment under which subprocesses see it (``PYTHONPATH``): tests running at
+    the same time, which load every installed entry point, never see a half-installed plugin."""
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "--disable-pip-version-check", "install", "--no-deps",
+         "--no-build-isolation", "--target", str(target), str(package)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))}
 
 
 def delete_queues(rabbit_url: str, names: list[str], *, exchanges: Sequence[str] = ()) -> None:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.functional.conftest import install_apart
+
 GUIDE = Path(__file__).resolve().parents[2] / "doc" / "plugins.md"
 #: A file of the example package: a ``<!-- file: PATH -->`` line, then a fenced block.
 FILE_BLOCK = re.compile(r"<!-- file: (?P<path>[^ ]+) -->\n```[a-z]*\n(?P<text>.*?)^```$", re.DOTALL | re.MULTILINE)
@@ -17,8 +19,8 @@ def guide_files() -> dict[str, str]:
     return {match["path"]: match["text"] for match in FILE_BLOCK.finditer(GUIDE.read_text(encoding="utf-8"))}
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=cwd)
+def run(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
 
 
 def test_the_guide_shows_every_file_of_its_package_tree():
@@ -33,18 +35,13 @@ def test_the_guides_example_package_installs_and_passes_its_tests(tmp_path):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text, encoding="utf-8")
     package = tmp_path / "keramos-filecompute"
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    installed = run(*pip, "install", "--no-deps", "--no-build-isolation", str(package), cwd=tmp_path)
-    assert installed.returncode == 0, installed.stdout + installed.stderr
-    try:
-        listed = run(str(Path(sys.executable).parent / "keramos"), "drivers", "--check", cwd=tmp_path)
-        assert any(
-            line.split()[:2] == ["filecompute", "keramos_filecompute.compute:FileCompute"] and "[ok]" in line
-            for line in listed.stdout.splitlines()
-        ), listed.stdout
-        tested = run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests", cwd=package)
-        assert tested.returncode == 0, tested.stdout + tested.stderr
-        summary = tested.stdout.strip().splitlines()[-1]
-        assert re.fullmatch(r"=+ 3 passed in [\d.]+s =+", summary), tested.stdout
-    finally:
-        run(*pip, "uninstall", "--yes", "keramos-filecompute", cwd=tmp_path)
+    env = install_apart(package, tmp_path / "site")
+    listed = run(str(Path(sys.executable).parent / "keramos"), "drivers", "--check", cwd=tmp_path, env=env)
+    assert any(
+        line.split()[:2] == ["filecompute", "keramos_filecompute.compute:FileCompute"] and "[ok]" in line
+        for line in listed.stdout.splitlines()
+    ), listed.stdout
+    tested = run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests", cwd=package, env=env)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    summary = tested.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"=+ 3 passed in [\d.]+s =+", summary), tested.stdout

@@ -12,30 +12,20 @@ import pytest
 from keramos.framework.config import make_conf
 from keramos.framework.records import TaskRecord, TaskState
 from keramos.plugins.state_store.sqlalchemy import SQLAlchemyStateStore
+from tests.functional.conftest import install_apart
 
 PLUGIN = Path(__file__).resolve().parents[1] / "fixtures" / "keramos-example-plugin"
 
 
-def pip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.fixture(scope="module")
-def example_plugin():
-    installed = pip("install", "--no-deps", "--no-build-isolation", str(PLUGIN))
-    assert installed.returncode == 0, installed.stdout + installed.stderr
-    yield
-    pip("uninstall", "--yes", "keramos-example-plugin")
+def example_plugin(tmp_path_factory):
+    """The environment of a process that sees the example plugin installed."""
+    return install_apart(PLUGIN, tmp_path_factory.mktemp("example-plugin"))
 
 
 def test_keramos_drivers_shows_the_plugin_and_its_distribution(example_plugin, tmp_path):
     listed = subprocess.run(
-        [str(Path(sys.executable).parent / "keramos"), "drivers"], capture_output=True, text=True
+        [str(Path(sys.executable).parent / "keramos"), "drivers"], capture_output=True, text=True, env=example_plugin
     )
     lines = [line.split() for line in listed.stdout.splitlines()]
     assert ["example", "keramos_example.compute:ExampleCompute", "keramos-example-plugin", "1.0.0"] in lines
@@ -43,14 +33,14 @@ def test_keramos_drivers_shows_the_plugin_and_its_distribution(example_plugin, t
 
 
 def test_its_flow_runs_on_its_driver_through_a_real_cast(example_plugin, worker_process):
-    worker = worker_process({"drivers": {"compute": "example"}})
+    worker = worker_process({"drivers": {"compute": "example"}}, env=example_plugin)
     with worker.client() as client:
         record = client.wait(client.cast("example_boot", {"name": "third-party"}), timeout=60)
     assert record["result"] == {"compute_id": "example-third-party"}
 
 
 def test_sigterm_lets_a_running_flow_finish(example_plugin, worker_process):
-    worker = worker_process({"drivers": {"compute": "example"}})
+    worker = worker_process({"drivers": {"compute": "example"}}, env=example_plugin)
     with worker.client() as client:
         request_id = client.cast("example_boot", {"name": "slow", "delay": 3.0})
         deadline = time.monotonic() + 30
